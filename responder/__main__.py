@@ -1,0 +1,3 @@
+from responder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""What every subcommand shares: loading config, rules and the store, and printing errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from responder.config import Config, ConfigError, load_config
+from responder.rules.engine import RuleSet
+from responder.rules.loader import RuleProblem, load_rules
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+class CliError(Exception):
+    """A problem to print (without a traceback) before exiting non-zero."""
+
+
+def add_config_args(parser: argparse.ArgumentParser, *, rules: bool = False, store: bool = False) -> None:
+    parser.add_argument("--config", "-c", type=Path, help="config file (default: built-in defaults)")
+    if rules:
+        parser.add_argument("--rules", action="append", type=Path, metavar="DIR",
+                            help="rule directory or file; repeat for several; replaces the configured ones")
+    if store:
+        parser.add_argument("--store", metavar="URL", help="store URL (sqlite:///PATH or postgresql://...)")
+
+
+def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
+    overrides: dict[str, Any] = dict(extra)
+    if getattr(args, "rules", None):
+        overrides["rules.dirs"] = [str(p.resolve()) for p in args.rules]
+    if getattr(args, "store", None):
+        overrides["store.url"] = args.store
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        raise CliError("\n".join(exc.problems)) from None
+    load_plugins(config)
+    return config
+
+
+def load_plugins(config: Config) -> None:
+    for module in config.plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CliError(f"{config.source or '(config)'}: plugins: cannot import {module!r}: {exc}") from None
+
+
+def ruleset_from_config(config: Config) -> tuple[RuleSet, list[RuleProblem]]:
+    rules, problems = load_rules(config.rule_dirs())
+    try:
+        return RuleSet(rules, config.rules.default_rule), problems
+    except ValueError as exc:
+        raise CliError(f"{config.source or '(config)'}: rules.default_rule: {exc}") from None
+
+
+def fail(message: str) -> int:
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    return 2
+
+
+def run_cli(func: Any) -> Any:
+    """Decorator: turn CliError into a printed message and exit code 2."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            code: int = func(args)
+        except CliError as exc:
+            return fail(str(exc))
+        return code
+
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,72 @@
+"""The collector interface: typed parameters in, one piece of structured evidence out."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from responder.models import Incident
+from responder.plugins import Registry
+from responder.targets import Targets
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class EvidenceStatus(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What a collector returns: a payload for machines (rows/fields) and text for people."""
+
+    title: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+    status: EvidenceStatus = EvidenceStatus.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A finding as stored and shown: redacted, timed and size-capped."""
+
+    step: str
+    collector: str
+    title: str
+    status: EvidenceStatus
+    duration_ms: float
+    payload: dict[str, Any]
+    text: str
+    full_text: str | None = None
+    truncated: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorContext:
+    incident: Incident
+    targets: Targets
+
+
+class Collector(abc.ABC, Generic[P]):
+    """Read-only: a collector never changes the systems it looks at."""
+
+    name: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+
+    @abc.abstractmethod
+    async def collect(self, params: P, ctx: CollectorContext) -> Finding: ...
+
+
+registry: Registry[type[Collector[Any]]] = Registry("collector", "responder.collectors")

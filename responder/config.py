@@ -1,0 +1,342 @@
+"""Typed configuration, validated once at load time.
+
+Every later layer receives these models, never raw YAML. Errors name the file and the dotted key.
+Secrets are referenced (`{env: NAME}` or `{file: PATH}`), resolved here, and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """'250ms', '5s', '2m', '1h', '1d' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s, 2m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 5s, 2m or 1h, got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for a person: file, key, what is wrong."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Secret:
+    """A resolved secret value that does not leak through repr, logs or error messages."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(from {self.source})"
+
+    __str__ = __repr__
+
+
+class SecretRef(Strict):
+    """Where a secret comes from: an environment variable or a file (first line, stripped)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+    def resolve(self) -> Secret | None:
+        """The secret, or None when the variable is unset or empty. A missing file is an error."""
+        if self.env is not None:
+            value = os.environ.get(self.env, "")
+            return Secret(value, f"env {self.env}") if value else None
+        assert self.file is not None
+        try:
+            value = self.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+        return Secret(value, f"file {self.file}") if value else None
+
+
+class BasicAuthConfig(Strict):
+    username: str
+    password: SecretRef
+
+
+class IntakeAuthConfig(Strict):
+    bearer_token: SecretRef | None = None
+    basic: BasicAuthConfig | None = None
+    # What to do when no credential is configured (or its variable is unset): refusing everything is
+    # the default; accepting loopback-only or anyone must be written down, and `check` warns about it.
+    unauthenticated: Literal["reject", "loopback", "any"] = "reject"
+
+
+class IntakeConfig(Strict):
+    enabled: bool = True
+    auth: IntakeAuthConfig = IntakeAuthConfig()
+    # Intake-specific settings (signing secrets, ...), validated by the intake class itself.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerConfig(Strict):
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    # Seconds to wait for a slow client to send its request before giving up on it.
+    read_timeout: Duration = 30.0
+    # Time in-flight jobs get to finish on SIGTERM; keep it below Kubernetes' terminationGracePeriod.
+    drain_seconds: Duration = 20.0
+    api_token: SecretRef | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    @model_validator(mode="after")
+    def _listen_has_port(self) -> ServerConfig:
+        _host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen must be HOST:PORT, got {self.listen!r}")
+        return self
+
+
+class StoreConfig(Strict):
+    url: str = "sqlite:///responder.db"
+    # full: every acknowledged alert survives power loss; normal: survives a crash of the process only.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
+    pool_size: int = Field(default=10, ge=1)
+    # Seconds before a claimed job whose worker vanished is handed to another worker.
+    lease_seconds: Duration = 120.0
+    poll_interval: Duration = 0.5
+    connect_timeout: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> StoreConfig:
+        if not self.url.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("url must start with sqlite:// or postgresql://")
+        return self
+
+
+class PipelineConfig(Strict):
+    workers: int = Field(default=4, ge=1, le=256)
+    job_timeout: Duration = 120.0
+    max_attempts: int = Field(default=5, ge=1)
+    retry_initial: Duration = 1.0
+    retry_max: Duration = 60.0
+    collector_timeout: Duration = 10.0
+    collectors_total_timeout: Duration = 30.0
+    # Evidence longer than this is cut (with a marker) where it is shown; the full text is stored up
+    # to `evidence_store_bytes`.
+    evidence_display_bytes: int = 3000
+    evidence_store_bytes: int = 1024 * 1024
+
+
+class RulesConfig(Strict):
+    dirs: list[Path] = Field(default_factory=lambda: [Path("rules")])
+    # Rule used for alerts that no rule matches; None records them as unmatched.
+    default_rule: str | None = None
+
+
+class LoggingConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class ConsoleSinkConfig(Strict):
+    enabled: bool = True
+
+
+class SinksConfig(Strict):
+    console: ConsoleSinkConfig = ConsoleSinkConfig()
+
+
+class KubernetesTarget(Strict):
+    in_cluster: bool = False
+    kubeconfig: Path | None = None
+    context: str | None = None
+    # For API servers reached without a kubeconfig (tests, proxies): URL plus bearer token.
+    url: str | None = None
+    token: SecretRef | None = None
+    verify_tls: bool = True
+
+
+class PostgresTarget(Strict):
+    dsn: SecretRef
+    statement_timeout: Duration = 5.0
+
+
+class RedisTarget(Strict):
+    url: SecretRef
+
+
+class PrometheusTarget(Strict):
+    url: str
+    bearer_token: SecretRef | None = None
+
+
+class HttpTarget(Strict):
+    url: str
+    headers: dict[str, SecretRef] = Field(default_factory=dict)
+    verify_tls: bool = True
+
+
+class TargetsConfig(Strict):
+    kubernetes: dict[str, KubernetesTarget] = Field(default_factory=dict)
+    postgres: dict[str, PostgresTarget] = Field(default_factory=dict)
+    redis: dict[str, RedisTarget] = Field(default_factory=dict)
+    prometheus: dict[str, PrometheusTarget] = Field(default_factory=dict)
+    http: dict[str, HttpTarget] = Field(default_factory=dict)
+
+
+class MitigationsConfig(Strict):
+    mode: Literal["dry-run", "enforce"] = "dry-run"
+    # One switch that stops every action at once; RESPONDER_KILL_SWITCH=1 does the same.
+    kill_switch: bool = False
+
+
+class Config(Strict):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    rules: RulesConfig = RulesConfig()
+    intakes: dict[str, IntakeConfig] = Field(
+        default_factory=lambda: {"alertmanager": IntakeConfig(auth=IntakeAuthConfig(unauthenticated="loopback"))}
+    )
+    targets: TargetsConfig = TargetsConfig()
+    sinks: SinksConfig = SinksConfig()
+    mitigations: MitigationsConfig = MitigationsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    # Extra redaction patterns (regular expressions) applied to all evidence.
+    redact: list[str] = Field(default_factory=list)
+    # Extra modules to import for their plugins (your own collectors, actions, intakes or sinks).
+    plugins: list[str] = Field(default_factory=list)
+
+    # Where the file was read from; relative paths in it are relative to its folder.
+    source: Path | None = Field(default=None, exclude=True)
+
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    def rule_dirs(self) -> list[Path]:
+        return [d if d.is_absolute() else self.base_dir() / d for d in self.rules.dirs]
+
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path anchored at the config file's folder."""
+        url = self.store.url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            path = Path(url.removeprefix("sqlite:///"))
+            if not path.is_absolute():
+                return f"sqlite:///{(self.base_dir() / path).resolve()}"
+        return url
+
+
+def format_validation_error(origin: str, exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{origin}: {key}: {msg}")
+    return problems
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, merge command-line overrides into, and validate a config file (None: all defaults)."""
+    raw: dict[str, Any] = {}
+    origin = str(path) if path else "(defaults)"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"{origin}: cannot read: {exc.strerror}"]) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{origin}: not valid YAML: {exc}"]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{origin}: the top level must be a mapping"])
+        raw = loaded
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(origin, exc)) from exc
+    config = config.model_copy(update={"source": path.resolve() if path else None})
+    problems = [f"{origin}: {key}: {msg}" for key, msg in _unreadable_secrets(config)]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def iter_secret_refs(node: Any, key: str = "") -> list[tuple[str, SecretRef]]:
+    """Every SecretRef in a config tree, with its dotted key."""
+    found: list[tuple[str, SecretRef]] = []
+    if isinstance(node, SecretRef):
+        found.append((key, node))
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            found += iter_secret_refs(getattr(node, name), f"{key}.{name}" if key else name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            found += iter_secret_refs(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += iter_secret_refs(v, f"{key}.{i}")
+    return found
+
+
+def _unreadable_secrets(config: Config) -> list[tuple[str, str]]:
+    problems = []
+    for key, ref in iter_secret_refs(config):
+        try:
+            ref.resolve()
+        except ValueError as exc:
+            problems.append((key, str(exc)))
+    return problems
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every resolved secret value, so redaction can remove them from evidence."""
+    values = []
+    for _, ref in iter_secret_refs(config):
+        secret = ref.resolve()
+        if secret is not None and len(secret.reveal()) >= 4:
+            values.append(secret.reveal())
+    return values

@@ -1,0 +1,123 @@
+"""Prometheus Alertmanager webhook payloads (version 4).
+
+https://prometheus.io/docs/alerting/latest/configuration/#webhook_config documents the shape.
+Alertmanager delivers at least once and resends each group every group_interval, so parsing here is
+pure and the store does the de-duplication.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from responder.intake.base import Intake, PayloadError, registry
+from responder.models import Alert, AlertStatus, Delivery
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_time(value: str) -> float | None:
+    """RFC 3339 with up to nanoseconds; Go's zero time (year 1) means 'not set'."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    try:
+        return datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00"))).timestamp()
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 time: {value!r}") from None
+
+
+class WireAlert(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: str
+    endsAt: str = ""
+    generatorURL: str = ""
+    fingerprint: str = ""
+
+
+class WirePayload(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    version: str
+    status: Literal["firing", "resolved"]
+    receiver: str = ""
+    groupKey: str = ""
+    truncatedAlerts: int = 0
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)
+    externalURL: str = ""
+    alerts: list[WireAlert]
+
+
+def label_fingerprint(labels: Mapping[str, str]) -> str:
+    """Stable id for a label set, for senders that do not give a fingerprint."""
+    canonical = json.dumps(sorted(labels.items()), separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def decode_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"body is not valid JSON: {exc}") from None
+
+
+def normalize(source: str, payload: WirePayload, *, extras: list[dict[str, Any]] | None = None) -> list[Alert]:
+    alerts = []
+    for index, wire in enumerate(payload.alerts):
+        try:
+            starts_at = parse_time(wire.startsAt)
+            ends_at = parse_time(wire.endsAt)
+        except ValueError as exc:
+            raise PayloadError(str(exc), f"alerts.{index}.startsAt") from None
+        if starts_at is None:
+            raise PayloadError("startsAt is required", f"alerts.{index}.startsAt")
+        extra: dict[str, Any] = {"receiver": payload.receiver, "external_url": payload.externalURL}
+        if extras:
+            extra.update(extras[index])
+        alerts.append(Alert(
+            source=source,
+            status=AlertStatus(wire.status),
+            fingerprint=wire.fingerprint or label_fingerprint(wire.labels),
+            starts_at=starts_at,
+            ends_at=ends_at,
+            labels=wire.labels,
+            annotations=wire.annotations,
+            generator_url=wire.generatorURL,
+            group_key=payload.groupKey,
+            extra=extra,
+        ))
+    return alerts
+
+
+@registry.register
+class AlertmanagerIntake(Intake):
+    name = "alertmanager"
+    path = "/webhooks/alertmanager"
+
+    def parse(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
+        data = decode_json(body)
+        if not isinstance(data, dict):
+            raise PayloadError("expected a JSON object")
+        if data.get("version") != "4":
+            raise PayloadError(f"unsupported payload version {data.get('version')!r}; expected \"4\"", "version")
+        try:
+            payload = WirePayload.model_validate(data)
+        except ValidationError as exc:
+            raise PayloadError.from_validation(exc) from None
+        return Delivery(self.name, body, normalize(self.name, payload), headers=_kept_headers(headers))
+
+
+def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers worth keeping with the raw payload; never credentials."""
+    return {k: v for k, v in headers.items() if k.lower() in ("user-agent", "content-type", "x-request-id")}

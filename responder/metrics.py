@@ -1,0 +1,48 @@
+"""Prometheus metrics. Names are a contract: dashboards and alerts depend on them.
+
+Each daemon gets its own CollectorRegistry so tests and in-process replays never share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.webhook_requests = Counter(
+            "responder_webhook_requests_total", "Webhook requests by intake and HTTP status.", ["intake", "code"],
+            registry=r)
+        self.alerts_received = Counter(
+            "responder_alerts_received_total", "Alerts accepted, by source and status.", ["source", "status"],
+            registry=r)
+        self.rule_matches = Counter(
+            "responder_rule_matches_total", "Incidents matched to a rule.", ["rule"], registry=r)
+        self.unmatched = Counter(
+            "responder_unmatched_alerts_total", "Incidents no rule matched.", ["source"], registry=r)
+        self.incidents_opened = Counter(
+            "responder_incidents_opened_total", "Incidents opened, by matched rule.", ["rule"], registry=r)
+        self.incidents_resolved = Counter(
+            "responder_incidents_resolved_total", "Incidents resolved, by matched rule.", ["rule"], registry=r)
+        self.jobs = Counter(
+            "responder_jobs_total", "Finished job attempts by outcome (done, retried, failed, lease_lost).",
+            ["outcome"], registry=r)
+        self.queue_depth = Gauge(
+            "responder_queue_depth", "Jobs queued or running, all queues.", registry=r)
+        self.pipeline_duration = Histogram(
+            "responder_pipeline_duration_seconds", "Time to process one incident job.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r)
+        self.step_errors = Counter(
+            "responder_step_errors_total", "Rule steps that could not be rendered or validated.", ["rule"],
+            registry=r)
+        self.collector_runs = Counter(
+            "responder_collector_runs_total", "Collector runs by collector and status.", ["collector", "status"],
+            registry=r)
+        self.collector_duration = Histogram(
+            "responder_collector_duration_seconds", "Collector run time.", ["collector"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.actions = Counter(
+            "responder_actions_total", "Mitigation decisions by action, outcome and deciding guard.",
+            ["action", "outcome", "guard"], registry=r)

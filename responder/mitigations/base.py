@@ -1,0 +1,42 @@
+"""The action interface: typed parameters, a target to lock and budget, a description for dry-run."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from responder.models import Incident
+from responder.plugins import Registry
+from responder.targets import Targets
+
+P = TypeVar("P", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    incident: Incident
+    targets: Targets
+
+
+class Action(abc.ABC, Generic[P]):
+    name: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+
+    @abc.abstractmethod
+    def target(self, params: P) -> str:
+        """A stable key for what this changes (e.g. `kubernetes/prod/deployment/api`): locks, cooldowns
+        and budgets are kept per target."""
+
+    @abc.abstractmethod
+    def describe(self, params: P) -> str:
+        """One line saying exactly what `execute` would do; dry-run records this."""
+
+    @abc.abstractmethod
+    async def execute(self, params: P, ctx: ActionContext) -> dict[str, Any]:
+        """Do it; returns what happened, for the audit."""
+
+
+registry: Registry[type[Action[Any]]] = Registry("action", "responder.mitigations")

@@ -1,0 +1,1 @@
+"""From a stored incident to evidence, decisions and sink events."""

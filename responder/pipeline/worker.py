@@ -1,0 +1,133 @@
+"""A pool of workers for one queue: claim, run with a timeout, finish or retry with backoff.
+
+Jobs are claimed from the store with a lease. A job that keeps failing is marked `failed` after its
+attempts run out and stops blocking the jobs queued behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from responder.metrics import Metrics
+from responder.models import Job
+from responder.store import LeaseLost, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Job], Awaitable[None]]
+
+
+class PermanentJobError(Exception):
+    """Retrying will not help (bad configuration, a permanent API error): fail the job now."""
+
+
+class RetryLater(Exception):
+    """Retry after a given delay (a rate limit's Retry-After), without counting as a failure pattern."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    concurrency: int
+    lease_seconds: float
+    job_timeout: float
+    retry_initial: float
+    retry_max: float
+    poll_interval: float
+
+
+class QueueWorker:
+    def __init__(self, store: Store, queue: str, handler: Handler, settings: WorkerSettings, owner: str,
+                 metrics: Metrics) -> None:
+        self.store = store
+        self.queue = queue
+        self.handler = handler
+        self.settings = settings
+        self.owner = owner
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._running: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def backoff(self, attempts: int) -> float:
+        base: float = min(self.settings.retry_max, self.settings.retry_initial * 2 ** max(0, attempts - 1))
+        return base * random.uniform(0.8, 1.2)
+
+    async def run(self) -> None:
+        while not self._stopping:
+            free = self.settings.concurrency - len(self._running)
+            jobs: list[Job] = []
+            if free > 0:
+                try:
+                    jobs = await self.store.claim_jobs(self.queue, self.owner, free, self.settings.lease_seconds)
+                except StoreUnavailable as exc:
+                    log.warning("queue %s: store unavailable while claiming: %s", self.queue, exc)
+            for job in jobs:
+                task = asyncio.create_task(self._run_job(job), name=f"{self.queue}:{job.id}")
+                self._running.add(task)
+                task.add_done_callback(self._job_finished)
+            if not jobs:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval)
+
+    def _job_finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()  # a free slot, and maybe the next job of the same ordering key
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            async with asyncio.timeout(self.settings.job_timeout):
+                await self.handler(job)
+            outcome = "done"
+        except LeaseLost as exc:
+            log.warning("queue %s: %s", self.queue, exc)
+            outcome = "lease_lost"
+        except RetryLater as exc:
+            outcome = await self._give_back(job, str(exc), exc.delay)
+        except PermanentJobError as exc:
+            outcome = await self._give_back(job, str(exc), 0, permanent=True)
+        except TimeoutError:
+            outcome = await self._give_back(job, f"timed out after {self.settings.job_timeout:g}s",
+                                            self.backoff(job.attempts))
+        except Exception as exc:
+            log.exception("queue %s: job %s (%s) failed", self.queue, job.id, job.kind)
+            outcome = await self._give_back(job, f"{type(exc).__name__}: {exc}", self.backoff(job.attempts))
+        self.metrics.jobs.labels(outcome).inc()
+
+    async def _give_back(self, job: Job, error: str, delay: float, *, permanent: bool = False) -> str:
+        try:
+            status = await self.store.retry_job(job, error, delay, permanent=permanent)
+        except StoreUnavailable:
+            # The lease will expire and the job will run again: delayed, never lost.
+            return "retried"
+        if status == "failed":
+            log.error("queue %s: job %s (%s) failed for good: %s", self.queue, job.id, job.kind, error)
+        return {"failed": "failed", "queued": "retried"}.get(status, "lease_lost")
+
+    async def drain(self, timeout: float) -> None:
+        """Stop claiming; let running jobs finish within `timeout`; hand the rest back to the queue."""
+        self._stopping = True
+        self._wake.set()
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            released = await self.store.release_jobs(self.owner)
+        except StoreUnavailable:
+            released = 0
+        if released:
+            log.info("queue %s: handed %d unfinished job(s) back for the next start", self.queue, released)

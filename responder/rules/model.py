@@ -1,0 +1,69 @@
+"""Rules as typed models: what to match, what to collect, what to try, where to post."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from responder.config import Duration
+from responder.rules.matchers import Matcher, parse_matchers
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StepSpec(_Strict):
+    """One collector or mitigation of a rule, before its templates are rendered."""
+
+    type: str
+    id: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout: Duration | None = None
+
+    def step_id(self, index: int) -> str:
+        return self.id or f"{self.type}#{index}"
+
+
+class MitigationSpec(StepSpec):
+    mode: Literal["dry-run", "enforce"] | None = None
+    requires_approval: bool = False
+
+
+class SlackRoute(_Strict):
+    channel: str | None = None
+
+
+class Rule(_Strict):
+    name: str
+    description: str = ""
+    match: list[str] | str
+    sources: list[str] = Field(default_factory=list)
+    continue_: bool = Field(default=False, alias="continue")
+    collectors: list[StepSpec] = Field(default_factory=list)
+    mitigations: list[MitigationSpec] = Field(default_factory=list)
+    # Steps the runbook keeps for people; posted as a checklist in the incident thread.
+    checklist: list[str] = Field(default_factory=list)
+    slack: SlackRoute = SlackRoute()
+    mode: Literal["dry-run", "enforce"] | None = None
+
+    _matchers: list[Matcher] = PrivateAttr(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_slug(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", value):
+            raise ValueError("rule names are letters, digits, '.', '_' and '-' (at most 128)")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        self._matchers = parse_matchers(self.match)
+
+    @property
+    def matchers(self) -> list[Matcher]:
+        return self._matchers
+
+    def matches(self, source: str, labels: dict[str, str]) -> bool:
+        return (not self.sources or source in self.sources) and all(m.matches(labels) for m in self._matchers)

@@ -1,0 +1,25 @@
+"""The console sink: the embedded default, a readable block on standard output per incident event."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from responder.config import Config
+from responder.models import Job
+from responder.sinks.base import Sink, registry
+from responder.sinks.render import render_event
+
+
+@registry.register
+class ConsoleSink(Sink):
+    name = "console"
+
+    @classmethod
+    def enabled(cls, config: Config) -> bool:
+        return config.sinks.console.enabled
+
+    async def deliver(self, job: Job) -> dict[str, Any]:
+        sys.stdout.write(render_event(job.kind, job.payload) + "\n")
+        sys.stdout.flush()
+        return {"printed": True}

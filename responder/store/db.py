@@ -1,0 +1,226 @@
+"""One small database interface over aiosqlite and asyncpg.
+
+The store's SQL is written once, in PostgreSQL's `$1` placeholder style; the SQLite side rewrites the
+placeholders to SQLite's numbered `?1` form. Values are plain Python scalars and text (JSON is stored
+as text, times as epoch seconds), so both engines see the same data.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import aiosqlite
+import asyncpg
+
+Row = Mapping[str, Any]
+Dialect = Literal["sqlite", "postgres"]
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or cannot write now; callers answer 503 and retry later."""
+
+
+class Connection(abc.ABC):
+    """A connection inside an open transaction."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; returns the number of rows it touched."""
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return next(iter(row.values())) if row else None
+
+
+class Database(abc.ABC):
+    dialect: Dialect
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """`async with db.transaction() as conn:` commits on exit, rolls back on error."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+class _SqliteConnection(Connection):
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        try:
+            cursor = await self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
+        except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error: not our bug, retry later
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        count: int = cursor.rowcount
+        await cursor.close()
+        return count
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        try:
+            cursor = await self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        rows = await cursor.fetchall()
+        await cursor.close()
+        return [dict(r) for r in rows]
+
+
+class SqliteDatabase(Database):
+    """A single connection in WAL mode; writers are serialized by an asyncio lock, as SQLite would."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self._wrapped = _SqliteConnection(conn)
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteDatabase:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(str(path), isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        return cls(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: the connection is closed
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
+            try:
+                yield self._wrapped
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            try:
+                await self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await self._conn.execute("ROLLBACK")
+                raise StoreUnavailable(f"sqlite commit failed: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class _PostgresConnection(Connection):
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status: str = await self._conn.execute(sql, *args)
+        last = status.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._conn.fetch(sql, *args))
+
+
+class PostgresDatabase(Database):
+    dialect: Dialect = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool, schema: str | None) -> None:
+        self._pool = pool
+        self.schema = schema
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int, timeout: float) -> PostgresDatabase:
+        dsn, schema = split_schema(url)
+        settings = {"search_path": schema} if schema else {}
+        if schema:
+            await _ensure_schema(dsn, schema, timeout)
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                timeout=timeout,
+                command_timeout=max(timeout, 30.0),
+                server_settings=settings,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
+        return cls(pool, schema)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield _PostgresConnection(conn)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self._pool.close(), timeout=10)
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """`postgresql://.../db?schema=name` -> (DSN without it, 'name'): one database, many responders."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    schema = query.pop("schema", [None])[0]
+    if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise ValueError(f"schema name {schema!r} must be lower-case letters, digits and _")
+    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+async def _ensure_schema(dsn: str, schema: str, timeout: float) -> None:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"postgresql: {exc}") from exc
+    try:
+        # Replicas may start together; the advisory lock keeps CREATE SCHEMA from racing itself.
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"responder-schema-{schema}")
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    finally:
+        await conn.close()
+
+
+async def open_database(url: str, *, synchronous: str = "full", pool_size: int = 10,
+                        timeout: float = 5.0) -> Database:
+    if url.startswith("sqlite:///"):
+        return await SqliteDatabase.open(Path(url.removeprefix("sqlite:///")), synchronous=synchronous)
+    if url.startswith(("postgresql://", "postgres://")):
+        return await PostgresDatabase.open(url, pool_size=pool_size, timeout=timeout)
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")

@@ -1,0 +1,375 @@
+"""The store: durable deliveries, incidents, the job queue, evidence and the action audit.
+
+Everything that must survive a crash goes through here, in transactions:
+- `record_delivery` commits the raw payload, its alerts, the incidents they open or resolve and the
+  jobs to process them, all at once; the webhook answers 2xx only after it returns.
+- the job queue hands each job to one worker at a time (leases, `FOR UPDATE SKIP LOCKED` on
+  PostgreSQL), keeps jobs of one `ordering_key` in order, and fences completion with the lease owner so
+  a worker that lost its lease cannot commit results twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from responder.models import (
+    Alert,
+    AlertStatus,
+    Delivery,
+    DeliveryReceipt,
+    Incident,
+    IncidentStatus,
+    Job,
+)
+from responder.store.db import Connection, Database, Row, open_database
+from responder.store.migrations import migrate
+
+
+class LeaseLost(Exception):
+    """The job's lease expired and another worker may own it now; its results are discarded."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    queue: str
+    kind: str
+    ordering_key: str
+    incident_id: int | None = None
+    payload: dict[str, Any] | None = None
+
+
+PIPELINE_QUEUE = "pipeline"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def _incident(row: Row) -> Incident:
+    return Incident(
+        id=int(row["id"]),
+        source=row["source"],
+        fingerprint=row["fingerprint"],
+        alertname=row["alertname"],
+        status=IncidentStatus(row["status"]),
+        starts_at=float(row["starts_at"]),
+        opened_at=float(row["opened_at"]),
+        last_seen=float(row["last_seen"]),
+        deliveries=int(row["deliveries"]),
+        labels=json.loads(row["labels"]),
+        annotations=json.loads(row["annotations"]),
+        last_alert_id=int(row["last_alert_id"]),
+        rule=row["rule"],
+        resolved_at=row["resolved_at"],
+        error=row["error"],
+        extra=json.loads(row["extra"]),
+    )
+
+
+def _job(row: Row) -> Job:
+    return Job(
+        id=int(row["id"]),
+        queue=row["queue"],
+        kind=row["kind"],
+        ordering_key=row["ordering_key"],
+        incident_id=row["incident_id"],
+        payload=json.loads(row["payload"]),
+        attempts=int(row["attempts"]),
+        lease_owner=row["lease_owner"],
+        created_at=float(row["created_at"]),
+    )
+
+
+class Store:
+    def __init__(self, db: Database, *, max_attempts: int = 5) -> None:
+        self.db = db
+        self.max_attempts = max_attempts
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        async with self.db.transaction() as conn:
+            await conn.fetchval("SELECT 1")
+
+    # --- intake ---------------------------------------------------------------------------------
+
+    async def record_delivery(self, delivery: Delivery) -> DeliveryReceipt:
+        now = time.time()
+        async with self.db.transaction() as conn:
+            payload_id = await conn.fetchval(
+                "INSERT INTO payloads (source, received_at, dedup_key, headers, body)"
+                " VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (source, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING RETURNING id",
+                delivery.source, now, delivery.dedup_key, _dumps(delivery.headers), delivery.body,
+            )
+            if payload_id is None:
+                known = await conn.fetchval(
+                    "SELECT id FROM payloads WHERE source = $1 AND dedup_key = $2",
+                    delivery.source, delivery.dedup_key,
+                )
+                return DeliveryReceipt(int(known), len(delivery.alerts), 0, 0, duplicate=True)
+            opened = resolved = 0
+            for alert in delivery.alerts:
+                change = await self._record_alert(conn, int(payload_id), alert, now)
+                opened += change == "opened"
+                resolved += change == "resolved"
+        return DeliveryReceipt(int(payload_id), len(delivery.alerts), opened, resolved)
+
+    async def _record_alert(self, conn: Connection, payload_id: int, alert: Alert, now: float) -> str:
+        alert_id = int(await conn.fetchval(
+            "INSERT INTO alerts (payload_id, source, fingerprint, status, alertname, starts_at, ends_at,"
+            " labels, annotations, extra, received_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            payload_id, alert.source, alert.fingerprint, alert.status.value, alert.name, alert.starts_at,
+            alert.ends_at, _dumps(alert.labels), _dumps(alert.annotations), _dumps(_alert_extra(alert)), now,
+        ))
+        key = (alert.source, alert.fingerprint, alert.starts_at)
+        change = "seen"
+        if alert.status is AlertStatus.FIRING:
+            incident_id = await conn.fetchval(
+                "INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, opened_at,"
+                " last_seen, deliveries, labels, annotations, extra, last_alert_id)"
+                " VALUES ($1, $2, $3, $4, 'open', $5, $5, 1, $6, $7, $8, $9)"
+                " ON CONFLICT (source, fingerprint, starts_at) DO NOTHING RETURNING id",
+                *key, alert.name, now, _dumps(alert.labels), _dumps(alert.annotations),
+                _dumps(_alert_extra(alert)), alert_id,
+            )
+            if incident_id is not None:
+                change = "opened"
+                # A firing with a newer startsAt means we never heard the old one resolve.
+                await conn.execute(
+                    "UPDATE incidents SET status = 'resolved', resolved_at = $4, error = 'superseded by a"
+                    " new firing' WHERE source = $1 AND fingerprint = $2 AND starts_at < $3 AND status = 'open'",
+                    *key, now,
+                )
+                await self.enqueue(conn, NewJob(PIPELINE_QUEUE, "process", f"incident:{incident_id}", incident_id))
+        else:
+            incident_id = await conn.fetchval(
+                "UPDATE incidents SET status = 'resolved', resolved_at = $4, last_seen = $4,"
+                " deliveries = deliveries + 1, last_alert_id = $5"
+                " WHERE source = $1 AND fingerprint = $2 AND starts_at = $3 AND status = 'open' RETURNING id",
+                *key, now, alert_id,
+            )
+            if incident_id is not None:
+                change = "resolved"
+                await self.enqueue(conn, NewJob(PIPELINE_QUEUE, "resolve", f"incident:{incident_id}", incident_id))
+        if incident_id is None:
+            incident_id = await conn.fetchval(
+                "UPDATE incidents SET last_seen = $4, deliveries = deliveries + 1, last_alert_id = $5,"
+                " annotations = $6 WHERE source = $1 AND fingerprint = $2 AND starts_at = $3 RETURNING id",
+                *key, now, alert_id, _dumps(alert.annotations),
+            )
+        if incident_id is not None:
+            await conn.execute("UPDATE alerts SET incident_id = $1 WHERE id = $2", incident_id, alert_id)
+        return change
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def enqueue(self, conn: Connection, job: NewJob, *, delay: float = 0.0) -> int:
+        now = time.time()
+        return int(await conn.fetchval(
+            "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts,"
+            " run_after, created_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) RETURNING id",
+            job.queue, job.kind, job.ordering_key, job.incident_id, _dumps(job.payload or {}),
+            self.max_attempts, now + delay, now,
+        ))
+
+    async def claim_jobs(self, queue: str, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+        """Take up to `limit` runnable jobs: queued and due, or running with an expired lease, and
+        never one whose `ordering_key` has an earlier job still unfinished."""
+        now = time.time()
+        lock = "FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgres" else ""
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(
+                "UPDATE jobs SET status = 'running', lease_owner = $2, lease_expires = $3,"
+                " attempts = attempts + 1 WHERE id IN ("
+                "  SELECT j.id FROM jobs j WHERE j.queue = $1 AND j.status IN ('queued', 'running')"
+                "  AND ((j.status = 'queued' AND j.run_after <= $4) OR (j.status = 'running' AND j.lease_expires < $4))"
+                "  AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.queue = j.queue AND p.ordering_key = j.ordering_key"
+                "   AND p.id < j.id AND p.status IN ('queued', 'running'))"
+                f"  ORDER BY j.id LIMIT $5 {lock}"
+                ") RETURNING *",
+                queue, owner, now + lease_seconds, now, limit,
+            )
+        return sorted((_job(r) for r in rows), key=lambda j: j.id)
+
+    async def finish_job(
+        self,
+        job: Job,
+        result: dict[str, Any] | None = None,
+        writes: Callable[[Connection], Awaitable[None]] | None = None,
+        follow_ups: Sequence[NewJob] = (),
+    ) -> None:
+        """Mark a job done together with its results, or not at all (LeaseLost)."""
+        async with self.db.transaction() as conn:
+            changed = await conn.execute(
+                "UPDATE jobs SET status = 'done', finished_at = $3, result = $4, last_error = NULL"
+                " WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                job.id, job.lease_owner, time.time(), _dumps(result or {}),
+            )
+            if changed != 1:
+                raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
+            if writes is not None:
+                await writes(conn)
+            for follow_up in follow_ups:
+                await self.enqueue(conn, follow_up)
+
+    async def retry_job(self, job: Job, error: str, delay: float, *, permanent: bool = False) -> str:
+        """Give a failed attempt back to the queue, or mark the job failed when attempts run out."""
+        async with self.db.transaction() as conn:
+            status = await conn.fetchval(
+                "UPDATE jobs SET status = CASE WHEN $5 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,"
+                " run_after = $3, last_error = $4, lease_owner = NULL, lease_expires = NULL,"
+                " finished_at = CASE WHEN $5 OR attempts >= max_attempts THEN $6 ELSE NULL END"
+                " WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING status",
+                job.id, job.lease_owner, time.time() + delay, error[:4000], permanent, time.time(),
+            )
+        return str(status or "lost")
+
+    async def release_jobs(self, owner: str) -> int:
+        """Hand back, unconsumed, every job this owner still holds (graceful shutdown)."""
+        async with self.db.transaction() as conn:
+            return await conn.execute(
+                "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_owner = NULL,"
+                " lease_expires = NULL WHERE lease_owner = $1 AND status = 'running'",
+                owner,
+            )
+
+    async def recover_all_running(self) -> int:
+        """Embedded mode has one daemon per file: whatever was running when it died runs again now."""
+        async with self.db.transaction() as conn:
+            return await conn.execute(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL"
+                " WHERE status = 'running'"
+            )
+
+    async def queue_depth(self, queue: str | None = None) -> int:
+        async with self.db.transaction() as conn:
+            if queue is None:
+                value = await conn.fetchval("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
+            else:
+                value = await conn.fetchval(
+                    "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND status IN ('queued', 'running')", queue
+                )
+        return int(value)
+
+    async def jobs(self, *, incident_id: int | None = None, queue: str | None = None) -> list[Row]:
+        async with self.db.transaction() as conn:
+            return await conn.fetch(
+                "SELECT * FROM jobs WHERE ($1 = 0 OR incident_id = $1) AND ($2 = '' OR queue = $2) ORDER BY id",
+                incident_id or 0, queue or "",
+            )
+
+    # --- incidents ------------------------------------------------------------------------------
+
+    async def get_incident(self, incident_id: int) -> Incident | None:
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
+        return _incident(row) if row else None
+
+    async def list_incidents(self, status: str | None = None, limit: int = 1000) -> list[Incident]:
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM incidents WHERE ($1 = '' OR status = $1) ORDER BY id DESC LIMIT $2",
+                status or "", limit,
+            )
+        return [_incident(r) for r in rows]
+
+    # --- raw payloads and alerts (replay) -------------------------------------------------------
+
+    async def get_alert(self, alert_id: int) -> Row | None:
+        async with self.db.transaction() as conn:
+            return await conn.fetchrow(
+                "SELECT a.*, p.body AS payload_body, p.source AS payload_source FROM alerts a"
+                " JOIN payloads p ON p.id = a.payload_id WHERE a.id = $1",
+                alert_id,
+            )
+
+    async def list_alerts(self, limit: int = 100) -> list[Row]:
+        async with self.db.transaction() as conn:
+            return await conn.fetch(
+                "SELECT id, payload_id, incident_id, source, alertname, status, fingerprint, starts_at,"
+                " received_at FROM alerts ORDER BY id DESC LIMIT $1",
+                limit,
+            )
+
+    # --- evidence and audit ---------------------------------------------------------------------
+
+    async def save_processing(
+        self,
+        conn: Connection,
+        incident_id: int,
+        rule: str | None,
+        error: str | None,
+        evidence: Sequence[tuple[str, dict[str, Any]]],
+        actions: Sequence[tuple[str, dict[str, Any]]],
+    ) -> None:
+        """Within a job's finishing transaction: the incident's rule, its evidence and the audit rows.
+        `evidence` and `actions` are (rule name, row fields) pairs."""
+        now = time.time()
+        await conn.execute(
+            "UPDATE incidents SET rule = $2, error = $3, processed_at = $4 WHERE id = $1",
+            incident_id, rule, error, now,
+        )
+        for rule_name, ev in evidence:
+            await conn.execute(
+                "INSERT INTO evidence (incident_id, rule, step, collector, title, status, duration_ms, payload,"
+                " text, full_text, truncated, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                incident_id, rule_name, ev["step"], ev["collector"], ev["title"], ev["status"],
+                float(ev["duration_ms"]), _dumps(ev["payload"]), ev["text"], ev.get("full_text"),
+                int(bool(ev.get("truncated"))), now,
+            )
+        for rule_name, action in actions:
+            await self.insert_action(conn, incident_id, rule_name, action)
+
+    async def insert_action(self, conn: Connection, incident_id: int | None, rule: str,
+                            action: dict[str, Any]) -> int:
+        return int(await conn.fetchval(
+            "INSERT INTO actions (incident_id, rule, step, action, target, mode, outcome, guard, reason, params,"
+            " output, actor, created_at, finished_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+            incident_id, rule, action["step"], action["action"], action["target"], action["mode"],
+            action["outcome"], action.get("guard"), action.get("reason", ""), _dumps(action.get("params", {})),
+            _dumps(action.get("output", {})), action.get("actor"), action.get("created_at", time.time()),
+            action.get("finished_at"),
+        ))
+
+    async def evidence(self, incident_id: int) -> list[Row]:
+        async with self.db.transaction() as conn:
+            return await conn.fetch("SELECT * FROM evidence WHERE incident_id = $1 ORDER BY id", incident_id)
+
+    async def actions(self, incident_id: int | None = None) -> list[Row]:
+        async with self.db.transaction() as conn:
+            return await conn.fetch(
+                "SELECT * FROM actions WHERE ($1 = 0 OR incident_id = $1) ORDER BY id",
+                incident_id or 0,
+            )
+
+
+def _alert_extra(alert: Alert) -> dict[str, Any]:
+    extra = dict(alert.extra)
+    if alert.generator_url:
+        extra["generator_url"] = alert.generator_url
+    if alert.group_key:
+        extra["group_key"] = alert.group_key
+    return extra
+
+
+async def open_store(url: str, *, synchronous: str = "full", pool_size: int = 10, timeout: float = 5.0,
+                     max_attempts: int = 5) -> Store:
+    db = await open_database(url, synchronous=synchronous, pool_size=pool_size, timeout=timeout)
+    try:
+        await migrate(db)
+    except BaseException:
+        await db.close()
+        raise
+    return Store(db, max_attempts=max_attempts)

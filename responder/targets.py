@@ -1,0 +1,56 @@
+"""Named targets from the config (Kubernetes clusters, databases, Redis, Prometheus, HTTP endpoints)
+and the clients to reach them, created on first use and closed with the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, TypeVar
+
+from responder.config import Config, TargetsConfig
+
+C = TypeVar("C")
+
+
+class UnknownTarget(LookupError):
+    pass
+
+
+class Targets:
+    """Owns one client per target for the daemon's lifetime: `async with Targets(config) as t:`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Targets:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._stack.aclose()
+        self._clients.clear()
+
+    def spec(self, kind: str, name: str) -> Any:
+        table: dict[str, Any] = getattr(self.config.targets, kind)
+        try:
+            return table[name]
+        except KeyError:
+            raise UnknownTarget(
+                f"no {kind} target named {name!r} in the config (known: {', '.join(table) or 'none'})"
+            ) from None
+
+    async def client(self, kind: str, name: str, factory: Callable[[Any, AsyncExitStack], Awaitable[C]]) -> C:
+        """The shared client for a target, made by `factory(spec, stack)` the first time it is needed;
+        the factory registers its cleanup on the stack."""
+        key = (kind, name)
+        if key not in self._clients:
+            self._clients[key] = await factory(self.spec(kind, name), self._stack)
+        client: C = self._clients[key]
+        return client
+
+
+def target_names(targets: TargetsConfig, kind: str) -> list[str]:
+    return sorted(getattr(targets, kind))
