@@ -107,6 +107,7 @@ class Daemon:
         self.workers += [QueueWorker(self.store, s.queue, _sink_handler(self.store, s), settings, self.owner,
                                      self.metrics) for s in self.sinks]
         tasks = [asyncio.create_task(w.run(), name=f"worker:{w.queue}") for w in self.workers]
+        tasks += [asyncio.create_task(w.heartbeat(), name=f"heartbeat:{w.queue}") for w in self.workers]
         tasks.append(asyncio.create_task(self._watch_queue_depth(), name="queue-depth"))
         self.ready = True
         log.info("ready: %d rule(s), intakes %s, sinks %s, store %s", len(self.ruleset.rules),

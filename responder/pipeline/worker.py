@@ -55,7 +55,7 @@ class QueueWorker:
         self.metrics = metrics
         self._wake = asyncio.Event()
         self._stopping = False
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], int] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -75,15 +75,24 @@ class QueueWorker:
                     log.warning("queue %s: store unavailable while claiming: %s", self.queue, exc)
             for job in jobs:
                 task = asyncio.create_task(self._run_job(job), name=f"{self.queue}:{job.id}")
-                self._running.add(task)
+                self._running[task] = job.id
                 task.add_done_callback(self._job_finished)
             if not jobs:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval)
 
+    async def heartbeat(self) -> None:
+        """Renew the leases of running jobs at a third of the lease time."""
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                await self.store.extend_leases(list(self._running.values()), self.owner, self.settings.lease_seconds)
+            except StoreUnavailable as exc:
+                log.warning("queue %s: could not renew leases: %s", self.queue, exc)
+
     def _job_finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+        self._running.pop(task, None)
         self._wake.set()  # a free slot, and maybe the next job of the same ordering key
 
     async def _run_job(self, job: Job) -> None:

@@ -58,6 +58,12 @@ class Rule(_Strict):
             raise ValueError("rule names are letters, digits, '.', '_' and '-' (at most 128)")
         return value
 
+    @field_validator("match")
+    @classmethod
+    def _matchers_parse(cls, value: list[str] | str) -> list[str] | str:
+        parse_matchers(value)  # raises MatcherError (a ValueError) naming the bad matcher
+        return value
+
     def model_post_init(self, __context: Any) -> None:
         self._matchers = parse_matchers(self.match)
 

@@ -223,6 +223,19 @@ class Store:
             for follow_up in follow_ups:
                 await self.enqueue(conn, follow_up)
 
+    async def extend_leases(self, job_ids: Sequence[int], owner: str, lease_seconds: float) -> int:
+        """Heartbeat: keep the lease on jobs still being worked on, so a long job is not taken twice."""
+        if not job_ids:
+            return 0
+        async with self.db.transaction() as conn:
+            extended = 0
+            for job_id in job_ids:
+                extended += await conn.execute(
+                    "UPDATE jobs SET lease_expires = $3 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                    job_id, owner, time.time() + lease_seconds,
+                )
+            return extended
+
     async def retry_job(self, job: Job, error: str, delay: float, *, permanent: bool = False) -> str:
         """Give a failed attempt back to the queue, or mark the job failed when attempts run out."""
         async with self.db.transaction() as conn:
