@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from responder.intake.base import Intake, PayloadError, registry
@@ -67,8 +68,8 @@ def label_fingerprint(labels: Mapping[str, str]) -> str:
 
 def decode_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
 
 
@@ -120,4 +121,4 @@ class AlertmanagerIntake(Intake):
 
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Headers worth keeping with the raw payload; never credentials."""
-    return {k: v for k, v in headers.items() if k.lower() in ("user-agent", "content-type", "x-request-id")}
+    return {str(k): str(v) for k, v in headers.items() if k.lower() in ("user-agent", "content-type", "x-request-id")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
@@ -55,6 +56,10 @@ class Database(abc.ABC):
         """`async with db.transaction() as conn:` commits on exit, rolls back on error."""
 
     @abc.abstractmethod
+    def read(self) -> AbstractAsyncContextManager[Connection]:
+        """`async with db.read() as conn:` for queries that change nothing: no write transaction."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
 
@@ -63,27 +68,37 @@ class Database(abc.ABC):
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
+@functools.lru_cache(maxsize=4096)
+def sqlite_sql(sql: str) -> str:
+    """`$1` -> `?1`, once per distinct statement."""
+    return _PLACEHOLDER.sub(lambda m: "?" + m.group(1), sql)
+
+
 class _SqliteConnection(Connection):
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
+    # Each call is one hop to aiosqlite's thread (execute_fetchall runs, fetches and closes the cursor
+    # there); the row count comes from total_changes, exact because one lock serializes all access.
+
     async def execute(self, sql: str, *args: Any) -> int:
-        try:
-            cursor = await self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
-        except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error: not our bug, retry later
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
-        count: int = cursor.rowcount
-        await cursor.close()
-        return count
+        before: int = self._conn.total_changes
+        await self._run(sql, args)
+        after: int = self._conn.total_changes
+        return after - before
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in await self._run(sql, args)]
+
+    async def _run(self, sql: str, args: tuple[Any, ...]) -> Any:
         try:
-            cursor = await self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
-        except sqlite3.OperationalError as exc:
+            return await self._conn.execute_fetchall(sqlite_sql(sql), args)
+        except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error: not our bug, retry later
             raise StoreUnavailable(f"sqlite: {exc}") from exc
-        rows = await cursor.fetchall()
-        await cursor.close()
-        return [dict(r) for r in rows]
+        except (sqlite3.ProgrammingError, ValueError) as exc:
+            if "closed" in str(exc) or "no active connection" in str(exc):
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
+            raise
 
 
 class SqliteDatabase(Database):
@@ -124,6 +139,11 @@ class SqliteDatabase(Database):
             except sqlite3.Error as exc:
                 await self._conn.execute("ROLLBACK")
                 raise StoreUnavailable(f"sqlite commit failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Connection]:
+        async with self._lock:
+            yield self._wrapped
 
     async def close(self) -> None:
         await self._conn.close()
@@ -184,6 +204,14 @@ class PostgresDatabase(Database):
     async def transaction(self) -> AsyncIterator[Connection]:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                yield _PostgresConnection(conn)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Connection]:
+        try:
+            async with self._pool.acquire() as conn:
                 yield _PostgresConnection(conn)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from responder.models import (
-    Alert,
-    AlertStatus,
     Delivery,
     DeliveryReceipt,
     Incident,
@@ -26,6 +24,7 @@ from responder.models import (
     Job,
 )
 from responder.store.db import Connection, Database, Row, open_database
+from responder.store.intake_writer import IntakeWriter, dumps
 from responder.store.migrations import migrate
 
 
@@ -43,10 +42,6 @@ class NewJob:
 
 
 PIPELINE_QUEUE = "pipeline"
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
 def _incident(row: Row) -> Incident:
@@ -88,89 +83,28 @@ class Store:
     def __init__(self, db: Database, *, max_attempts: int = 5) -> None:
         self.db = db
         self.max_attempts = max_attempts
+        # SQLite has one writer anyway; PostgreSQL takes a few batches at once.
+        writers = 1 if db.dialect == "sqlite" else 3
+        self._intake = IntakeWriter(db, writers=writers, max_attempts=max_attempts)
 
     @property
     def dialect(self) -> str:
         return self.db.dialect
 
     async def close(self) -> None:
+        await self._intake.close()
         await self.db.close()
 
     async def ping(self) -> None:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             await conn.fetchval("SELECT 1")
 
     # --- intake ---------------------------------------------------------------------------------
 
     async def record_delivery(self, delivery: Delivery) -> DeliveryReceipt:
-        now = time.time()
-        async with self.db.transaction() as conn:
-            payload_id = await conn.fetchval(
-                "INSERT INTO payloads (source, received_at, dedup_key, headers, body)"
-                " VALUES ($1, $2, $3, $4, $5)"
-                " ON CONFLICT (source, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING RETURNING id",
-                delivery.source, now, delivery.dedup_key, _dumps(delivery.headers), delivery.body,
-            )
-            if payload_id is None:
-                known = await conn.fetchval(
-                    "SELECT id FROM payloads WHERE source = $1 AND dedup_key = $2",
-                    delivery.source, delivery.dedup_key,
-                )
-                return DeliveryReceipt(int(known), len(delivery.alerts), 0, 0, duplicate=True)
-            opened = resolved = 0
-            for alert in delivery.alerts:
-                change = await self._record_alert(conn, int(payload_id), alert, now)
-                opened += change == "opened"
-                resolved += change == "resolved"
-        return DeliveryReceipt(int(payload_id), len(delivery.alerts), opened, resolved)
-
-    async def _record_alert(self, conn: Connection, payload_id: int, alert: Alert, now: float) -> str:
-        alert_id = int(await conn.fetchval(
-            "INSERT INTO alerts (payload_id, source, fingerprint, status, alertname, starts_at, ends_at,"
-            " labels, annotations, extra, received_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-            payload_id, alert.source, alert.fingerprint, alert.status.value, alert.name, alert.starts_at,
-            alert.ends_at, _dumps(alert.labels), _dumps(alert.annotations), _dumps(_alert_extra(alert)), now,
-        ))
-        key = (alert.source, alert.fingerprint, alert.starts_at)
-        change = "seen"
-        if alert.status is AlertStatus.FIRING:
-            incident_id = await conn.fetchval(
-                "INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, opened_at,"
-                " last_seen, deliveries, labels, annotations, extra, last_alert_id)"
-                " VALUES ($1, $2, $3, $4, 'open', $5, $5, 1, $6, $7, $8, $9)"
-                " ON CONFLICT (source, fingerprint, starts_at) DO NOTHING RETURNING id",
-                *key, alert.name, now, _dumps(alert.labels), _dumps(alert.annotations),
-                _dumps(_alert_extra(alert)), alert_id,
-            )
-            if incident_id is not None:
-                change = "opened"
-                # A firing with a newer startsAt means we never heard the old one resolve.
-                await conn.execute(
-                    "UPDATE incidents SET status = 'resolved', resolved_at = $4, error = 'superseded by a"
-                    " new firing' WHERE source = $1 AND fingerprint = $2 AND starts_at < $3 AND status = 'open'",
-                    *key, now,
-                )
-                await self.enqueue(conn, NewJob(PIPELINE_QUEUE, "process", f"incident:{incident_id}", incident_id))
-        else:
-            incident_id = await conn.fetchval(
-                "UPDATE incidents SET status = 'resolved', resolved_at = $4, last_seen = $4,"
-                " deliveries = deliveries + 1, last_alert_id = $5"
-                " WHERE source = $1 AND fingerprint = $2 AND starts_at = $3 AND status = 'open' RETURNING id",
-                *key, now, alert_id,
-            )
-            if incident_id is not None:
-                change = "resolved"
-                await self.enqueue(conn, NewJob(PIPELINE_QUEUE, "resolve", f"incident:{incident_id}", incident_id))
-        if incident_id is None:
-            incident_id = await conn.fetchval(
-                "UPDATE incidents SET last_seen = $4, deliveries = deliveries + 1, last_alert_id = $5,"
-                " annotations = $6 WHERE source = $1 AND fingerprint = $2 AND starts_at = $3 RETURNING id",
-                *key, now, alert_id, _dumps(alert.annotations),
-            )
-        if incident_id is not None:
-            await conn.execute("UPDATE alerts SET incident_id = $1 WHERE id = $2", incident_id, alert_id)
-        return change
+        """Commit a delivery (raw payload, alerts, incidents it opens or resolves, their jobs) and return
+        once it is durable. Concurrent deliveries share one transaction (see intake_writer)."""
+        return await self._intake.submit(delivery)
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -179,7 +113,7 @@ class Store:
         return int(await conn.fetchval(
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts,"
             " run_after, created_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) RETURNING id",
-            job.queue, job.kind, job.ordering_key, job.incident_id, _dumps(job.payload or {}),
+            job.queue, job.kind, job.ordering_key, job.incident_id, dumps(job.payload or {}),
             self.max_attempts, now + delay, now,
         ))
 
@@ -214,7 +148,7 @@ class Store:
             changed = await conn.execute(
                 "UPDATE jobs SET status = 'done', finished_at = $3, result = $4, last_error = NULL"
                 " WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-                job.id, job.lease_owner, time.time(), _dumps(result or {}),
+                job.id, job.lease_owner, time.time(), dumps(result or {}),
             )
             if changed != 1:
                 raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
@@ -266,7 +200,7 @@ class Store:
             )
 
     async def queue_depth(self, queue: str | None = None) -> int:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             if queue is None:
                 value = await conn.fetchval("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
             else:
@@ -276,7 +210,7 @@ class Store:
         return int(value)
 
     async def jobs(self, *, incident_id: int | None = None, queue: str | None = None) -> list[Row]:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             return await conn.fetch(
                 "SELECT * FROM jobs WHERE ($1 = 0 OR incident_id = $1) AND ($2 = '' OR queue = $2) ORDER BY id",
                 incident_id or 0, queue or "",
@@ -285,12 +219,12 @@ class Store:
     # --- incidents ------------------------------------------------------------------------------
 
     async def get_incident(self, incident_id: int) -> Incident | None:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             row = await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
         return _incident(row) if row else None
 
     async def list_incidents(self, status: str | None = None, limit: int = 1000) -> list[Incident]:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM incidents WHERE ($1 = '' OR status = $1) ORDER BY id DESC LIMIT $2",
                 status or "", limit,
@@ -300,7 +234,7 @@ class Store:
     # --- raw payloads and alerts (replay) -------------------------------------------------------
 
     async def get_alert(self, alert_id: int) -> Row | None:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             return await conn.fetchrow(
                 "SELECT a.*, p.body AS payload_body, p.source AS payload_source FROM alerts a"
                 " JOIN payloads p ON p.id = a.payload_id WHERE a.id = $1",
@@ -308,7 +242,7 @@ class Store:
             )
 
     async def list_alerts(self, limit: int = 100) -> list[Row]:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             return await conn.fetch(
                 "SELECT id, payload_id, incident_id, source, alertname, status, fingerprint, starts_at,"
                 " received_at FROM alerts ORDER BY id DESC LIMIT $1",
@@ -338,7 +272,7 @@ class Store:
                 "INSERT INTO evidence (incident_id, rule, step, collector, title, status, duration_ms, payload,"
                 " text, full_text, truncated, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 incident_id, rule_name, ev["step"], ev["collector"], ev["title"], ev["status"],
-                float(ev["duration_ms"]), _dumps(ev["payload"]), ev["text"], ev.get("full_text"),
+                float(ev["duration_ms"]), dumps(ev["payload"]), ev["text"], ev.get("full_text"),
                 int(bool(ev.get("truncated"))), now,
             )
         for rule_name, action in actions:
@@ -351,30 +285,21 @@ class Store:
             " output, actor, created_at, finished_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
             incident_id, rule, action["step"], action["action"], action["target"], action["mode"],
-            action["outcome"], action.get("guard"), action.get("reason", ""), _dumps(action.get("params", {})),
-            _dumps(action.get("output", {})), action.get("actor"), action.get("created_at", time.time()),
+            action["outcome"], action.get("guard"), action.get("reason", ""), dumps(action.get("params", {})),
+            dumps(action.get("output", {})), action.get("actor"), action.get("created_at", time.time()),
             action.get("finished_at"),
         ))
 
     async def evidence(self, incident_id: int) -> list[Row]:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             return await conn.fetch("SELECT * FROM evidence WHERE incident_id = $1 ORDER BY id", incident_id)
 
     async def actions(self, incident_id: int | None = None) -> list[Row]:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             return await conn.fetch(
                 "SELECT * FROM actions WHERE ($1 = 0 OR incident_id = $1) ORDER BY id",
                 incident_id or 0,
             )
-
-
-def _alert_extra(alert: Alert) -> dict[str, Any]:
-    extra = dict(alert.extra)
-    if alert.generator_url:
-        extra["generator_url"] = alert.generator_url
-    if alert.group_key:
-        extra["group_key"] = alert.group_key
-    return extra
 
 
 async def open_store(url: str, *, synchronous: str = "full", pool_size: int = 10, timeout: float = 5.0,

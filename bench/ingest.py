@@ -1,0 +1,135 @@
+"""Ingest benchmark: Alertmanager webhooks with 1 and 50 alerts per request, from wrk in a separate process,
+against the daemon on SQLite and on PostgreSQL, and against a bare aiohttp baseline that only parses the JSON.
+
+    .venv/bin/python bench/ingest.py [--duration 15] [--connections 32] [--targets baseline,sqlite,postgres]
+
+Prints a table and writes bench/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, env_with_repo, free_port, print_table, wait_ready, write_result
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    assert m, text
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", output)
+    result: dict[str, Any] = {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        "max_ms": to_ms(latency.group(3)) if latency else None,
+        "errors": 0,
+    }
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", output, re.M)
+        result[f"p{pct}_ms"] = to_ms(m.group(1)) if m else None
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    result["errors"] = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return result
+
+
+def start_server(target: str, port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str | None]:
+    if target == "baseline":
+        argv = [sys.executable, str(REPO / "bench" / "baseline_app.py"), "--port", str(port)]
+        return subprocess.Popen(argv, env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), None
+    schema = None
+    if target == "sqlite":
+        store = f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:6]}.db'}"
+    else:
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        store = f"{PG}?schema={schema}"
+    config = workdir / "bench-config.yaml"
+    rules = workdir / "rules"
+    rules.mkdir(exist_ok=True)
+    config.write_text(
+        "intakes: {alertmanager: {auth: {unauthenticated: loopback}}}\n"
+        "sinks: {console: {enabled: false}}\n"
+        "logging: {level: warning}\n"
+        f"rules: {{dirs: [{rules}]}}\n"
+        "store: {pool_size: 20}\n"
+    )
+    argv = [sys.executable, "-m", "responder", "serve", "--config", str(config), "--store", store,
+            "--listen", f"127.0.0.1:{port}"]
+    return subprocess.Popen(argv, env=env_with_repo(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL), schema
+
+
+def drop_schema(schema: str) -> None:
+    import asyncio
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+    asyncio.run(drop())
+
+
+def run(target: str, alerts: int, duration: int, connections: int, workdir: Path) -> dict[str, Any]:
+    port = free_port()
+    proc, schema = start_server(target, port, workdir)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
+             str(REPO / "bench" / "post_alerts.lua"), f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, env=env_with_repo({"ALERTS": str(alerts)}), timeout=duration + 60,
+        ).stdout
+        result = parse_wrk(out)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if schema:
+            drop_schema(schema)
+    result.update(target=target, alerts_per_request=alerts, alerts_per_s=result["requests_per_s"] * alerts)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--targets", default="baseline,sqlite,postgres")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for alerts in (1, 50):
+            for target in args.targets.split(","):
+                results.append(run(target, alerts, args.duration, args.connections, Path(tmp)))
+    baseline = {r["alerts_per_request"]: r["requests_per_s"] for r in results if r["target"] == "baseline"}
+    for r in results:
+        base = baseline.get(r["alerts_per_request"])
+        r["ratio_to_baseline"] = round(r["requests_per_s"] / base, 3) if base else None
+    print_table(
+        ["target", "alerts/req", "req/s", "alerts/s", "p50 ms", "p99 ms", "max ms", "errors", "x baseline"],
+        [[r["target"], r["alerts_per_request"], f"{r['requests_per_s']:.0f}", f"{r['alerts_per_s']:.0f}",
+          r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["ratio_to_baseline"]] for r in results],
+    )
+    path = write_result("ingest", {"connections": args.connections, "duration_s": args.duration, "runs": results})
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
