@@ -12,7 +12,7 @@ import asyncio
 import functools
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,11 @@ class Connection(abc.ABC):
 
     @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    @abc.abstractmethod
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
+        """A FROM-able set of literal rows, `... AS v` with columns v.column1..N, and its arguments
+        (numbered from $1; further arguments of the statement follow them). `types` are SQL type names."""
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         rows = await self.fetch(sql, *args)
@@ -74,9 +79,18 @@ def sqlite_sql(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda m: "?" + m.group(1), sql)
 
 
+@functools.lru_cache(maxsize=1024)
+def _values_placeholders(rows: int, columns: int) -> str:
+    return ", ".join("(" + ", ".join(f"${r * columns + c + 1}" for c in range(columns)) + ")" for r in range(rows))
+
+
 class _SqliteConnection(Connection):
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
+        text = _values_placeholders(len(rows), len(types))
+        return f"(VALUES {text}) AS v", [value for row in rows for value in row]
 
     # Each call is one hop to aiosqlite's thread (execute_fetchall runs, fetches and closes the cursor
     # there); the row count comes from total_changes, exact because one lock serializes all access.
@@ -164,6 +178,13 @@ _UNAVAILABLE = (
 class _PostgresConnection(Connection):
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
+        # One array per column: the statement text is the same whatever the row count, so asyncpg's
+        # prepared-statement cache holds and the server plans it once.
+        arrays = ", ".join(f"CAST(${i + 1} AS {t}[])" for i, t in enumerate(types))
+        names = ", ".join(f"column{i + 1}" for i in range(len(types)))
+        return f"unnest({arrays}) AS v({names})", [list(column) for column in zip(*rows, strict=True)]
 
     async def execute(self, sql: str, *args: Any) -> int:
         status: str = await self._conn.execute(sql, *args)

@@ -10,7 +10,6 @@ that holds its alerts has committed. Under light load a batch is one delivery, s
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -42,21 +41,12 @@ def alert_extra(alert: Alert) -> dict[str, Any]:
     return extra
 
 
-@functools.lru_cache(maxsize=1024)
-def _placeholders(rows: int, columns: int, casts: tuple[str, ...]) -> str:
-    parts = []
-    for r in range(rows):
-        cells = [f"${r * columns + c + 1}" for c in range(columns)]
-        if casts:
-            cells = [f"CAST({cell} AS {cast})" for cell, cast in zip(cells, casts, strict=True)]
-        parts.append(f"({', '.join(cells)})")
-    return ", ".join(parts)
-
-
-def values(rows: Sequence[Sequence[Any]], casts: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
-    """`($1, $2), ($3, $4)`-style text and flat arguments; `casts` types each column, which PostgreSQL
-    needs in a FROM (VALUES ...) list and SQLite accepts."""
-    return _placeholders(len(rows), len(rows[0]), casts), [value for row in rows for value in row]
+KEY_TYPES = ("text", "text", "double precision")
+ALERT_TYPES = ("bigint", "text", "text", "text", "text", "double precision", "double precision", "text", "text", "text",
+               "double precision")
+INCIDENT_TYPES = (*KEY_TYPES, "text", "text", "double precision", "double precision", "integer", "text", "text", "text",
+                  "bigint")
+JOB_TYPES = ("text", "text", "text", "bigint", "text", "text", "integer", "double precision", "double precision")
 
 
 def chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
@@ -124,11 +114,11 @@ async def _insert_alerts(conn: Connection, fresh: list[tuple[int, int, Delivery]
             for (_, payload_id, a), enc in zip(flat, encoded, strict=True)]
     ids: list[int] = []
     for part in chunks(rows):
-        text, args = values(part)
+        source, args = conn.rows_source(part, ALERT_TYPES)
         # RETURNING order is not guaranteed, so ids are matched back by sorting (they ascend in insert order).
         returned = await conn.fetch(
             "INSERT INTO alerts (payload_id, source, fingerprint, status, alertname, starts_at, ends_at, labels,"
-            f" annotations, extra, received_at) VALUES {text} RETURNING id", *args)
+            f" annotations, extra, received_at) SELECT * FROM {source} WHERE true RETURNING id", *args)
         ids += sorted(int(r["id"]) for r in returned)
     seen: dict[Key, _Seen] = {}
     for (index, _, alert), alert_id, enc in zip(flat, ids, encoded, strict=True):
@@ -150,21 +140,21 @@ async def _open_incidents(conn: Connection, seen: dict[Key, _Seen], now: float) 
     for part in chunks(firing):
         rows = [(*k, seen[k].alert.name, "open", now, now, seen[k].count, *seen[k].encoded, seen[k].alert_id)
                 for k in part]
-        text, args = values(rows)
+        source, args = conn.rows_source(rows, INCIDENT_TYPES)
         returned = await conn.fetch(
             "INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, opened_at, last_seen,"
-            f" deliveries, labels, annotations, extra, last_alert_id) VALUES {text}"
+            f" deliveries, labels, annotations, extra, last_alert_id) SELECT * FROM {source} WHERE true"
             " ON CONFLICT (source, fingerprint, starts_at) DO NOTHING"
             " RETURNING id, source, fingerprint, starts_at", *args)
         for r in returned:
             opened[(r["source"], r["fingerprint"], float(r["starts_at"]))] = int(r["id"])
     for part in chunks(sorted(opened)):
         # A firing with a newer startsAt means we never heard the old one resolve.
-        text, args = values(part, ("TEXT", "TEXT", "DOUBLE PRECISION"))
+        source, args = conn.rows_source(part, KEY_TYPES)
         await conn.execute(
             f"UPDATE incidents SET status = 'resolved', resolved_at = ${len(args) + 1},"
             " error = 'superseded by a new firing'"
-            f" FROM (VALUES {text}) AS v WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
+            f" FROM {source} WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
             " AND incidents.starts_at < v.column3 AND incidents.status = 'open'", *args, now)
     return opened
 
@@ -173,10 +163,10 @@ async def _resolve_incidents(conn: Connection, seen: dict[Key, _Seen], now: floa
     resolving = sorted(k for k, s in seen.items() if s.resolved)
     resolved: dict[Key, int] = {}
     for part in chunks(resolving):
-        text, args = values([(*k, seen[k].alert_id) for k in part], ("TEXT", "TEXT", "DOUBLE PRECISION", "BIGINT"))
+        source, args = conn.rows_source([(*k, seen[k].alert_id) for k in part], (*KEY_TYPES, "bigint"))
         returned = await conn.fetch(
             f"UPDATE incidents SET status = 'resolved', resolved_at = ${len(args) + 1}, last_alert_id = v.column4"
-            f" FROM (VALUES {text}) AS v WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
+            f" FROM {source} WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
             " AND incidents.starts_at = v.column3 AND incidents.status = 'open'"
             " RETURNING incidents.id, incidents.source, incidents.fingerprint, incidents.starts_at", *args, now)
         for r in returned:
@@ -188,11 +178,11 @@ async def _touch_incidents(conn: Connection, keys: list[Key], seen: dict[Key, _S
     """Re-deliveries: count them and keep the latest annotations, never reopen or re-run anything."""
     for part in chunks(sorted(keys)):
         rows = [(*k, seen[k].count, seen[k].alert_id, seen[k].encoded[1]) for k in part]
-        text, args = values(rows, ("TEXT", "TEXT", "DOUBLE PRECISION", "INTEGER", "BIGINT", "TEXT"))
+        source, args = conn.rows_source(rows, (*KEY_TYPES, "integer", "bigint", "text"))
         await conn.execute(
             f"UPDATE incidents SET deliveries = incidents.deliveries + v.column4, last_seen = ${len(args) + 1},"
             " last_alert_id = v.column5, annotations = v.column6"
-            f" FROM (VALUES {text}) AS v WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
+            f" FROM {source} WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
             " AND incidents.starts_at = v.column3", *args, now)
 
 
@@ -200,10 +190,10 @@ async def _enqueue(conn: Connection, jobs: list[tuple[str, int]], now: float, ma
     for part in chunks(jobs):
         rows = [("pipeline", kind, f"incident:{incident_id}", incident_id, "{}", "queued", max_attempts, now, now)
                 for kind, incident_id in part]
-        text, args = values(rows)
+        source, args = conn.rows_source(rows, JOB_TYPES)
         await conn.execute(
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts, run_after,"
-            f" created_at) VALUES {text}", *args)
+            f" created_at) SELECT * FROM {source} WHERE true", *args)
 
 
 async def _link_alerts(conn: Connection, payload_ids: list[int]) -> None:
