@@ -42,6 +42,7 @@ def alert_extra(alert: Alert) -> dict[str, Any]:
 
 
 KEY_TYPES = ("text", "text", "double precision")
+PAYLOAD_TYPES = ("text", "double precision", "text", "text", "bytea")
 ALERT_TYPES = ("bigint", "text", "text", "text", "text", "double precision", "double precision", "text", "text", "text",
                "double precision")
 INCIDENT_TYPES = (*KEY_TYPES, "text", "text", "double precision", "double precision", "integer", "text", "text", "text",
@@ -77,18 +78,14 @@ async def record_batch(conn: Connection, deliveries: Sequence[Delivery], now: fl
                        max_attempts: int) -> list[DeliveryReceipt]:
     receipts: list[DeliveryReceipt | None] = [None] * len(deliveries)
     fresh: list[tuple[int, int, Delivery]] = []
-    for index, delivery in enumerate(deliveries):
-        payload_id = await conn.fetchval(
-            "INSERT INTO payloads (source, received_at, dedup_key, headers, body) VALUES ($1, $2, $3, $4, $5)"
-            " ON CONFLICT (source, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING RETURNING id",
-            delivery.source, now, delivery.dedup_key, dumps(delivery.headers), delivery.body,
-        )
+    for index, (delivery, payload_id) in enumerate(zip(deliveries, await _insert_payloads(conn, deliveries, now),
+                                                       strict=True)):
         if payload_id is None:
             known = await conn.fetchval("SELECT id FROM payloads WHERE source = $1 AND dedup_key = $2",
                                         delivery.source, delivery.dedup_key)
             receipts[index] = DeliveryReceipt(int(known), len(delivery.alerts), 0, 0, duplicate=True)
         else:
-            fresh.append((index, int(payload_id), delivery))
+            fresh.append((index, payload_id, delivery))
 
     seen = await _insert_alerts(conn, fresh, now)
     opened = await _open_incidents(conn, seen, now)
@@ -105,6 +102,31 @@ async def record_batch(conn: Connection, deliveries: Sequence[Delivery], now: fl
             resolved=sum(1 for k in resolved if seen[k].delivery == index),
         )
     return [r for r in receipts if r is not None]
+
+
+async def _insert_payloads(conn: Connection, deliveries: Sequence[Delivery], now: float) -> list[int | None]:
+    """Payload ids in delivery order; None for a repeat of a known (source, dedup_key)."""
+    ids: list[int | None] = []
+    for part in chunks(deliveries):
+        rows = [(d.source, now, d.dedup_key, dumps(d.headers), d.body) for d in part]
+        source, args = conn.rows_source(rows, PAYLOAD_TYPES)
+        returned = await conn.fetch(
+            f"INSERT INTO payloads (source, received_at, dedup_key, headers, body) SELECT * FROM {source} WHERE true"
+            " ON CONFLICT (source, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING RETURNING id, source, dedup_key",
+            *args)
+        # Inserted rows get ascending ids in insertion order; a skipped row is a known dedup key.
+        inserted = sorted(int(r["id"]) for r in returned)
+        new_keys = {(r["source"], r["dedup_key"]) for r in returned if r["dedup_key"] is not None}
+        position = 0
+        for d in part:
+            key = (d.source, d.dedup_key)
+            if d.dedup_key is None or key in new_keys:
+                new_keys.discard(key)  # a second copy in the same batch is a repeat
+                ids.append(inserted[position])
+                position += 1
+            else:
+                ids.append(None)
+    return ids
 
 
 async def _insert_alerts(conn: Connection, fresh: list[tuple[int, int, Delivery]], now: float) -> dict[Key, _Seen]:

@@ -128,8 +128,10 @@ class Store:
                 " attempts = attempts + 1 WHERE id IN ("
                 "  SELECT j.id FROM jobs j WHERE j.queue = $1 AND j.status IN ('queued', 'running')"
                 "  AND ((j.status = 'queued' AND j.run_after <= $4) OR (j.status = 'running' AND j.lease_expires < $4))"
-                "  AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.queue = j.queue AND p.ordering_key = j.ordering_key"
-                "   AND p.id < j.id AND p.status IN ('queued', 'running'))"
+                # The oldest unfinished job of its ordering key, found by an index lookup per candidate
+                # (an anti-join here degrades to a scan of the whole backlog when statistics are stale).
+                "  AND j.id = (SELECT MIN(p.id) FROM jobs p WHERE p.queue = j.queue AND p.ordering_key = j.ordering_key"
+                "   AND p.status IN ('queued', 'running'))"
                 f"  ORDER BY j.id LIMIT $5 {lock}"
                 ") RETURNING *",
                 queue, owner, now + lease_seconds, now, limit,
@@ -176,7 +178,8 @@ class Store:
             status = await conn.fetchval(
                 "UPDATE jobs SET status = CASE WHEN $5 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,"
                 " run_after = $3, last_error = $4, lease_owner = NULL, lease_expires = NULL,"
-                " finished_at = CASE WHEN $5 OR attempts >= max_attempts THEN $6 ELSE NULL END"
+                " finished_at = CASE WHEN $5 OR attempts >= max_attempts"
+                " THEN CAST($6 AS DOUBLE PRECISION) ELSE NULL END"
                 " WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING status",
                 job.id, job.lease_owner, time.time() + delay, error[:4000], permanent, time.time(),
             )

@@ -1,0 +1,70 @@
+"""The store on both engines: batched intake semantics, dedup keys, the leased queue and its ordering."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from responder.models import Alert, AlertStatus, Delivery
+from responder.store import LeaseLost, NewJob, Store
+
+
+def alert(fp: str, status: AlertStatus = AlertStatus.FIRING, starts_at: float = 100.0) -> Alert:
+    return Alert("alertmanager", status, fp, starts_at, {"alertname": f"A{fp}"})
+
+
+async def test_concurrent_deliveries_share_a_batch_and_keep_per_delivery_answers(store: Store) -> None:
+    deliveries = [
+        Delivery("pagerduty", b"1", [alert("x")], dedup_key="evt-1"),
+        Delivery("pagerduty", b"1 again", [alert("x")], dedup_key="evt-1"),   # same event id: stored once
+        Delivery("alertmanager", b"2", [alert("a"), alert("b")]),
+        Delivery("alertmanager", b"3", [alert("a")]),                         # re-delivery of a
+        Delivery("alertmanager", b"4", [alert("b", AlertStatus.RESOLVED)]),   # b resolves in the same batch
+    ]
+    receipts = await asyncio.gather(*(store.record_delivery(d) for d in deliveries))
+    assert [r.duplicate for r in receipts] == [False, True, False, False, False]
+    assert receipts[1].payload_id == receipts[0].payload_id
+    assert sum(r.opened for r in receipts) == 3
+    assert sum(r.resolved for r in receipts) == 1
+    by_fp = {i.fingerprint: i for i in await store.list_incidents()}
+    assert {fp: (i.status.value, i.deliveries) for fp, i in by_fp.items()} == {
+        "x": ("open", 1), "a": ("open", 2), "b": ("resolved", 2)}
+    again = await store.record_delivery(Delivery("pagerduty", b"later", [alert("x")], dedup_key="evt-1"))
+    assert again.duplicate and again.payload_id == receipts[0].payload_id
+    async with store.db.read() as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM payloads") == 4
+        linked = await conn.fetch("SELECT fingerprint, incident_id FROM alerts ORDER BY id")
+    assert all(row["incident_id"] == by_fp[row["fingerprint"]].id for row in linked)
+
+
+async def test_newer_firing_supersedes_an_incident_whose_resolution_was_never_seen(store: Store) -> None:
+    await store.record_delivery(Delivery("alertmanager", b"", [alert("f", starts_at=100.0)]))
+    await store.record_delivery(Delivery("alertmanager", b"", [alert("f", starts_at=200.0)]))
+    incidents = {i.starts_at: i for i in await store.list_incidents()}
+    assert incidents[100.0].status.value == "resolved" and incidents[100.0].error == "superseded by a new firing"
+    assert incidents[200.0].status.value == "open"
+
+
+async def test_queue_keeps_order_per_key_and_fences_completion_by_lease(store: Store) -> None:
+    async with store.db.transaction() as conn:
+        first = await store.enqueue(conn, NewJob("q", "one", "k1"))
+        second = await store.enqueue(conn, NewJob("q", "two", "k1"))
+        other = await store.enqueue(conn, NewJob("q", "three", "k2"))
+    claimed = await store.claim_jobs("q", "worker-a", 10, lease_seconds=30)
+    assert [j.id for j in claimed] == [first, other]  # `second` waits for `first`
+    assert await store.claim_jobs("q", "worker-b", 10, lease_seconds=30) == []
+    await store.finish_job(claimed[0])
+    [next_job] = await store.claim_jobs("q", "worker-b", 10, lease_seconds=30)
+    assert next_job.id == second
+
+    # worker-a's lease on `other` expires; worker-b takes it; worker-a can no longer commit it.
+    async with store.db.transaction() as conn:
+        await conn.execute("UPDATE jobs SET lease_expires = 0 WHERE id = $1", other)
+    [stolen] = await store.claim_jobs("q", "worker-b", 10, lease_seconds=30)
+    assert stolen.id == other and stolen.attempts == 2
+    with pytest.raises(LeaseLost):
+        await store.finish_job(claimed[1])
+    await store.finish_job(stolen)
+    assert await store.retry_job(next_job, "boom", 0) == "queued"
+    assert await store.queue_depth("q") == 1
