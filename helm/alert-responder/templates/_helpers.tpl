@@ -33,13 +33,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* Where the daemon reads rules: a chart-managed or existing ConfigMap, else the image's own. */}}
-{{- define "alert-responder.rulesDir" -}}
-{{- if or .Values.rules.existingConfigMap .Values.rules.files -}}
-/etc/responder/rules
-{{- else -}}
-/app/rules
-{{- end -}}
+{{/* Where the daemon reads rules: the image's own, then a chart-managed or existing ConfigMap. */}}
+{{- define "alert-responder.ruleDirs" -}}
+{{- $dirs := list }}
+{{- if or .Values.rules.includeImageRules (not (or .Values.rules.existingConfigMap .Values.rules.files)) }}
+{{- $dirs = append $dirs "/app/rules" }}
+{{- end }}
+{{- if or .Values.rules.existingConfigMap .Values.rules.files }}
+{{- $dirs = append $dirs "/etc/responder/rules" }}
+{{- end }}
+{{- toJson $dirs }}
 {{- end }}
 
 {{- define "alert-responder.usesSqlite" -}}
@@ -53,7 +56,7 @@ directory) set from the chart's values, so the pod spec and the daemon cannot di
 {{- define "alert-responder.config" -}}
 {{- $config := deepCopy .Values.config }}
 {{- $server := mustMergeOverwrite (deepCopy (default (dict) $config.server)) (dict "listen" (printf "0.0.0.0:%d" (int .Values.service.port)) "drain_seconds" (printf "%ds" (int .Values.drainSeconds))) }}
-{{- $rules := mustMergeOverwrite (deepCopy (default (dict) $config.rules)) (dict "dirs" (list (include "alert-responder.rulesDir" .))) }}
+{{- $rules := mustMergeOverwrite (deepCopy (default (dict) $config.rules)) (dict "dirs" (include "alert-responder.ruleDirs" . | fromJsonArray)) }}
 {{- $_ := set $config "server" $server }}
 {{- $_ = set $config "rules" $rules }}
 {{- toYaml $config }}
