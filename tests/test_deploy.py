@@ -232,6 +232,15 @@ def test_rendered_chart_passes_yamllint(lint_config: YamlLintConfig, values_name
     assert "RESPONDER_KILL_SWITCH" in rendered["alert-responder/templates/NOTES.txt"]
 
 
+@pytest.mark.parametrize("values_name", ["default", "production"])
+def test_helm_lint_finds_nothing_above_info(values_name: str) -> None:
+    values = production_values() if values_name == "production" else {}
+    report = helm.lint(str(CHART), values=values, strict=True, namespace=NAMESPACE, kube_version="1.29.0")
+    # Severity 1 is INFO ("icon is recommended"). Lint is lenient with `fail`: the render tests cover refusals.
+    findings = [m for m in report["messages"] if m["severity"] > 1]
+    assert not findings and not report["errors"], report
+
+
 def rendered_config(docs: list[dict[str, Any]], tmp_path: Path) -> Path:
     config_map = one(docs, "ConfigMap", f"{FULLNAME}-config")
     path = tmp_path / "config.yaml"
