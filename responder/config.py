@@ -221,10 +221,52 @@ class TargetsConfig(Strict):
     http: dict[str, HttpTarget] = Field(default_factory=dict)
 
 
+class LockRedisConfig(Strict):
+    """Where target locks live when several replicas share the work: a Redis URL or a Redis target."""
+
+    url: SecretRef | None = None
+    target: str | None = None
+    key_prefix: str = "responder:"
+    timeout: Duration = 2.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LockRedisConfig:
+        if (self.url is None) == (self.target is None):
+            raise ValueError("give exactly one of 'url' or 'target'")
+        return self
+
+
+class ApprovalsConfig(Strict):
+    # A pending approval nobody answers within this time expires and nothing runs.
+    timeout: Duration = 900.0
+    # Slack's signing secret, to verify POST /slack/interactions; without it every interaction is refused.
+    slack_signing_secret: SecretRef | None = None
+    # Requests signed longer ago than this (or in the future by as much) are refused as replays.
+    max_clock_skew: Duration = 300.0
+
+
 class MitigationsConfig(Strict):
     mode: Literal["dry-run", "enforce"] = "dry-run"
-    # One switch that stops every action at once; RESPONDER_KILL_SWITCH=1 does the same.
+    # One switch that stops every action at once; RESPONDER_KILL_SWITCH=1 or POST /api/kill-switch do the same.
     kill_switch: bool = False
+    # Defaults for every action on one target; a rule step may set stricter (or looser) values.
+    cooldown: Duration = 1800.0
+    max_per_day: int = Field(default=3, ge=0)
+    # Across all actions and targets, per rolling hour.
+    max_per_hour: int = Field(default=20, ge=0)
+    # Shell-style patterns of target keys (kubernetes/prod/deployment/api) and namespaces allowed to be
+    # changed; empty allows all.
+    allow_targets: list[str] = Field(default_factory=list)
+    allow_namespaces: list[str] = Field(default_factory=list)
+    # An alert that started longer ago than this is not acted on (a backlog replayed after an outage).
+    max_alert_age: Duration = 3600.0
+    # How long one action may run before it counts as failed.
+    action_timeout: Duration = 30.0
+    # Per-target locks shared by all replicas; without it locks are in-process (one daemon only).
+    redis: LockRedisConfig | None = None
+    # A lock outlives a crashed holder by at most this long.
+    lock_ttl: Duration = 300.0
+    approvals: ApprovalsConfig = ApprovalsConfig()
 
 
 class Config(Strict):
@@ -300,6 +342,9 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         raise ConfigError(format_validation_error(origin, exc)) from exc
     config = config.model_copy(update={"source": path.resolve() if path else None})
     problems = [f"{origin}: {key}: {msg}" for key, msg in _unreadable_secrets(config)]
+    lock_redis = config.mitigations.redis
+    if lock_redis is not None and lock_redis.target is not None and lock_redis.target not in config.targets.redis:
+        problems.append(f"{origin}: mitigations.redis.target: no redis target named {lock_redis.target!r}")
     if problems:
         raise ConfigError(problems)
     return config

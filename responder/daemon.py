@@ -23,6 +23,8 @@ from responder.intake import Intake
 from responder.intake import registry as intake_registry
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
+from responder.mitigations.jobs import MitigationJobs
+from responder.mitigations.locks import LocalLocks, TargetLocks, open_locks
 from responder.models import Job
 from responder.pipeline.process import IncidentProcessor
 from responder.pipeline.worker import Handler, PermanentJobError, QueueWorker, RetryLater, WorkerSettings
@@ -31,6 +33,7 @@ from responder.rules.engine import RuleSet
 from responder.sinks import Sink, SinkError
 from responder.sinks import registry as sink_registry
 from responder.store import PIPELINE_QUEUE, Store, open_store
+from responder.store.actions import MITIGATIONS_QUEUE, ActionStore
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ class Daemon:
         self._store: Store | None = None
         self.workers: list[QueueWorker] = []
         self.targets = Targets(config)
+        self.locks: TargetLocks = LocalLocks()
 
     @property
     def store(self) -> Store:
@@ -68,10 +72,17 @@ class Daemon:
             raise RuntimeError("the store is not open yet")
         return self._store
 
-    def wake_pipeline(self) -> None:
+    @property
+    def actions(self) -> ActionStore:
+        return ActionStore(self.store)
+
+    def wake(self, queue: str = PIPELINE_QUEUE) -> None:
         for worker in self.workers:
-            if worker.queue == PIPELINE_QUEUE:
+            if worker.queue == queue:
                 worker.wake()
+
+    def wake_pipeline(self) -> None:
+        self.wake(PIPELINE_QUEUE)
 
     async def resources(self, app: web.Application) -> AsyncIterator[None]:
         """Cleanup context: store, targets and sinks, open for the app's lifetime."""
@@ -86,6 +97,7 @@ class Daemon:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._store.close)
             await stack.enter_async_context(self.targets)
+            self.locks = await open_locks(self.config.mitigations, self.targets, stack)
             for sink in self.sinks:
                 await sink.start()
                 stack.push_async_callback(sink.close)
@@ -96,14 +108,17 @@ class Daemon:
         p = self.config.pipeline
         settings = WorkerSettings(p.workers, self.config.store.lease_seconds, p.job_timeout, p.retry_initial,
                                   p.retry_max, self.config.store.poll_interval)
+        guard = Guard(self.config.mitigations, self.targets, self.actions, self.locks, self.metrics)
+        limits = EvidenceLimits(p.collector_timeout, p.collectors_total_timeout, p.evidence_display_bytes,
+                                p.evidence_store_bytes)
         processor = IncidentProcessor(
-            store=self.store, ruleset=self.ruleset, targets=self.targets,
-            guard=Guard(self.config.mitigations, self.targets, self.metrics), redactor=self.redactor,
-            limits=EvidenceLimits(p.collector_timeout, p.collectors_total_timeout, p.evidence_display_bytes,
-                                  p.evidence_store_bytes),
-            metrics=self.metrics, sink_queues=[s.queue for s in self.sinks],
+            store=self.store, ruleset=self.ruleset, targets=self.targets, guard=guard, redactor=self.redactor,
+            limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks],
         )
-        self.workers = [QueueWorker(self.store, PIPELINE_QUEUE, processor.handle, settings, self.owner, self.metrics)]
+        mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor)
+        self.workers = [QueueWorker(self.store, PIPELINE_QUEUE, processor.handle, settings, self.owner, self.metrics),
+                        QueueWorker(self.store, MITIGATIONS_QUEUE, mitigation_jobs.handle, settings, self.owner,
+                                    self.metrics)]
         self.workers += [QueueWorker(self.store, s.queue, _sink_handler(self.store, s), settings, self.owner,
                                      self.metrics) for s in self.sinks]
         tasks = [asyncio.create_task(w.run(), name=f"worker:{w.queue}") for w in self.workers]

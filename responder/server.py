@@ -1,4 +1,4 @@
-"""The HTTP surface: webhook intakes, health, readiness and metrics.
+"""The HTTP surface: webhook intakes, Slack approvals, the kill switch API, health, readiness and metrics.
 
 A webhook is answered 2xx only after its alerts are committed; a store that cannot commit gets a
 503 so the sender retries. Every refusal is a JSON body that names the problem.
@@ -7,6 +7,7 @@ A webhook is answered 2xx only after its alerts are committed; a store that cann
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from responder.daemon import Daemon
 from responder.intake import Intake, PayloadError, Unauthorized
+from responder.mitigations.approvals import BadInteraction, Rejected, handle_interaction
 from responder.store import StoreUnavailable
+from responder.store.actions import KILL_SWITCH, MITIGATIONS_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,68 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
     return handle
 
 
+async def slack_interactions(request: web.Request) -> web.Response:
+    """Approve / deny buttons. 401 for anything not freshly signed by Slack; a valid answer to an
+    approval that is no longer pending is acknowledged (200) and changes nothing."""
+    daemon = request.app[DAEMON]
+    server = daemon.config.server
+    try:
+        body = await read_body(request, server.max_body_bytes, server.read_timeout)
+        answer, state = await handle_interaction(daemon.config.mitigations.approvals, daemon.actions,
+                                                 dict(request.headers), body)
+    except Rejected as exc:
+        return problem(401, "unauthorized", str(exc))
+    except BadInteraction as exc:
+        return problem(400, "invalid interaction", str(exc))
+    except BodyTooLarge:
+        return problem(413, "payload too large", f"the limit is {server.max_body_bytes} bytes")
+    except TimeoutError:
+        return problem(408, "request timeout", "the body did not arrive in time")
+    except StoreUnavailable:
+        return problem(503, "store unavailable", "retry later")
+    if state == "approved":
+        daemon.wake(MITIGATIONS_QUEUE)
+    log.info("approval %s: %s by %s", answer.approval_id, state, answer.actor)
+    verb = {"approved": "Approved", "denied": "Denied"}.get(state, f"Not changed (the approval is {state})")
+    return web.json_response({"approval_id": answer.approval_id, "state": state,
+                              "text": f"{verb}: approval {answer.approval_id} by {answer.actor}"})
+
+
+def api_caller(request: web.Request) -> str:
+    """Who calls an /api endpoint; raises 401 unless the request carries server.api_token."""
+    ref = request.app[DAEMON].config.server.api_token
+    token = ref.resolve() if ref is not None else None
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if token is None or not given or not hmac.compare_digest(given.encode(), token.reveal().encode()):
+        raise Unauthorized("a valid 'Authorization: Bearer <server.api_token>' is required")
+    return f"api:{request.remote or '?'}"
+
+
+async def kill_switch(request: web.Request) -> web.Response:
+    """GET: the stored switch. POST {"enabled": bool, "reason": str}: turn it on or off for every replica."""
+    daemon = request.app[DAEMON]
+    try:
+        caller = api_caller(request)
+    except Unauthorized as exc:
+        return problem(401, "unauthorized", str(exc))
+    try:
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                enabled = body["enabled"]
+                reason = str(body.get("reason", ""))
+            except (ValueError, KeyError, TypeError):
+                return problem(400, "invalid body", 'expected {"enabled": true|false, "reason": "..."}')
+            if not isinstance(enabled, bool):
+                return problem(400, "invalid body", "enabled must be true or false")
+            await daemon.actions.set_setting(KILL_SWITCH, {"enabled": enabled, "reason": reason}, caller)
+            log.warning("kill switch turned %s by %s: %s", "ON" if enabled else "off", caller, reason)
+        stored = await daemon.actions.kill_switch()
+    except StoreUnavailable:
+        return problem(503, "store unavailable", "retry later")
+    return web.json_response({"enabled": stored is not None, **(stored or {})})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
@@ -132,6 +197,9 @@ def build_app(daemon: Daemon) -> web.Application:
     app.cleanup_ctx.append(daemon.background)
     for intake in daemon.intakes:
         app.router.add_post(intake.path, webhook_handler(daemon, intake))
+    app.router.add_post("/slack/interactions", slack_interactions)
+    app.router.add_get("/api/kill-switch", kill_switch)
+    app.router.add_post("/api/kill-switch", kill_switch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -8,7 +8,10 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
 
-from responder.config import Config, TargetsConfig
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from responder.config import Config, KubernetesTarget, TargetsConfig
 
 C = TypeVar("C")
 
@@ -50,6 +53,29 @@ class Targets:
             self._clients[key] = await factory(self.spec(kind, name), self._stack)
         client: C = self._clients[key]
         return client
+
+    async def kubernetes(self, name: str) -> k8s.ApiClient:
+        """The shared Kubernetes API client for a `targets.kubernetes` entry."""
+        return await self.client("kubernetes", name, _kubernetes_client)
+
+
+async def _kubernetes_client(spec: KubernetesTarget, stack: AsyncExitStack) -> k8s.ApiClient:
+    configuration = k8s.Configuration()
+    if spec.url is not None:
+        configuration.host = spec.url
+        token = spec.token.resolve() if spec.token is not None else None
+        if token is not None:
+            configuration.api_key = {"authorization": token.reveal()}
+            configuration.api_key_prefix = {"authorization": "Bearer"}
+    elif spec.in_cluster:
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        await k8s_config.load_kube_config(config_file=str(spec.kubeconfig) if spec.kubeconfig else None,
+                                          context=spec.context, client_configuration=configuration)
+    configuration.verify_ssl = spec.verify_tls
+    api = k8s.ApiClient(configuration=configuration)
+    stack.push_async_callback(api.close)
+    return api
 
 
 def target_names(targets: TargetsConfig, kind: str) -> list[str]:

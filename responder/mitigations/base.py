@@ -30,6 +30,10 @@ class Action(abc.ABC, Generic[P]):
         """A stable key for what this changes (e.g. `kubernetes/prod/deployment/api`): locks, cooldowns
         and budgets are kept per target."""
 
+    def namespace(self, params: P) -> str | None:
+        """The namespace the target lives in, for `mitigations.allow_namespaces` (None: not namespaced)."""
+        return None
+
     @abc.abstractmethod
     def describe(self, params: P) -> str:
         """One line saying exactly what `execute` would do; dry-run records this."""

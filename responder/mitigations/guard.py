@@ -1,10 +1,18 @@
 """The one layer every action goes through. It decides, records and only then acts.
 
-Outcomes: `executed`, `dry-run`, `skipped` (with the deciding guard and why) and `failed`.
+In order, a step is refused (`skipped`, with the deciding guard and why) by: the kill switch (config,
+RESPONDER_KILL_SWITCH, or the stored switch set through the API), a resolved alert, an alert older
+than `max_alert_age`, a target or namespace outside the allow-lists, a false `when:` condition. Then,
+in enforce mode, the target's lock (fail closed if the lock service is down), and, recorded in the same
+transaction as the decision itself, a duplicate decision for the incident's step, the cooldown and the
+budgets. Only then does the action run; its row says `executing` before it starts and `executed` or
+`failed` after. Dry-run goes through the same checks (counting earlier dry-runs) and changes nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import logging
 import os
 import time
@@ -15,10 +23,14 @@ from typing import Any
 from responder.collectors.base import Evidence
 from responder.config import MitigationsConfig
 from responder.metrics import Metrics
-from responder.mitigations.base import ActionContext, registry
+from responder.mitigations.base import Action, ActionContext, registry
+from responder.mitigations.conditions import evaluate
+from responder.mitigations.locks import LockUnavailable, TargetLocks
 from responder.models import Incident, IncidentStatus
 from responder.rules.engine import RenderedStep
 from responder.rules.model import MitigationSpec, Rule
+from responder.store.actions import MITIGATIONS_QUEUE, ActionStore, Limits
+from responder.store.store import NewJob
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
@@ -38,6 +50,9 @@ class Decision:
     output: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    action_id: int | None = None
+    # Set when outcome is `pending`: the id a person approves or denies (Slack button value).
+    approval_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +60,7 @@ class Decision:
             "outcome": self.outcome, "description": self.description, "params": self.params,
             "guard": self.guard, "reason": self.reason, "output": self.output,
             "created_at": self.created_at, "finished_at": self.finished_at,
+            "action_id": self.action_id, "approval_id": self.approval_id,
         }
 
 
@@ -53,9 +69,12 @@ def kill_switch_on(config: MitigationsConfig) -> bool:
 
 
 class Guard:
-    def __init__(self, config: MitigationsConfig, targets: Targets, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: MitigationsConfig, targets: Targets, actions: ActionStore, locks: TargetLocks,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.targets = targets
+        self.actions = actions
+        self.locks = locks
         self.metrics = metrics
 
     def mode_for(self, rule: Rule, spec: MitigationSpec) -> str:
@@ -63,44 +82,122 @@ class Guard:
         modes = [self.config.mode, rule.mode or self.config.mode, spec.mode or rule.mode or self.config.mode]
         return "enforce" if all(m == "enforce" for m in modes) else "dry-run"
 
+    def limits_for(self, spec: MitigationSpec) -> Limits:
+        return Limits(
+            cooldown=self.config.cooldown if spec.cooldown is None else spec.cooldown,
+            max_per_day=self.config.max_per_day if spec.max_per_day is None else spec.max_per_day,
+            max_per_hour=self.config.max_per_hour,
+        )
+
+    def count(self, decision: Decision) -> None:
+        if self.metrics is not None:
+            self.metrics.actions.labels(decision.action, decision.outcome, decision.guard or "").inc()
+
     async def run(self, rule: Rule, steps: Sequence[RenderedStep], incident: Incident,
                   evidence: Sequence[Evidence]) -> list[Decision]:
         decisions = []
         for step in steps:
-            decision = await self._decide_and_act(rule, step, incident)
-            if self.metrics is not None:
-                self.metrics.actions.labels(decision.action, decision.outcome, decision.guard or "").inc()
+            decision = await self._decide_and_act(rule, step, incident, evidence)
+            self.count(decision)
             decisions.append(decision)
         return decisions
 
-    async def _decide_and_act(self, rule: Rule, step: RenderedStep, incident: Incident) -> Decision:
+    async def kill_switch_reason(self) -> str | None:
+        if kill_switch_on(self.config):
+            return "the kill switch is on (configuration or RESPONDER_KILL_SWITCH)"
+        stored = await self.actions.kill_switch()
+        if stored is not None:
+            return f"the kill switch was turned on by {stored['by']}: {stored['reason'] or 'no reason given'}"
+        return None
+
+    async def _refusal(self, action: Action[Any], step: RenderedStep, spec: MitigationSpec, target: str,
+                       incident: Incident, evidence: Sequence[Evidence]) -> tuple[str, str] | None:
+        if (why := await self.kill_switch_reason()) is not None:
+            return "kill_switch", why
+        if incident.status is IncidentStatus.RESOLVED:
+            return "resolved", "the alert is already resolved"
+        age = time.time() - incident.starts_at
+        if age > self.config.max_alert_age:
+            return "alert_age", f"the alert started {age:.0f}s ago (max_alert_age {self.config.max_alert_age:g}s)"
+        if self.config.allow_targets and not any(fnmatch.fnmatchcase(target, p) for p in self.config.allow_targets):
+            return "allow_list", f"target {target} is not in mitigations.allow_targets"
+        namespace = action.namespace(step.params)
+        if (self.config.allow_namespaces and namespace is not None
+                and not any(fnmatch.fnmatchcase(namespace, p) for p in self.config.allow_namespaces)):
+            return "allow_list", f"namespace {namespace} is not in mitigations.allow_namespaces"
+        holds, why_not = evaluate(spec.when, incident, evidence)
+        if not holds:
+            return "condition", why_not
+        return None
+
+    async def _decide_and_act(self, rule: Rule, step: RenderedStep, incident: Incident,
+                              evidence: Sequence[Evidence]) -> Decision:
         action = registry.get(step.type)()
         spec = step.spec
         assert isinstance(spec, MitigationSpec)
-        mode = self.mode_for(rule, spec)
-        decision = Decision(step.id, step.type, action.target(step.params), mode, "pending",
+        target = action.target(step.params)
+        decision = Decision(step.id, step.type, target, self.mode_for(rule, spec), "pending",
                             action.describe(step.params), step.params.model_dump(mode="json"))
-        if kill_switch_on(self.config):
-            return self._skip(decision, "kill_switch", "the kill switch is on: no action runs")
-        if incident.status is IncidentStatus.RESOLVED:
-            return self._skip(decision, "resolved", "the alert is already resolved")
-        if mode == "dry-run":
-            decision.outcome = "dry-run"
+        refusal = await self._refusal(action, step, spec, target, incident, evidence)
+        if refusal is not None:
+            return await self._record_skip(rule, incident, decision, *refusal)
+        if decision.mode == "dry-run":
             decision.reason = f"would: {decision.description}"
-            decision.finished_at = time.time()
-            return decision
+            return await self._reserve(rule, incident, decision, spec)
         try:
-            decision.output = await action.execute(step.params, ActionContext(incident, self.targets))
+            async with self.locks.hold(target) as held:
+                if not held:
+                    return await self._record_skip(rule, incident, decision, "lock",
+                                                   f"another decision is acting on {target} right now")
+                await self._reserve(rule, incident, decision, spec)
+                if decision.outcome != "executing":
+                    return decision
+                assert decision.action_id is not None
+                await self.execute(action, step.params, incident, decision, spec, rule.name)
+                return decision
+        except LockUnavailable as exc:
+            log.warning("not acting on %s: %s", target, exc)
+            return await self._record_skip(rule, incident, decision, "lock", f"fail-closed: {exc}")
+
+    async def execute(self, action: Action[Any], params: Any, incident: Incident, decision: Decision,
+                      spec: MitigationSpec | None, rule: str) -> None:
+        """Run an action whose `executing` row is already stored, and record how it went."""
+        assert decision.action_id is not None
+        try:
+            async with asyncio.timeout(self.config.action_timeout):
+                decision.output = await action.execute(params, ActionContext(incident, self.targets))
             decision.outcome = "executed"
         except Exception as exc:
-            log.warning("action %s on %s failed: %s", step.type, decision.target, exc)
+            log.warning("action %s on %s failed: %s", decision.action, decision.target, exc)
             decision.outcome = "failed"
-            decision.reason = f"{type(exc).__name__}: {exc}"
+            decision.reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         decision.finished_at = time.time()
+        await self.actions.finish(decision.action_id, decision.outcome, output=decision.output,
+                                  reason=decision.reason)
+        if decision.outcome == "executed" and spec is not None and spec.verify is not None:
+            await self.actions.schedule(
+                NewJob(MITIGATIONS_QUEUE, "verify", f"verify:{decision.action_id}", incident.id,
+                       {"action_id": decision.action_id, "rule": rule, "step": decision.step}),
+                delay=spec.verify.after,
+            )
+
+    async def _reserve(self, rule: Rule, incident: Incident, decision: Decision, spec: MitigationSpec) -> Decision:
+        timeout = self.config.approvals.timeout if spec.requires_approval and decision.mode == "enforce" else None
+        reservation = await self.actions.reserve(incident.id, rule.name, decision.as_dict(), self.limits_for(spec),
+                                                 approval_timeout=timeout)
+        decision.action_id = reservation.action_id
+        decision.approval_id = reservation.approval_id
+        decision.outcome, decision.guard, decision.reason = reservation.outcome, reservation.guard, reservation.reason
+        if decision.outcome == "pending":
+            decision.reason = f"waiting for approval {reservation.approval_id}: {decision.description}"
+        if decision.outcome in ("skipped", "dry-run"):
+            decision.finished_at = time.time()
         return decision
 
-    @staticmethod
-    def _skip(decision: Decision, guard: str, reason: str) -> Decision:
+    async def _record_skip(self, rule: Rule, incident: Incident, decision: Decision, guard: str,
+                           reason: str) -> Decision:
         decision.outcome, decision.guard, decision.reason = "skipped", guard, reason
         decision.finished_at = time.time()
+        decision.action_id = await self.actions.record(incident.id, rule.name, decision.as_dict())
         return decision
+

@@ -2,6 +2,8 @@
 
 Collectors only read, so a job that runs again after a crash gathers again and loses nothing; its
 results, the incident's rule and the sink events are committed with the job's completion, at once.
+Mitigation decisions are the exception: the guard stores each one before acting (see
+responder/mitigations/guard.py), so a job re-run after a crash finds them and does not act twice.
 """
 
 from __future__ import annotations
@@ -103,7 +105,6 @@ class IncidentProcessor:
             await self.store.save_processing(
                 conn, incident.id, rule_names, errors,
                 evidence=[(b.rule, ev) for b in bundles for ev in b.evidence],
-                actions=[(b.rule, d) for b in bundles for d in b.decisions],
             )
 
         view = incident_view(incident) | {"rule": rule_names, "error": errors}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from responder.config import Duration
+from responder.mitigations.conditions import ConditionText
 from responder.rules.matchers import Matcher, parse_matchers
 
 
@@ -27,9 +28,48 @@ class StepSpec(_Strict):
         return self.id or f"{self.type}#{index}"
 
 
+class PrometheusCheck(_Strict):
+    target: str
+    query: str
+    # Recovered when the query's first value is below / above this (give one).
+    below: float | None = None
+    above: float | None = None
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> PrometheusCheck:
+        if (self.below is None) == (self.above is None):
+            raise ValueError("give exactly one of 'below' or 'above'")
+        return self
+
+
+class VerifySpec(_Strict):
+    """How to tell, a while after an action, whether it helped."""
+
+    after: Duration = 120.0
+    # Either re-run a collector step of the same rule and test `when` on its evidence ...
+    collector: str | None = None
+    when: list[ConditionText] = Field(default_factory=list)
+    # ... or ask Prometheus.
+    prometheus: PrometheusCheck | None = None
+
+    @model_validator(mode="after")
+    def _one_check(self) -> VerifySpec:
+        if (self.collector is None) == (self.prometheus is None):
+            raise ValueError("give exactly one of 'collector' (with 'when') or 'prometheus'")
+        if self.collector is not None and not self.when:
+            raise ValueError("a collector check needs 'when' conditions saying what recovered means")
+        return self
+
+
 class MitigationSpec(StepSpec):
     mode: Literal["dry-run", "enforce"] | None = None
     requires_approval: bool = False
+    # Every condition must hold, or the step is skipped with the failing condition as the reason.
+    when: list[ConditionText] = Field(default_factory=list)
+    # Override mitigations.cooldown / max_per_day for this step's action and target.
+    cooldown: Duration | None = None
+    max_per_day: int | None = Field(default=None, ge=0)
+    verify: VerifySpec | None = None
 
 
 class SlackRoute(_Strict):

@@ -133,6 +133,43 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX actions_target ON actions (action, target, created_at);
         """,
     ),
+    (
+        2,
+        "guarded mitigations: approvals, settings, signed-request replay guard, verification",
+        """
+        ALTER TABLE actions ADD COLUMN description TEXT NOT NULL DEFAULT '';
+        ALTER TABLE actions ADD COLUMN verification TEXT;
+        ALTER TABLE actions ADD COLUMN verified_at DOUBLE PRECISION;
+        CREATE INDEX actions_step ON actions (incident_id, rule, step);
+        CREATE INDEX actions_recent ON actions (created_at);
+        ALTER TABLE incidents ADD COLUMN escalation TEXT;
+
+        CREATE TABLE approvals (
+            id {pk},
+            action_id BIGINT NOT NULL REFERENCES actions (id),
+            incident_id BIGINT REFERENCES incidents (id),
+            state TEXT NOT NULL,
+            requested_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            decided_at DOUBLE PRECISION,
+            decided_by TEXT
+        );
+        CREATE UNIQUE INDEX approvals_action ON approvals (action_id);
+
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            updated_by TEXT
+        );
+
+        -- Signatures of accepted signed requests (Slack interactions): a replay is refused.
+        CREATE TABLE signed_requests (
+            signature TEXT PRIMARY KEY,
+            received_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
 
 

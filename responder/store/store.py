@@ -261,10 +261,9 @@ class Store:
         rule: str | None,
         error: str | None,
         evidence: Sequence[tuple[str, dict[str, Any]]],
-        actions: Sequence[tuple[str, dict[str, Any]]],
     ) -> None:
-        """Within a job's finishing transaction: the incident's rule, its evidence and the audit rows.
-        `evidence` and `actions` are (rule name, row fields) pairs."""
+        """Within a job's finishing transaction: the incident's rule and its evidence, as (rule name, row
+        fields) pairs. Action decisions are not written here: the guard stores each one before it acts."""
         now = time.time()
         await conn.execute(
             "UPDATE incidents SET rule = $2, error = $3, processed_at = $4 WHERE id = $1",
@@ -278,19 +277,17 @@ class Store:
                 float(ev["duration_ms"]), dumps(ev["payload"]), ev["text"], ev.get("full_text"),
                 int(bool(ev.get("truncated"))), now,
             )
-        for rule_name, action in actions:
-            await self.insert_action(conn, incident_id, rule_name, action)
 
     async def insert_action(self, conn: Connection, incident_id: int | None, rule: str,
                             action: dict[str, Any]) -> int:
         return int(await conn.fetchval(
             "INSERT INTO actions (incident_id, rule, step, action, target, mode, outcome, guard, reason, params,"
-            " output, actor, created_at, finished_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+            " output, actor, created_at, finished_at, description)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
             incident_id, rule, action["step"], action["action"], action["target"], action["mode"],
             action["outcome"], action.get("guard"), action.get("reason", ""), dumps(action.get("params", {})),
             dumps(action.get("output", {})), action.get("actor"), action.get("created_at", time.time()),
-            action.get("finished_at"),
+            action.get("finished_at"), action.get("description", ""),
         ))
 
     async def evidence(self, incident_id: int) -> list[Row]:

@@ -1,0 +1,63 @@
+"""`responder actions list`: the mitigation audit, newest first: what was done, what would have been,
+what was refused by which guard and why."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from rich.table import Table
+
+from responder.cli._common import add_config_args, out, run_cli
+from responder.cli.incidents import open_cli_store
+from responder.sinks.render import ts
+from responder.store.actions import ActionStore
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("actions", help="inspect the mitigation audit")
+    commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = commands.add_parser("list", help="list action decisions, newest first")
+    add_config_args(listing, store=True)
+    listing.add_argument("--incident", type=int, metavar="ID", help="only this incident's decisions")
+    listing.add_argument("--limit", type=int, default=200)
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(func=list_command)
+
+
+def action_row(row: Any) -> dict[str, Any]:
+    fields = {k: row[k] for k in ("id", "incident_id", "rule", "step", "action", "target", "mode", "outcome",
+                                  "guard", "reason", "description", "actor", "created_at", "finished_at",
+                                  "approval_id", "approval_state")}
+    fields["params"] = json.loads(row["params"])
+    fields["output"] = json.loads(row["output"])
+    fields["verification"] = json.loads(row["verification"]) if row["verification"] else None
+    return fields
+
+
+@run_cli
+def list_command(args: argparse.Namespace) -> int:
+    async def fetch() -> list[dict[str, Any]]:
+        store = await open_cli_store(args)
+        try:
+            return [action_row(r) for r in await ActionStore(store).recent(args.incident, args.limit)]
+        finally:
+            await store.close()
+
+    rows = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table("id", "incident", "when", "action", "target", "mode", "outcome", "guard", "reason / description")
+    for r in rows:
+        verified = r["verification"]
+        note = r["reason"] or r["description"]
+        if verified is not None:
+            note += f" [verify: {'recovered' if verified['recovered'] else 'NOT recovered'}]"
+        table.add_row(str(r["id"]), str(r["incident_id"] or "-"), ts(r["created_at"]), r["action"], r["target"],
+                      r["mode"], r["outcome"], r["guard"] or "-", note)
+    out.print(table)
+    out.print(f"{len(rows)} decision(s)")
+    return 0

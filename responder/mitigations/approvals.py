@@ -1,0 +1,82 @@
+"""Approvals from Slack: verify the request really comes from Slack, then approve or deny once.
+
+Slack signs every interaction: `X-Slack-Signature: v0=HMAC_SHA256(secret, "v0:{timestamp}:{body}")` with
+`X-Slack-Request-Timestamp`. A request is refused (401) when the signature is wrong, the timestamp is
+outside the allowed window, or the same signed request was already accepted (a replay).
+The buttons are `action_id` `approve` / `deny` with `value` the approval id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from responder.config import ApprovalsConfig
+from responder.store.actions import ActionStore
+
+
+class Rejected(Exception):
+    """The request is not a genuine, fresh Slack request."""
+
+
+class BadInteraction(ValueError):
+    """Genuine, but not an approval we understand."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    approval_id: int
+    approve: bool
+    actor: str
+
+
+def verify_signature(config: ApprovalsConfig, headers: dict[str, str], body: bytes, now: float) -> str:
+    """The request's signature when it is valid and fresh; raises Rejected otherwise."""
+    secret = config.slack_signing_secret.resolve() if config.slack_signing_secret is not None else None
+    if secret is None:
+        raise Rejected("no Slack signing secret is configured (mitigations.approvals.slack_signing_secret)")
+    timestamp = headers.get("X-Slack-Request-Timestamp", "")
+    signature = headers.get("X-Slack-Signature", "")
+    if not timestamp.isdigit() or not signature.startswith("v0="):
+        raise Rejected("missing or malformed X-Slack-Request-Timestamp / X-Slack-Signature")
+    if abs(now - int(timestamp)) > config.max_clock_skew:
+        raise Rejected(f"the request timestamp is more than {config.max_clock_skew:g}s away from now")
+    base = b"v0:" + timestamp.encode() + b":" + body
+    expected = "v0=" + hmac.new(secret.reveal().encode(), base, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        raise Rejected("the signature does not match")
+    return signature
+
+
+def parse_interaction(body: bytes) -> Answer:
+    try:
+        payload = json.loads(parse_qs(body.decode("utf-8"), strict_parsing=True)["payload"][0])
+        action = payload["actions"][0]
+        user = payload["user"]
+        action_id, value = action["action_id"], action["value"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BadInteraction(f"not a Slack block action payload: {type(exc).__name__}: {exc}") from None
+    if action_id not in ("approve", "deny"):
+        raise BadInteraction(f"unknown action_id {action_id!r}: expected 'approve' or 'deny'")
+    if not str(value).isdigit():
+        raise BadInteraction(f"the button value must be an approval id, got {value!r}")
+    actor = f"slack:{user.get('id', '?')}"
+    if user.get("username"):
+        actor += f" ({user['username']})"
+    return Answer(int(value), action_id == "approve", actor)
+
+
+async def handle_interaction(config: ApprovalsConfig, actions: ActionStore, headers: dict[str, str],
+                             body: bytes) -> tuple[Answer, str]:
+    """Verify, parse and apply one interaction: (the answer, the approval's state afterwards)."""
+    signature = verify_signature(config, headers, body, time.time())
+    # Kept twice the window: a replay older than that fails the timestamp check anyway.
+    if not await actions.remember_signature(signature, keep_seconds=2 * config.max_clock_skew):
+        raise Rejected("this request was already received (replay)")
+    answer = parse_interaction(body)
+    state = await actions.decide(answer.approval_id, answer.approve, answer.actor)
+    return answer, state

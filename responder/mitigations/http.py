@@ -1,0 +1,60 @@
+"""HTTP action: call an application's admin endpoint (enable a fallback mode, open a circuit breaker).
+
+The base URL and headers (tokens from secrets) come from a `targets.http` entry; a step only chooses
+the method, the path under that URL and a JSON body. Success is an expected status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from responder.mitigations.base import Action, ActionContext, registry
+from responder.params import TargetName
+
+
+class HttpParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: TargetName
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    path: str = Field(max_length=2048)
+    json_body: dict[str, Any] | list[Any] | None = Field(default=None, alias="json")
+    expect_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
+    timeout: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.startswith("//") or ".." in value.split("/") or any(
+                c.isspace() or c in "#\\" for c in value):
+            raise ValueError("path must start with '/', stay under the target's URL and contain no spaces")
+        return value
+
+
+@registry.register
+class HttpRequest(Action[HttpParams]):
+    name = "http.request"
+    params_model = HttpParams
+
+    def target(self, params: HttpParams) -> str:
+        return f"http/{params.target}{params.path.split('?', 1)[0]}"
+
+    def describe(self, params: HttpParams) -> str:
+        body = " with a JSON body" if params.json_body is not None else ""
+        return f"{params.method} {params.path} on {params.target}{body}, expecting {params.expect_status}"
+
+    async def execute(self, params: HttpParams, ctx: ActionContext) -> dict[str, Any]:
+        spec = ctx.targets.spec("http", params.target)
+        headers = {name: s.reveal() for name, ref in spec.headers.items() if (s := ref.resolve()) is not None}
+        url = spec.url.rstrip("/") + params.path
+        timeout = aiohttp.ClientTimeout(total=params.timeout)
+        connector = aiohttp.TCPConnector(ssl=bool(spec.verify_tls))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, session.request(
+                params.method, url, json=params.json_body, headers=headers, allow_redirects=False) as resp:
+            text = (await resp.text(errors="replace"))[:2000]
+        if resp.status not in params.expect_status:
+            raise RuntimeError(f"{params.method} {params.path} answered {resp.status}: {text[:300]}")
+        return {"status": resp.status, "body": text}

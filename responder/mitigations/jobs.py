@@ -1,0 +1,150 @@
+"""Jobs of the `mitigations` queue: run an approved action once, expire an unanswered approval, and
+verify (after a delay) whether an executed action helped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from responder.collectors.base import CollectorContext
+from responder.collectors.runner import EvidenceLimits, run_collectors
+from responder.config import PrometheusTarget
+from responder.mitigations.base import registry
+from responder.mitigations.conditions import evaluate
+from responder.mitigations.guard import Decision, Guard
+from responder.mitigations.locks import LockUnavailable
+from responder.models import Incident, IncidentStatus, Job
+from responder.redaction import Redactor
+from responder.rules.engine import RuleSet, render_steps
+from responder.rules.model import MitigationSpec, PrometheusCheck, VerifySpec
+from responder.store import Store
+from responder.store.actions import ActionStore
+from responder.store.db import Row
+
+log = logging.getLogger(__name__)
+
+
+def find_spec(ruleset: RuleSet, rule_name: str, step_id: str) -> MitigationSpec | None:
+    for rule in ruleset.rules:
+        if rule.name == rule_name:
+            for index, spec in enumerate(rule.mitigations):
+                if spec.step_id(index) == step_id:
+                    return spec
+    return None
+
+
+@dataclass
+class MitigationJobs:
+    store: Store
+    actions: ActionStore
+    guard: Guard
+    ruleset: RuleSet
+    limits: EvidenceLimits
+    redactor: Redactor
+
+    async def handle(self, job: Job) -> None:
+        if job.kind == "approval.expire":
+            expired = await self.actions.expire(int(job.payload["approval_id"]))
+            if expired and self.guard.metrics is not None:
+                self.guard.metrics.actions.labels("", "expired", "approval").inc()
+            result: dict[str, Any] = {"expired": expired}
+        elif job.kind == "approval.execute":
+            result = await self.execute_approved(int(job.payload["approval_id"]))
+        elif job.kind == "verify":
+            result = await self.verify(int(job.payload["action_id"]))
+        else:
+            raise ValueError(f"unknown mitigations job kind {job.kind!r}")
+        await self.store.finish_job(job, result=result)
+
+    async def execute_approved(self, approval_id: int) -> dict[str, Any]:
+        row = await self.actions.start_approved(approval_id)
+        if row is None:  # not approved, or already started by an earlier run of this job
+            return {"executed": False}
+        action = registry.get(row["action"])()
+        params = action.params_model.model_validate(json.loads(row["params"]))
+        incident = await self.store.get_incident(int(row["incident_id"]))
+        assert incident is not None
+        decision = Decision(row["step"], row["action"], row["target"], row["mode"], "executing", row["description"],
+                            json.loads(row["params"]), action_id=int(row["id"]), approval_id=approval_id)
+        refusal = await self.guard.kill_switch_reason()
+        guard = "kill_switch"
+        if refusal is None and incident.status is IncidentStatus.RESOLVED:
+            refusal, guard = "the alert resolved before the action was approved", "resolved"
+        if refusal is None:
+            try:
+                async with self.guard.locks.hold(decision.target) as held:
+                    if held:
+                        await self.guard.execute(action, params, incident, decision,
+                                                 find_spec(self.ruleset, row["rule"], row["step"]), row["rule"])
+                    else:
+                        refusal, guard = f"another decision is acting on {decision.target} right now", "lock"
+            except LockUnavailable as exc:
+                refusal, guard = f"fail-closed: {exc}", "lock"
+        if refusal is not None:
+            decision.outcome, decision.guard, decision.reason = "skipped", guard, refusal
+            await self.actions.finish(decision.action_id or 0, "skipped", reason=refusal, guard=guard)
+        self.guard.count(decision)
+        return {"executed": decision.outcome == "executed", "outcome": decision.outcome}
+
+    async def verify(self, action_id: int) -> dict[str, Any]:
+        row = await self.actions.get(action_id)
+        spec = find_spec(self.ruleset, row["rule"], row["step"]) if row is not None else None
+        if row is None or spec is None or spec.verify is None or row["incident_id"] is None:
+            return {"verified": False, "note": "the action or its rule's verify check no longer exists"}
+        incident = await self.store.get_incident(int(row["incident_id"]))
+        assert incident is not None
+        try:
+            recovered, detail = await self._check(spec.verify, row, incident)
+        except Exception as exc:  # a check that cannot run cannot say the action helped
+            recovered, detail = False, f"the check failed: {type(exc).__name__}: {exc}"
+        await self.actions.record_verification(action_id, recovered, detail)
+        log.info("verification of action %s: %s (%s)", action_id, "recovered" if recovered else "NOT recovered",
+                 detail, extra={"incident": incident.id})
+        return {"recovered": recovered, "detail": detail}
+
+    async def _check(self, verify: VerifySpec, row: Row, incident: Incident) -> tuple[bool, str]:
+        if verify.prometheus is not None:
+            target: PrometheusTarget = self.guard.targets.spec("prometheus", verify.prometheus.target)
+            value = await query_prometheus(target, verify.prometheus.query)
+            return threshold_met(verify.prometheus, value)
+        rule = next(r for r in self.ruleset.rules if r.name == row["rule"])
+        collectors, _, _ = render_steps(rule, incident.as_alert())
+        steps = [s for s in collectors if s.id == verify.collector]
+        if not steps:
+            return False, f"collector step {verify.collector!r} could not be rendered for this incident"
+        evidence = await run_collectors(steps, CollectorContext(incident, self.guard.targets), limits=self.limits,
+                                        redactor=self.redactor)
+        holds, why = evaluate(verify.when, incident, evidence)
+        return holds, "all verify conditions hold" if holds else why
+
+
+def threshold_met(check: PrometheusCheck, value: float | None) -> tuple[bool, str]:
+    if value is None:
+        return False, f"{check.query!r} returned no data"
+    if check.below is not None:
+        return value < check.below, f"{check.query!r} = {value:g} (recovered below {check.below:g})"
+    assert check.above is not None
+    return value > check.above, f"{check.query!r} = {value:g} (recovered above {check.above:g})"
+
+
+async def query_prometheus(target: PrometheusTarget, query: str, timeout: float = 10.0) -> float | None:
+    """The first value of an instant query, or None when it returns nothing."""
+    headers = {}
+    token = target.bearer_token.resolve() if target.bearer_token is not None else None
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token.reveal()}"
+    async with asyncio.timeout(timeout), aiohttp.ClientSession(headers=headers) as session, session.get(
+            target.url.rstrip("/") + "/api/v1/query", params={"query": query}) as resp:
+        resp.raise_for_status()
+        data = (await resp.json())["data"]
+    result = data["result"]
+    if data["resultType"] == "scalar":
+        return float(result[1])
+    if data["resultType"] == "vector" and result:
+        return float(result[0]["value"][1])
+    return None

@@ -1,0 +1,264 @@
+"""The action audit as the guard uses it: reservations, budgets, approvals, settings, verification.
+
+A decision is written BEFORE anything is changed: `reserve` checks the budgets against the audit rows
+and inserts the decision's row (`executing`, `pending`, `dry-run` or `skipped`) in one transaction,
+serialized across replicas (an advisory lock on PostgreSQL, the single writer on SQLite). A job that
+runs again after a crash finds its own `executing` row and does not act twice; cooldowns and budgets
+count it, so neither does anyone else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from responder.store.db import Connection, Row
+from responder.store.intake_writer import dumps
+from responder.store.store import NewJob, Store
+
+MITIGATIONS_QUEUE = "mitigations"
+
+# Rows that mean "this target was (or is about to be) changed, or a person was asked": they hold the
+# cooldown. Budgets count the same rows minus the ones a person refused or nobody answered.
+COOLDOWN_OUTCOMES = ("executing", "executed", "failed", "pending", "approved", "denied", "expired")
+BUDGET_OUTCOMES = ("executing", "executed", "failed", "pending", "approved")
+KILL_SWITCH = "kill_switch"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    cooldown: float
+    max_per_day: int
+    max_per_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    action_id: int
+    outcome: str
+    guard: str | None = None
+    reason: str = ""
+    approval_id: int | None = None
+
+
+def _in(values: tuple[str, ...], first: int) -> str:
+    return "(" + ", ".join(f"${i}" for i in range(first, first + len(values))) + ")"
+
+
+class ActionStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+
+    async def reserve(self, incident_id: int | None, rule: str, row: dict[str, Any], limits: Limits, *,
+                      approval_timeout: float | None = None) -> Reservation:
+        """Check duplicates, cooldown and budgets, then record the decision, atomically.
+
+        `row` is the decision (step, action, target, mode, params, description); its outcome becomes
+        `dry-run` in dry-run mode, `pending` when approval is needed, else `executing`, or `skipped`
+        with the guard that refused it."""
+        now = time.time()
+        dry = row["mode"] == "dry-run"
+        counted = ("dry-run",) if dry else COOLDOWN_OUTCOMES
+        budgeted = ("dry-run",) if dry else BUDGET_OUTCOMES
+        async with self.db.transaction() as conn:
+            if self.db.dialect == "postgres":
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('responder-action-budgets'))")
+            guard, reason = await self._refusal(conn, incident_id, rule, row, limits, now, counted, budgeted)
+            if guard is not None:
+                outcome = "skipped"
+            elif dry:
+                outcome = "dry-run"
+            else:
+                outcome = "pending" if approval_timeout is not None else "executing"
+            fields = dict(row, outcome=outcome, guard=guard, reason=reason or row.get("reason", ""), created_at=now,
+                          finished_at=now if outcome in ("skipped", "dry-run") else None)
+            action_id = await self.store.insert_action(conn, incident_id, rule, fields)
+            approval_id = None
+            if outcome == "pending" and approval_timeout is not None:
+                approval_id = int(await conn.fetchval(
+                    "INSERT INTO approvals (action_id, incident_id, state, requested_at, expires_at)"
+                    " VALUES ($1, $2, 'pending', $3, $4) RETURNING id",
+                    action_id, incident_id, now, now + approval_timeout,
+                ))
+                await self.store.enqueue(conn, NewJob(MITIGATIONS_QUEUE, "approval.expire", f"approval:{approval_id}",
+                                                      incident_id, {"approval_id": approval_id}),
+                                         delay=approval_timeout)
+        return Reservation(action_id, outcome, guard, fields["reason"], approval_id)
+
+    async def _refusal(self, conn: Connection, incident_id: int | None, rule: str, row: dict[str, Any],
+                       limits: Limits, now: float, counted: tuple[str, ...], budgeted: tuple[str, ...]
+                       ) -> tuple[str | None, str]:
+        earlier = await conn.fetchval(
+            "SELECT id FROM actions WHERE incident_id = $1 AND rule = $2 AND step = $3"
+            f" AND outcome IN {_in(counted, 4)} ORDER BY id LIMIT 1",
+            incident_id, rule, row["step"], *counted,
+        )
+        if earlier is not None:
+            return "duplicate", f"this incident's step was already decided (action {earlier})"
+        last = await conn.fetchrow(
+            f"SELECT id, created_at FROM actions WHERE action = $1 AND target = $2 AND outcome IN {_in(counted, 3)}"
+            " ORDER BY created_at DESC LIMIT 1",
+            row["action"], row["target"], *counted,
+        )
+        if last is not None and now - float(last["created_at"]) < limits.cooldown:
+            wait = limits.cooldown - (now - float(last["created_at"]))
+            return "cooldown", (f"{row['action']} on {row['target']} ran {now - float(last['created_at']):.0f}s ago"
+                                f" (action {last['id']}); cooldown {limits.cooldown:g}s, {wait:.0f}s left")
+        today = int(await conn.fetchval(
+            f"SELECT COUNT(*) FROM actions WHERE action = $1 AND target = $2 AND created_at > $3"
+            f" AND outcome IN {_in(budgeted, 4)}",
+            row["action"], row["target"], now - 86400, *budgeted,
+        ))
+        if today >= limits.max_per_day:
+            return "budget", (f"{row['action']} on {row['target']} already ran {today} time(s) in 24h"
+                              f" (max {limits.max_per_day})")
+        hour = int(await conn.fetchval(
+            f"SELECT COUNT(*) FROM actions WHERE created_at > $1 AND outcome IN {_in(budgeted, 2)}",
+            now - 3600, *budgeted,
+        ))
+        if hour >= limits.max_per_hour:
+            return "global-budget", f"{hour} action(s) in the last hour across all targets (max {limits.max_per_hour})"
+        return None, ""
+
+    async def record(self, incident_id: int | None, rule: str, row: dict[str, Any]) -> int:
+        """A decision made without a reservation (refused by a guard before budgets were looked at)."""
+        async with self.db.transaction() as conn:
+            return await self.store.insert_action(conn, incident_id, rule, row)
+
+    async def finish(self, action_id: int, outcome: str, *, output: dict[str, Any] | None = None, reason: str = "",
+                     guard: str | None = None, actor: str | None = None) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE actions SET outcome = $2, output = $3, reason = $4, guard = COALESCE($5, guard),"
+                " actor = COALESCE($6, actor), finished_at = $7 WHERE id = $1",
+                action_id, outcome, dumps(output or {}), reason, guard, actor, time.time(),
+            )
+
+    async def schedule(self, job: NewJob, delay: float) -> None:
+        async with self.db.transaction() as conn:
+            await self.store.enqueue(conn, job, delay=delay)
+
+    async def get(self, action_id: int) -> Row | None:
+        async with self.db.read() as conn:
+            return await conn.fetchrow("SELECT * FROM actions WHERE id = $1", action_id)
+
+    async def recent(self, incident_id: int | None = None, limit: int = 1000) -> list[Row]:
+        async with self.db.read() as conn:
+            return await conn.fetch(
+                "SELECT a.*, p.id AS approval_id, p.state AS approval_state FROM actions a"
+                " LEFT JOIN approvals p ON p.action_id = a.id"
+                " WHERE ($1 = 0 OR a.incident_id = $1) ORDER BY a.id DESC LIMIT $2",
+                incident_id or 0, limit,
+            )
+
+    # --- approvals ------------------------------------------------------------------------------
+
+    async def decide(self, approval_id: int, approve: bool, actor: str) -> str:
+        """pending -> approved (queues the execution) or denied. Returns the approval's state after the
+        call; only a pending, unexpired approval changes."""
+        now = time.time()
+        state = "approved" if approve else "denied"
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4"
+                " WHERE id = $1 AND state = 'pending' AND expires_at > $3 RETURNING action_id, incident_id",
+                approval_id, state, now, actor,
+            )
+            if row is None:
+                current = await conn.fetchval("SELECT state FROM approvals WHERE id = $1", approval_id)
+                return str(current or "unknown")
+            await conn.execute(
+                "UPDATE actions SET outcome = $2, actor = $3, reason = $4, finished_at = $5 WHERE id = $1",
+                row["action_id"], state, actor, f"{state} by {actor}", None if approve else now,
+            )
+            if approve:
+                await self.store.enqueue(conn, NewJob(MITIGATIONS_QUEUE, "approval.execute", f"approval:{approval_id}",
+                                                      row["incident_id"], {"approval_id": approval_id}))
+        return state
+
+    async def expire(self, approval_id: int) -> bool:
+        now = time.time()
+        async with self.db.transaction() as conn:
+            action_id = await conn.fetchval(
+                "UPDATE approvals SET state = 'expired', decided_at = $2 WHERE id = $1 AND state = 'pending'"
+                " RETURNING action_id",
+                approval_id, now,
+            )
+            if action_id is None:
+                return False
+            await conn.execute(
+                "UPDATE actions SET outcome = 'expired', guard = 'approval', reason = 'nobody answered in time',"
+                " finished_at = $2 WHERE id = $1",
+                action_id, now,
+            )
+        return True
+
+    async def start_approved(self, approval_id: int) -> Row | None:
+        """approved -> executing, once: a second call (a re-run job) gets None and must not act."""
+        async with self.db.transaction() as conn:
+            action_id = await conn.fetchval(
+                "UPDATE approvals SET state = 'executing' WHERE id = $1 AND state = 'approved' RETURNING action_id",
+                approval_id,
+            )
+            if action_id is None:
+                return None
+            await conn.execute("UPDATE actions SET outcome = 'executing' WHERE id = $1", action_id)
+            return await conn.fetchrow("SELECT * FROM actions WHERE id = $1", action_id)
+
+    async def approval(self, approval_id: int) -> Row | None:
+        async with self.db.read() as conn:
+            return await conn.fetchrow("SELECT * FROM approvals WHERE id = $1", approval_id)
+
+    async def remember_signature(self, signature: str, keep_seconds: float) -> bool:
+        """True the first time a signature is seen; False for a replay."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM signed_requests WHERE received_at < $1", now - keep_seconds)
+            inserted = await conn.fetchval(
+                "INSERT INTO signed_requests (signature, received_at) VALUES ($1, $2)"
+                " ON CONFLICT (signature) DO NOTHING RETURNING signature",
+                signature, now,
+            )
+        return inserted is not None
+
+    # --- settings (the kill switch) -------------------------------------------------------------
+
+    async def set_setting(self, key: str, value: Any, actor: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (key) DO UPDATE SET value = $2, updated_at = $3, updated_by = $4",
+                key, json.dumps(value), time.time(), actor,
+            )
+
+    async def setting(self, key: str) -> Row | None:
+        async with self.db.read() as conn:
+            return await conn.fetchrow("SELECT * FROM settings WHERE key = $1", key)
+
+    async def kill_switch(self) -> dict[str, Any] | None:
+        """The stored kill switch, when it is on: {'reason', 'by', 'at'}."""
+        row = await self.setting(KILL_SWITCH)
+        if row is None:
+            return None
+        value = json.loads(row["value"])
+        if not value.get("enabled"):
+            return None
+        return {"reason": value.get("reason", ""), "by": row["updated_by"], "at": row["updated_at"]}
+
+    # --- verification ---------------------------------------------------------------------------
+
+    async def record_verification(self, action_id: int, recovered: bool, detail: str) -> None:
+        now = time.time()
+        async with self.db.transaction() as conn:
+            incident_id = await conn.fetchval(
+                "UPDATE actions SET verification = $2, verified_at = $3 WHERE id = $1 RETURNING incident_id",
+                action_id, dumps({"recovered": recovered, "detail": detail}), now,
+            )
+            if not recovered and incident_id is not None:
+                await conn.execute(
+                    "UPDATE incidents SET escalation = $2 WHERE id = $1",
+                    incident_id, f"action {action_id} did not help: {detail}",
+                )
