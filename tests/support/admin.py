@@ -1,0 +1,38 @@
+"""A local application admin endpoint (the target of `http.request` actions) that records every call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+
+@dataclass
+class AdminEndpoint:
+    status: int = 200
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.text()
+        self.calls.append({"method": request.method, "path": request.path_qs, "body": body,
+                           "authorization": request.headers.get("Authorization")})
+        return web.json_response({"ok": self.status < 400}, status=self.status)
+
+
+@asynccontextmanager
+async def admin_endpoint(status: int = 200) -> AsyncIterator[AdminEndpoint]:
+    endpoint = AdminEndpoint(status)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", endpoint.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    endpoint.url = str(server.make_url("")).rstrip("/")
+    try:
+        yield endpoint
+    finally:
+        await server.close()
