@@ -102,7 +102,7 @@ async def slack_interactions(request: web.Request) -> web.Response:
     server = daemon.config.server
     try:
         body = await read_body(request, server.max_body_bytes, server.read_timeout)
-        answer, state = await handle_interaction(daemon.config.mitigations.approvals, daemon.actions,
+        answer, state, changed = await handle_interaction(daemon.config.mitigations.approvals, daemon.actions,
                                                  dict(request.headers), body)
     except Rejected as exc:
         return problem(401, "unauthorized", str(exc))
@@ -114,12 +114,12 @@ async def slack_interactions(request: web.Request) -> web.Response:
         return problem(408, "request timeout", "the body did not arrive in time")
     except StoreUnavailable:
         return problem(503, "store unavailable", "retry later")
-    if state == "approved":
+    if changed and state == "approved":
         daemon.wake(MITIGATIONS_QUEUE)
-    log.info("approval %s: %s by %s", answer.approval_id, state, answer.actor)
-    verb = {"approved": "Approved", "denied": "Denied"}.get(state, f"Not changed (the approval is {state})")
-    return web.json_response({"approval_id": answer.approval_id, "state": state,
-                              "text": f"{verb}: approval {answer.approval_id} by {answer.actor}"})
+    log.info("approval %s: %s by %s%s", answer.approval_id, state, answer.actor, "" if changed else " (unchanged)")
+    text = (f"{state.capitalize()} by {answer.actor}" if changed
+            else f"Nothing changed: approval {answer.approval_id} is already {state}")
+    return web.json_response({"approval_id": answer.approval_id, "state": state, "changed": changed, "text": text})
 
 
 def api_caller(request: web.Request) -> str:

@@ -114,7 +114,7 @@ async def test_dry_run_storm_writes_nothing_and_records_one_would_be_action(
     assert len(dry) == 1 and len(rows) == 500
     assert dry[0]["description"] == ("POST /admin/fallback/enable on app with a JSON body,"
                                      " expecting [200, 201, 202, 204]")
-    assert json.loads(dry[0]["params"])["json_body"] == {"deployment": "api"}
+    assert json.loads(dry[0]["params"])["json"] == {"deployment": "api"}
     assert {r["guard"] for r in rows if r["outcome"] == "skipped"} == {"cooldown"}
 
 

@@ -137,7 +137,7 @@ class Guard:
         assert isinstance(spec, MitigationSpec)
         target = action.target(step.params)
         decision = Decision(step.id, step.type, target, self.mode_for(rule, spec), "pending",
-                            action.describe(step.params), step.params.model_dump(mode="json"))
+                            action.describe(step.params), step.params.model_dump(mode="json", by_alias=True))
         refusal = await self._refusal(action, step, spec, target, incident, evidence)
         if refusal is not None:
             return await self._record_skip(rule, incident, decision, *refusal)

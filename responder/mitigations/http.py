@@ -16,7 +16,7 @@ from responder.params import TargetName
 
 
 class HttpParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     target: TargetName
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"

@@ -65,10 +65,15 @@ class MitigationJobs:
         row = await self.actions.start_approved(approval_id)
         if row is None:  # not approved, or already started by an earlier run of this job
             return {"executed": False}
-        action = registry.get(row["action"])()
-        params = action.params_model.model_validate(json.loads(row["params"]))
-        incident = await self.store.get_incident(int(row["incident_id"]))
-        assert incident is not None
+        try:
+            action = registry.get(row["action"])()
+            params = action.params_model.model_validate(json.loads(row["params"]))
+            incident = await self.store.get_incident(int(row["incident_id"]))
+            if incident is None:
+                raise LookupError(f"incident {row['incident_id']} is gone")
+        except Exception as exc:  # the row says executing: it must not stay that way
+            await self.actions.finish(int(row["id"]), "failed", reason=f"cannot run the approved action: {exc}")
+            raise
         decision = Decision(row["step"], row["action"], row["target"], row["mode"], "executing", row["description"],
                             json.loads(row["params"]), action_id=int(row["id"]), approval_id=approval_id)
         refusal = await self.guard.kill_switch_reason()

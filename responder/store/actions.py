@@ -83,7 +83,8 @@ class ActionStore:
                     " VALUES ($1, $2, 'pending', $3, $4) RETURNING id",
                     action_id, incident_id, now, now + approval_timeout,
                 ))
-                await self.store.enqueue(conn, NewJob(MITIGATIONS_QUEUE, "approval.expire", f"approval:{approval_id}",
+                # Its own ordering key: the approval's execution must not queue behind this delayed job.
+                await self.store.enqueue(conn, NewJob(MITIGATIONS_QUEUE, "approval.expire", f"expiry:{approval_id}",
                                                       incident_id, {"approval_id": approval_id}),
                                          delay=approval_timeout)
         return Reservation(action_id, outcome, guard, fields["reason"], approval_id)
@@ -156,9 +157,9 @@ class ActionStore:
 
     # --- approvals ------------------------------------------------------------------------------
 
-    async def decide(self, approval_id: int, approve: bool, actor: str) -> str:
+    async def decide(self, approval_id: int, approve: bool, actor: str) -> tuple[str, bool]:
         """pending -> approved (queues the execution) or denied. Returns the approval's state after the
-        call; only a pending, unexpired approval changes."""
+        call and whether this call changed it; only a pending, unexpired approval changes."""
         now = time.time()
         state = "approved" if approve else "denied"
         async with self.db.transaction() as conn:
@@ -169,7 +170,7 @@ class ActionStore:
             )
             if row is None:
                 current = await conn.fetchval("SELECT state FROM approvals WHERE id = $1", approval_id)
-                return str(current or "unknown")
+                return str(current or "unknown"), False
             await conn.execute(
                 "UPDATE actions SET outcome = $2, actor = $3, reason = $4, finished_at = $5 WHERE id = $1",
                 row["action_id"], state, actor, f"{state} by {actor}", None if approve else now,
@@ -177,7 +178,7 @@ class ActionStore:
             if approve:
                 await self.store.enqueue(conn, NewJob(MITIGATIONS_QUEUE, "approval.execute", f"approval:{approval_id}",
                                                       row["incident_id"], {"approval_id": approval_id}))
-        return state
+        return state, True
 
     async def expire(self, approval_id: int) -> bool:
         now = time.time()
