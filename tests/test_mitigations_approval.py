@@ -15,8 +15,8 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.support.admin import AdminEndpoint, admin_endpoint
-from tests.test_mitigations_guard import audit, config_for, post_burst, wait_processed
 from tests.test_mitigations_guard import alerts as api_alerts
+from tests.test_mitigations_guard import audit, config_for, post_burst, wait_processed
 
 SECRET = "slack-signing-secret-0123"
 
