@@ -41,7 +41,7 @@ class SessionFilter(BaseModel):
 
 
 class IdleParams(SessionFilter):
-    idle_for: Duration = Field(default=600.0, ge=10.0)
+    idle_for: Duration = Field(default=600.0, ge=1.0)
     states: list[SessionState] = Field(
         default_factory=lambda: list(IDLE_STATES), min_length=1)
 
