@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from aiohttp.test_utils import TestServer
 @dataclass
 class AdminEndpoint:
     status: int = 200
+    # Seconds to take before answering (an action still in flight when its daemon dies).
+    delay: float = 0.0
     calls: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
 
@@ -21,12 +24,13 @@ class AdminEndpoint:
         body = await request.text()
         self.calls.append({"method": request.method, "path": request.path_qs, "body": body,
                            "authorization": request.headers.get("Authorization")})
+        await asyncio.sleep(self.delay)
         return web.json_response({"ok": self.status < 400}, status=self.status)
 
 
 @asynccontextmanager
-async def admin_endpoint(status: int = 200) -> AsyncIterator[AdminEndpoint]:
-    endpoint = AdminEndpoint(status)
+async def admin_endpoint(status: int = 200, delay: float = 0.0) -> AsyncIterator[AdminEndpoint]:
+    endpoint = AdminEndpoint(status, delay)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", endpoint.handle)
     server = TestServer(app, host="127.0.0.1")
