@@ -1,0 +1,39 @@
+"""A real Prometheus (Debian's `prometheus`) on a free loopback port, scraping nothing: tests ask it
+constant expressions such as `vector(0.01)`, which it evaluates like any query."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.support.processes import ManagedProcess, wait_http
+from tests.support.services import free_port, require
+
+
+class Prometheus:
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("prometheus")
+        if not binary:
+            require("Prometheus", "install the Debian package prometheus")
+        assert binary
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: ManagedProcess | None = None
+
+    async def __aenter__(self) -> Prometheus:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "prometheus.yml"
+        config.write_text("global: {scrape_interval: 1m}\nscrape_configs: []\n")
+        self.process = ManagedProcess(
+            [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            self.workdir / "prometheus.log",
+        ).start()
+        await wait_http(f"{self.url}/-/ready", timeout=30, proc=self.process)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.stop()
