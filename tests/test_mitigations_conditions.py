@@ -44,7 +44,8 @@ def test_failed_collector_makes_its_conditions_false_with_the_reason() -> None:
     assert evaluate(["count(evidence.sessions.payload.rows) > 0"], INCIDENT, [failed]) == (
         False, "condition 'count(evidence.sessions.payload.rows) > 0' is false: evidence 'sessions' is timeout, not ok")
     assert evaluate(["count(evidence.sessions.payload.rows) > 5"], INCIDENT, [SESSIONS]) == (
-        False, "condition 'count(evidence.sessions.payload.rows) > 5' is false: count(evidence.sessions.payload.rows) is 3")
+        False, "condition 'count(evidence.sessions.payload.rows) > 5' is false:"
+               " count(evidence.sessions.payload.rows) is 3")
 
 
 @pytest.mark.parametrize("text", [

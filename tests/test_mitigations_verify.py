@@ -47,7 +47,8 @@ async def test_verification_records_recovery_and_escalates_when_not_recovered(
             while not (rows := await audit(daemon)) or any(r["verification"] is None for r in rows):
                 await asyncio.sleep(0.1)
         async with daemon.store.db.read() as conn:
-            escalations = {r["rule"]: r["escalation"] for r in await conn.fetch("SELECT rule, escalation FROM incidents")}
+            rows_by_rule = await conn.fetch("SELECT rule, escalation FROM incidents")
+        escalations = {r["rule"]: r["escalation"] for r in rows_by_rule}
     results = {r["rule"]: (r["outcome"], json.loads(r["verification"])) for r in rows}
     assert sorted(c["path"] for c in endpoint.calls) == ["/admin/fallback/api", "/admin/fallback/web"]
     assert results["api-down"] == ("executed", {"recovered": True,
