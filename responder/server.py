@@ -102,7 +102,7 @@ async def slack_interactions(request: web.Request) -> web.Response:
     server = daemon.config.server
     try:
         body = await read_body(request, server.max_body_bytes, server.read_timeout)
-        answer, state, changed = await handle_interaction(daemon.config.mitigations.approvals, daemon.actions,
+        answer, state, changed, action = await handle_interaction(daemon.config.mitigations.approvals, daemon.actions,
                                                  dict(request.headers), body)
     except Rejected as exc:
         return problem(401, "unauthorized", str(exc))
@@ -114,8 +114,10 @@ async def slack_interactions(request: web.Request) -> web.Response:
         return problem(408, "request timeout", "the body did not arrive in time")
     except StoreUnavailable:
         return problem(503, "store unavailable", "retry later")
-    if changed and state == "approved":
-        daemon.wake(MITIGATIONS_QUEUE)
+    if changed:
+        daemon.metrics.actions.labels(action, state, "approval").inc()
+        if state == "approved":
+            daemon.wake(MITIGATIONS_QUEUE)
     log.info("approval %s: %s by %s%s", answer.approval_id, state, answer.actor, "" if changed else " (unchanged)")
     text = (f"{state.capitalize()} by {answer.actor}" if changed
             else f"Nothing changed: approval {answer.approval_id} is already {state}")

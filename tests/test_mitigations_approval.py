@@ -111,6 +111,9 @@ async def test_denied_approval_runs_nothing(daemon_client: Any, store_url: str, 
         resp = await client.post("/slack/interactions", data=body, headers=signed(body))
         assert resp.status == 200 and (await resp.json())["state"] == "denied"
         await asyncio.sleep(0.3)
+        metrics = await (await client.get("/metrics")).text()
+        assert 'responder_actions_total{action="http.request",guard="",outcome="pending"} 1.0' in metrics
+        assert 'responder_actions_total{action="http.request",guard="approval",outcome="denied"} 1.0' in metrics
         row = (await audit(daemon))[0]
     assert (row["outcome"], row["actor"]) == ("denied", "slack:U123 (alice)")
     assert endpoint.calls == []

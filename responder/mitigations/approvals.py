@@ -71,13 +71,13 @@ def parse_interaction(body: bytes) -> Answer:
 
 
 async def handle_interaction(config: ApprovalsConfig, actions: ActionStore, headers: dict[str, str],
-                             body: bytes) -> tuple[Answer, str, bool]:
+                             body: bytes) -> tuple[Answer, str, bool, str]:
     """Verify, parse and apply one interaction: (the answer, the approval's state afterwards, whether
-    this answer changed it)."""
+    this answer changed it, the action's name)."""
     signature = verify_signature(config, headers, body, time.time())
     # Kept twice the window: a replay older than that fails the timestamp check anyway.
     if not await actions.remember_signature(signature, keep_seconds=2 * config.max_clock_skew):
         raise Rejected("this request was already received (replay)")
     answer = parse_interaction(body)
-    state, changed = await actions.decide(answer.approval_id, answer.approve, answer.actor)
-    return answer, state, changed
+    state, changed, action = await actions.decide(answer.approval_id, answer.approve, answer.actor)
+    return answer, state, changed, action

@@ -49,10 +49,10 @@ class MitigationJobs:
 
     async def handle(self, job: Job) -> None:
         if job.kind == "approval.expire":
-            expired = await self.actions.expire(int(job.payload["approval_id"]))
-            if expired and self.guard.metrics is not None:
-                self.guard.metrics.actions.labels("", "expired", "approval").inc()
-            result: dict[str, Any] = {"expired": expired}
+            action = await self.actions.expire(int(job.payload["approval_id"]))
+            if action is not None and self.guard.metrics is not None:
+                self.guard.metrics.actions.labels(action, "expired", "approval").inc()
+            result: dict[str, Any] = {"expired": action is not None}
         elif job.kind == "approval.execute":
             result = await self.execute_approved(int(job.payload["approval_id"]))
         elif job.kind == "verify":

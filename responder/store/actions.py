@@ -157,9 +157,10 @@ class ActionStore:
 
     # --- approvals ------------------------------------------------------------------------------
 
-    async def decide(self, approval_id: int, approve: bool, actor: str) -> tuple[str, bool]:
+    async def decide(self, approval_id: int, approve: bool, actor: str) -> tuple[str, bool, str]:
         """pending -> approved (queues the execution) or denied. Returns the approval's state after the
-        call and whether this call changed it; only a pending, unexpired approval changes."""
+        call, whether this call changed it, and the action's name; only a pending, unexpired approval
+        changes."""
         now = time.time()
         state = "approved" if approve else "denied"
         async with self.db.transaction() as conn:
@@ -169,18 +170,23 @@ class ActionStore:
                 approval_id, state, now, actor,
             )
             if row is None:
-                current = await conn.fetchval("SELECT state FROM approvals WHERE id = $1", approval_id)
-                return str(current or "unknown"), False
-            await conn.execute(
-                "UPDATE actions SET outcome = $2, actor = $3, reason = $4, finished_at = $5 WHERE id = $1",
+                current = await conn.fetchrow(
+                "SELECT p.state, a.action FROM approvals p JOIN actions a ON a.id = p.action_id WHERE p.id = $1",
+                approval_id,
+            )
+                return (str(current["state"]), False, str(current["action"])) if current else ("unknown", False, "")
+            action = await conn.fetchval(
+                "UPDATE actions SET outcome = $2, actor = $3, reason = $4, finished_at = $5 WHERE id = $1"
+                " RETURNING action",
                 row["action_id"], state, actor, f"{state} by {actor}", None if approve else now,
             )
             if approve:
                 await self.store.enqueue(conn, NewJob(MITIGATIONS_QUEUE, "approval.execute", f"approval:{approval_id}",
                                                       row["incident_id"], {"approval_id": approval_id}))
-        return state, True
+        return state, True, str(action)
 
-    async def expire(self, approval_id: int) -> bool:
+    async def expire(self, approval_id: int) -> str | None:
+        """pending -> expired; the action's name when this call expired it."""
         now = time.time()
         async with self.db.transaction() as conn:
             action_id = await conn.fetchval(
@@ -189,13 +195,13 @@ class ActionStore:
                 approval_id, now,
             )
             if action_id is None:
-                return False
-            await conn.execute(
+                return None
+            action = await conn.fetchval(
                 "UPDATE actions SET outcome = 'expired', guard = 'approval', reason = 'nobody answered in time',"
-                " finished_at = $2 WHERE id = $1",
+                " finished_at = $2 WHERE id = $1 RETURNING action",
                 action_id, now,
             )
-        return True
+        return str(action)
 
     async def start_approved(self, approval_id: int) -> Row | None:
         """approved -> executing, once: a second call (a re-run job) gets None and must not act."""
