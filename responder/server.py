@@ -103,7 +103,7 @@ async def slack_interactions(request: web.Request) -> web.Response:
     try:
         body = await read_body(request, server.max_body_bytes, server.read_timeout)
         answer, state, changed, action = await handle_interaction(daemon.config.mitigations.approvals, daemon.actions,
-                                                 dict(request.headers), body)
+                                                 request.headers, body)
     except Rejected as exc:
         return problem(401, "unauthorized", str(exc))
     except BadInteraction as exc:

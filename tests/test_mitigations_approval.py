@@ -35,7 +35,8 @@ def interaction(approval_id: int, action_id: str = "approve") -> bytes:
 def signed(body: bytes, *, timestamp: float | None = None, secret: str = SECRET) -> dict[str, str]:
     ts = str(int(timestamp if timestamp is not None else time.time()))
     digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}",
+    # Lower-case names, as HTTP/2 proxies deliver them: header names are case-insensitive.
+    return {"x-slack-request-timestamp": ts, "x-slack-signature": f"v0={digest}",
             "Content-Type": "application/x-www-form-urlencoded"}
 
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -34,7 +35,7 @@ class Answer:
     actor: str
 
 
-def verify_signature(config: ApprovalsConfig, headers: dict[str, str], body: bytes, now: float) -> str:
+def verify_signature(config: ApprovalsConfig, headers: Mapping[str, str], body: bytes, now: float) -> str:
     """The request's signature when it is valid and fresh; raises Rejected otherwise."""
     secret = config.slack_signing_secret.resolve() if config.slack_signing_secret is not None else None
     if secret is None:
@@ -70,7 +71,7 @@ def parse_interaction(body: bytes) -> Answer:
     return Answer(int(value), action_id == "approve", actor)
 
 
-async def handle_interaction(config: ApprovalsConfig, actions: ActionStore, headers: dict[str, str],
+async def handle_interaction(config: ApprovalsConfig, actions: ActionStore, headers: Mapping[str, str],
                              body: bytes) -> tuple[Answer, str, bool, str]:
     """Verify, parse and apply one interaction: (the answer, the approval's state afterwards, whether
     this answer changed it, the action's name)."""
