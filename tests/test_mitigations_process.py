@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from responder.store import open_store
+from tests.fakes.kube_api import FakeKubeAPI
 from tests.support.admin import admin_endpoint
 from tests.support.alerts import am_payload
 from tests.support.processes import responder_daemon, wait_http
@@ -31,17 +32,28 @@ rules:
         params: {target: app, path: /admin/fallback/enable, timeout: 20}
 """
 
+RESTART = """
+rules:
+  - name: api-down
+    match: ['alertname="ApiDown"']
+    mitigations:
+      - id: restart
+        type: kubernetes.rollout_restart
+        params: {cluster: prod, namespace: "{{ labels.namespace }}", name: "{{ labels.deployment }}"}
+"""
 
-def write_config(tmp_path: Path, store_url: str, admin_url: str, **mitigations: Any) -> Path:
+
+def write_config(tmp_path: Path, store_url: str, admin_url: str, *, rules_text: str = RULES,
+                 kube_url: str = "http://127.0.0.1:1", **mitigations: Any) -> Path:
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
-    (rules / "api.yaml").write_text(RULES)
+    (rules / "api.yaml").write_text(rules_text)
     config = {
         "store": {"url": store_url, "lease_seconds": "2s", "poll_interval": "100ms"},
         "pipeline": {"workers": 16, "retry_initial": "100ms", "retry_max": "1s"},
         "rules": {"dirs": [str(rules)]},
         "server": {"drain_seconds": "1s"},
-        "targets": {"http": {"app": {"url": admin_url}}},
+        "targets": {"http": {"app": {"url": admin_url}}, "kubernetes": {"prod": {"url": kube_url}}},
         "sinks": {"console": {"enabled": False}},
         "mitigations": {"mode": "enforce", **mitigations},
     }
@@ -68,10 +80,11 @@ async def outcomes(store_url: str) -> list[tuple[str, str | None]]:
         await store.close()
 
 
-async def test_two_daemons_sharing_postgresql_and_redis_act_once(tmp_path: Path, pg_url: str, redis_url: str,
-                                                                  redis_prefix: str) -> None:
-    async with admin_endpoint() as endpoint:
-        config = write_config(tmp_path, pg_url, endpoint.url,
+async def test_two_daemons_sharing_postgresql_and_redis_restart_once(tmp_path: Path, pg_url: str, redis_url: str,
+                                                                     redis_prefix: str) -> None:
+    async with FakeKubeAPI() as kube:
+        kube.add_deployment("prod", "api")
+        config = write_config(tmp_path, pg_url, "http://127.0.0.1:1", rules_text=RESTART, kube_url=kube.url,
                               redis={"url": {"env": "LOCK_REDIS_URL"}, "key_prefix": redis_prefix})
         ports = [free_port(), free_port()]
         daemons = [responder_daemon(config, p, tmp_path / f"d{i}.log", extra_env={"LOCK_REDIS_URL": redis_url})
@@ -89,7 +102,8 @@ async def test_two_daemons_sharing_postgresql_and_redis_act_once(tmp_path: Path,
             for daemon in daemons:
                 daemon.stop()
             await store.close()
-        assert len(endpoint.calls) == 1
+        assert [(w.method, w.path) for w in kube.writes()] == [
+            ("PATCH", "/apis/apps/v1/namespaces/prod/deployments/api")]
         assert len({o["lease_owner"].rsplit(":", 1)[0] for o in owners}) == 2, "both replicas decided"
         decided = await outcomes(pg_url)
         assert len(decided) == 500 and decided.count(("executing", None)) == 0
