@@ -1,8 +1,7 @@
 """A small fake Kubernetes API server, reached through the real kubernetes-asyncio client.
 
 It keeps deployments, replica sets and pods as plain JSON objects, records every request, and applies
-the writes the mitigations make: strategic-merge and JSON patches of deployments, scale sub-resource
-patches and pod deletions.
+the writes the mitigations make: strategic-merge and JSON patches of deployments and pod deletions.
 """
 
 from __future__ import annotations
@@ -139,14 +138,6 @@ class FakeKubeAPI:
                     else:
                         _merge(deployment, body)
                 return web.json_response(deployment)
-            case ["apis", "apps", "v1", "namespaces", ns, "deployments", name, "scale"]:
-                deployment = self.deployments[(ns, name)]
-                if method == "PATCH":
-                    deployment["spec"]["replicas"] = body["spec"]["replicas"]
-                return web.json_response({"apiVersion": "autoscaling/v1", "kind": "Scale",
-                                          "metadata": {"name": name, "namespace": ns},
-                                          "spec": {"replicas": deployment["spec"]["replicas"]},
-                                          "status": {"replicas": deployment["status"]["replicas"]}})
             case ["apis", "apps", "v1", "namespaces", ns, "replicasets"]:
                 wanted = dict(term.split("=", 1) for term in query.get("labelSelector", "").split(",") if term)
                 items = [rs for (rs_ns, _), rs in self.replicasets.items() if rs_ns == ns
