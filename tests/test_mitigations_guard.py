@@ -189,3 +189,51 @@ async def test_actions_list_cli_shows_the_audit(daemon_client: Any, store_url: s
     assert await asyncio.to_thread(cli_main, ["actions", "list", "--store", store_url, "--incident", str(incident + 1),
                                                 "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+async def test_budgets_allow_lists_and_alert_age(daemon_client: Any, store_url: str, tmp_path: Path) -> None:
+    async with admin_endpoint() as endpoint:
+        config = config_for(store_url, tmp_path, endpoint, **{
+            "mitigations.cooldown": 0, "mitigations.max_per_day": 2, "mitigations.max_per_hour": 3,
+            "mitigations.allow_targets": ["http/app/admin/*"], "pipeline.workers": 1})
+        rules = tmp_path / "rules" / "rules.yaml"
+        rules.write_text(rules.read_text() + """
+  - name: other-path
+    match: ['alertname="Other"']
+    mitigations:
+      - {type: http.request, params: {target: app, path: /internal/flush}}
+""")
+        client, daemon = await daemon_client(config)
+        # Three incidents for one target: two within the daily budget, the third refused.
+        for i in range(3):
+            await post_burst(client, alerts(1, deployment=f"api{i}"))
+            await wait_processed(daemon, i + 1)
+        old = am_alert("ApiDown", starts_at=now_iso(-7200), labels={"deployment": "old"})
+        other = am_alert("Other", starts_at=now_iso(-60))
+        await post_burst(client, [old, other])
+        await wait_processed(daemon, 5)
+        rows = await audit(daemon)
+    assert [(r["outcome"], r["guard"]) for r in rows[:3]] == [("executed", None), ("executed", None),
+                                                               ("skipped", "budget")]
+    assert rows[2]["reason"] == "http.request on http/app/admin/fallback/enable already ran 2 time(s) in 24h (max 2)"
+    by_rule = {r["rule"]: r for r in rows[3:]}
+    assert (by_rule["other-path"]["guard"], by_rule["other-path"]["reason"]) == (
+        "allow_list", "target http/app/internal/flush is not in mitigations.allow_targets")
+    assert by_rule["api-down"]["guard"] == "alert_age"
+    assert len(endpoint.calls) == 2
+
+
+async def test_global_hourly_budget_holds_across_targets(daemon_client: Any, store_url: str, tmp_path: Path) -> None:
+    async with admin_endpoint() as endpoint:
+        config = config_for(store_url, tmp_path, endpoint, **{"mitigations.max_per_hour": 2, "pipeline.workers": 1})
+        rules = tmp_path / "rules" / "rules.yaml"
+        rules.write_text(rules.read_text().replace("/admin/fallback/enable", '"/admin/{{ labels.deployment }}"'))
+        client, daemon = await daemon_client(config)
+        for i, name in enumerate(("a", "b", "c")):
+            await post_burst(client, alerts(1, deployment=name))
+            await wait_processed(daemon, i + 1)
+        rows = await audit(daemon)
+    assert [(r["target"], r["outcome"], r["guard"]) for r in rows] == [
+        ("http/app/admin/a", "executed", None), ("http/app/admin/b", "executed", None),
+        ("http/app/admin/c", "skipped", "global-budget")]
+    assert [c["path"] for c in endpoint.calls] == ["/admin/a", "/admin/b"]
