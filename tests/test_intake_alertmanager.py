@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ async def test_resolve_then_refire_opens_a_new_incident(daemon_client: Any, stor
     await client.post("/webhooks/alertmanager", json=am_payload())
     assert [i.status.value for i in await daemon.store.list_incidents()] == ["resolved"]
 
-    refire = am_alert(starts_at="2026-11-23T10:00:00Z")
+    refire = am_alert(starts_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600)))
     resp = await client.post("/webhooks/alertmanager", json=am_payload(refire))
     assert (await resp.json())["incidents_opened"] == 1
     second, again_first = await daemon.store.list_incidents()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
+# One start time per test run, recent enough for guards that refuse to act on old alerts, and the same for
+# every payload built in the run (re-deliveries must carry the same startsAt).
+START = time.strftime("%Y-%m-%dT%H:%M:%S.5Z", time.gmtime(time.time() - 60))
 
-def am_alert(alertname: str = "HighErrorRate", *, status: str = "firing", starts_at: str = "2026-11-23T08:00:00.5Z",
+
+def am_alert(alertname: str = "HighErrorRate", *, status: str = "firing", starts_at: str = START,
              labels: dict[str, Any] | None = None, annotations: dict[str, str] | None = None,
              fingerprint: str | None = None) -> dict[str, Any]:
     all_labels = {"alertname": alertname, "severity": "critical", "namespace": "prod", **(labels or {})}
