@@ -99,6 +99,8 @@ class BasicAuthConfig(Strict):
 class IntakeAuthConfig(Strict):
     bearer_token: SecretRef | None = None
     basic: BasicAuthConfig | None = None
+    # HMAC secrets for senders that sign the body (PagerDuty V3, Grafana); several allow rotation.
+    signing_secrets: list[SecretRef] = Field(default_factory=list)
     # What to do when no credential is configured (or its variable is unset): refusing everything is
     # the default; accepting loopback-only or anyone must be written down, and `check` warns about it.
     unauthenticated: Literal["reject", "loopback", "any"] = "reject"

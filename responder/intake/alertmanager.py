@@ -116,9 +116,9 @@ class AlertmanagerIntake(Intake):
             payload = WirePayload.model_validate(data)
         except ValidationError as exc:
             raise PayloadError.from_validation(exc) from None
-        return Delivery(self.name, body, normalize(self.name, payload), headers=_kept_headers(headers))
+        return Delivery(self.name, body, normalize(self.name, payload), headers=kept_headers(headers))
 
 
-def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Headers worth keeping with the raw payload; never credentials."""
     return {str(k): str(v) for k, v in headers.items() if k.lower() in ("user-agent", "content-type", "x-request-id")}

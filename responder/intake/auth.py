@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import ipaddress
 from collections.abc import Mapping
@@ -27,6 +28,21 @@ def is_loopback(remote: str | None) -> bool:
 
 def constant_time_equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def hmac_sha256_hex(secret: Secret, data: bytes) -> str:
+    return hmac.new(secret.reveal().encode("utf-8"), data, hashlib.sha256).hexdigest()
+
+
+def any_signature_matches(given: list[str], secrets: list[Secret], data: bytes) -> bool:
+    """True when any given hex signature is the HMAC of `data` under any secret. Every pair is compared,
+    in constant time, so the time taken says nothing about which one matched."""
+    matched = False
+    for secret in secrets:
+        expected = hmac_sha256_hex(secret, data)
+        for signature in given:
+            matched |= constant_time_equal(signature.strip().lower(), expected)
+    return matched
 
 
 class HeaderAuth:

@@ -25,9 +25,9 @@ class PayloadError(ValueError):
         self.message = message
 
     @classmethod
-    def from_validation(cls, exc: ValidationError) -> PayloadError:
+    def from_validation(cls, exc: ValidationError, prefix: str = "") -> PayloadError:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
+        field = prefix + ".".join(str(p) for p in first["loc"])
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         return cls(f"{first['msg']}{more}", field)
 
@@ -45,16 +45,20 @@ class Intake(abc.ABC):
         self.config = config
         self.options: Any = self.options_model.model_validate(config.options)
         self.auth = HeaderAuth(config.auth)
+        self.signing_secrets = [s for ref in config.auth.signing_secrets if (s := ref.resolve()) is not None]
 
     def authenticate_headers(self, headers: Mapping[str, str], remote: str | None) -> None:
-        """Checked before the body is read, so an unauthenticated sender cannot make us read it."""
+        """Checked before the body is read, so an unauthenticated sender cannot make us read it.
+        With signing secrets and no header credentials, the body's signature alone decides."""
+        if self.signing_secrets and not self.auth.has_credentials:
+            return
         self.auth.check(headers, remote)
 
     def authenticate_body(self, headers: Mapping[str, str], body: bytes) -> None:
-        """Checked after the body is read; signature-based intakes (HMAC of the body) override this."""
+        """Checked after the body is read; intakes whose senders sign the body override this."""
 
     def auth_warnings(self) -> list[str]:
-        if self.auth.has_credentials:
+        if self.auth.has_credentials or self.signing_secrets:
             return []
         if self.auth.unauthenticated == "reject":
             return [f"intake {self.name!r} has no credentials configured: it will refuse every request"]
