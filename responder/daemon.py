@@ -12,11 +12,12 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 
 from aiohttp import web
 
+from responder.collectors.base import Evidence
 from responder.collectors.runner import EvidenceLimits
 from responder.config import Config, secret_values
 from responder.intake import Intake
@@ -65,6 +66,8 @@ class Daemon:
         self.workers: list[QueueWorker] = []
         self.targets = Targets(config)
         self.locks: TargetLocks = LocalLocks()
+        # Called with each piece of evidence as it is gathered (replay prints progress with it).
+        self.on_evidence: Callable[[Evidence], None] | None = None
 
     @property
     def store(self) -> Store:
@@ -114,6 +117,7 @@ class Daemon:
         processor = IncidentProcessor(
             store=self.store, ruleset=self.ruleset, targets=self.targets, guard=guard, redactor=self.redactor,
             limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks],
+            on_evidence=self.on_evidence,
         )
         mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor)
         self.workers = [QueueWorker(self.store, PIPELINE_QUEUE, processor.handle, settings, self.owner, self.metrics),

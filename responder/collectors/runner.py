@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from responder.collectors.base import CollectorContext, Evidence, EvidenceStatus, Finding, registry
@@ -60,7 +60,8 @@ def finalize(step: RenderedStep, finding: Finding, started: float, redactor: Red
 
 
 async def run_collectors(steps: Sequence[RenderedStep], ctx: CollectorContext, *, limits: EvidenceLimits,
-                         redactor: Redactor, metrics: Metrics | None = None) -> list[Evidence]:
+                         redactor: Redactor, metrics: Metrics | None = None,
+                         on_evidence: Callable[[Evidence], None] | None = None) -> list[Evidence]:
     started = time.monotonic()
 
     async def run_one(step: RenderedStep) -> Evidence:
@@ -81,6 +82,8 @@ async def run_collectors(steps: Sequence[RenderedStep], ctx: CollectorContext, *
         if metrics is not None:
             metrics.collector_runs.labels(step.type, evidence.status.value).inc()
             metrics.collector_duration.labels(step.type).observe(evidence.duration_ms / 1000)
+        if on_evidence is not None:
+            on_evidence(evidence)
         return evidence
 
     tasks = [asyncio.create_task(run_one(step), name=f"collector:{step.id}") for step in steps]

@@ -110,8 +110,28 @@ class Guard:
             return f"the kill switch was turned on by {stored['by']}: {stored['reason'] or 'no reason given'}"
         return None
 
+    async def preview(self, rule: Rule, steps: Sequence[RenderedStep], incident: Incident) -> list[Decision]:
+        """What each step would meet now, deciding and recording nothing and running no collector:
+        `when:` conditions need evidence, so they are reported, not evaluated."""
+        decisions = []
+        for step in steps:
+            action = registry.get(step.type)()
+            spec = step.spec
+            assert isinstance(spec, MitigationSpec)
+            target = action.target(step.params)
+            decision = Decision(step.id, step.type, target, self.mode_for(rule, spec), "allowed",
+                                action.describe(step.params), step.params.model_dump(mode="json", by_alias=True))
+            refusal = await self._refusal(action, step, spec, target, incident, None)
+            guard, reason = refusal or await self.actions.check(rule.name, decision.as_dict(), self.limits_for(spec))
+            if guard is not None:
+                decision.outcome, decision.guard, decision.reason = "blocked", guard, reason
+            elif spec.when:
+                decision.reason = "if its conditions hold on the evidence gathered"
+            decisions.append(decision)
+        return decisions
+
     async def _refusal(self, action: Action[Any], step: RenderedStep, spec: MitigationSpec, target: str,
-                       incident: Incident, evidence: Sequence[Evidence]) -> tuple[str, str] | None:
+                       incident: Incident, evidence: Sequence[Evidence] | None) -> tuple[str, str] | None:
         if (why := await self.kill_switch_reason()) is not None:
             return "kill_switch", why
         if incident.status is IncidentStatus.RESOLVED:
@@ -125,9 +145,10 @@ class Guard:
         if (self.config.allow_namespaces and namespace is not None
                 and not any(fnmatch.fnmatchcase(namespace, p) for p in self.config.allow_namespaces)):
             return "allow_list", f"namespace {namespace} is not in mitigations.allow_namespaces"
-        holds, why_not = evaluate(spec.when, incident, evidence)
-        if not holds:
-            return "condition", why_not
+        if evidence is not None:
+            holds, why_not = evaluate(spec.when, incident, evidence)
+            if not holds:
+                return "condition", why_not
         return None
 
     async def _decide_and_act(self, rule: Rule, step: RenderedStep, incident: Incident,

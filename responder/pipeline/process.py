@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from responder.collectors.base import CollectorContext
+from responder.collectors.base import CollectorContext, Evidence
 from responder.collectors.runner import EvidenceLimits, run_collectors
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
@@ -56,6 +56,8 @@ class IncidentProcessor:
     limits: EvidenceLimits
     metrics: Metrics
     sink_queues: Sequence[str]
+    # Told about each piece of evidence as it arrives (replay shows progress with it).
+    on_evidence: Callable[[Evidence], None] | None = None
 
     async def handle(self, job: Job) -> None:
         assert job.incident_id is not None
@@ -79,7 +81,8 @@ class IncidentProcessor:
             if errors:
                 self.metrics.step_errors.labels(rule.name).inc(len(errors))
             evidence = await run_collectors(collectors, CollectorContext(incident, self.targets),
-                                            limits=self.limits, redactor=self.redactor, metrics=self.metrics)
+                                            limits=self.limits, redactor=self.redactor, metrics=self.metrics,
+                                            on_evidence=self.on_evidence)
             decisions = await self.guard.run(rule, mitigations, incident, evidence)
             bundles.append(Bundle(
                 rule=rule.name,

@@ -89,6 +89,14 @@ class ActionStore:
                                          delay=approval_timeout)
         return Reservation(action_id, outcome, guard, fields["reason"], approval_id)
 
+    async def check(self, rule: str, row: dict[str, Any], limits: Limits) -> tuple[str | None, str]:
+        """What `reserve` would say about cooldown and budgets now, recording nothing (for explain)."""
+        dry = row["mode"] == "dry-run"
+        async with self.db.read() as conn:
+            return await self._refusal(conn, None, rule, row, limits, time.time(),
+                                       ("dry-run",) if dry else COOLDOWN_OUTCOMES,
+                                       ("dry-run",) if dry else BUDGET_OUTCOMES)
+
     async def _refusal(self, conn: Connection, incident_id: int | None, rule: str, row: dict[str, Any],
                        limits: Limits, now: float, counted: tuple[str, ...], budgeted: tuple[str, ...]
                        ) -> tuple[str | None, str]:

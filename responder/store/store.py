@@ -226,6 +226,14 @@ class Store:
             row = await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
         return _incident(row) if row else None
 
+    async def find_incident(self, source: str, fingerprint: str, starts_at: float) -> Incident | None:
+        async with self.db.read() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM incidents WHERE source = $1 AND fingerprint = $2 AND starts_at = $3",
+                source, fingerprint, starts_at,
+            )
+        return _incident(row) if row else None
+
     async def list_incidents(self, status: str | None = None, limit: int = 1000) -> list[Incident]:
         async with self.db.read() as conn:
             rows = await conn.fetch(

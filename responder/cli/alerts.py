@@ -1,0 +1,63 @@
+"""`responder alerts list|export`: get saved alerts and their raw payloads out of the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from rich.table import Table
+
+from responder.cli._common import CliError, add_config_args, out, run_cli
+from responder.cli.incidents import open_cli_store
+from responder.sinks.render import ts
+from responder.store.db import Row
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("alerts", help="list stored alerts, export their raw payloads")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="stored alerts, newest first")
+    add_config_args(listing, store=True)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(func=list_command)
+    export = actions.add_parser("export", help="print the raw payload an alert arrived in (for replay)")
+    export.add_argument("id", type=int)
+    add_config_args(export, store=True)
+    export.set_defaults(func=export_command)
+
+
+@run_cli
+def list_command(args: argparse.Namespace) -> int:
+    async def fetch() -> list[Row]:
+        store = await open_cli_store(args)
+        try:
+            return await store.list_alerts(args.limit)
+        finally:
+            await store.close()
+
+    table = Table("id", "source", "alert", "status", "incident", "received", "fingerprint")
+    rows = asyncio.run(fetch())
+    for row in rows:
+        table.add_row(str(row["id"]), row["source"], row["alertname"], row["status"], str(row["incident_id"] or "-"),
+                      ts(row["received_at"]), row["fingerprint"])
+    out.print(table)
+    out.print(f"{len(rows)} alert(s)")
+    return 0
+
+
+@run_cli
+def export_command(args: argparse.Namespace) -> int:
+    async def fetch() -> Row | None:
+        store = await open_cli_store(args)
+        try:
+            return await store.get_alert(args.id)
+        finally:
+            await store.close()
+
+    row = asyncio.run(fetch())
+    if row is None:
+        raise CliError(f"no stored alert with id {args.id}")
+    sys.stdout.buffer.write(bytes(row["payload_body"]))
+    sys.stdout.buffer.write(b"\n")
+    return 0

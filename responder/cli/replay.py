@@ -1,0 +1,135 @@
+"""`responder replay FILE | --alert ID`: run a saved payload through the whole pipeline, in-process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from responder.cli._common import CliError, add_config_args, config_from_args, out, ruleset_from_config, run_cli
+from responder.collectors.base import Evidence
+from responder.config import Config
+from responder.intake import PayloadError
+from responder.plugins import UnknownPlugin
+from responder.replay import ReplayResult, parse_payload, replaying, result_json, run_replay
+from responder.rules.engine import RuleSet
+from responder.sinks.render import STATUS_MARK
+from responder.store import StoreUnavailable, open_store
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "replay", help="run a saved alert through the pipeline (collectors for real, mitigations in dry-run)")
+    parser.add_argument("file", nargs="?", type=Path, help="a saved webhook payload (JSON)")
+    parser.add_argument("--alert", type=int, metavar="ID", help="a stored alert (see `responder alerts list`)")
+    add_config_args(parser, rules=True)
+    parser.add_argument("--source", choices=["alertmanager", "grafana", "pagerduty"], help="payload kind")
+    parser.add_argument("--rule", metavar="NAME", help="run this rule whatever the matchers say")
+    parser.add_argument("--enforce", action="store_true", help="let mitigations act (the guards still apply)")
+    parser.add_argument("--post", action="store_true", help="also send the bundle to the configured sinks")
+    parser.add_argument("--record", action="store_true",
+                        help="replay into the configured store instead of a throwaway one")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=command)
+
+
+def force_rule(ruleset: RuleSet, name: str) -> RuleSet:
+    rule = next((r for r in ruleset.rules if r.name == name), None)
+    if rule is None:
+        raise CliError(f"no rule named {name!r} (known: {', '.join(r.name for r in ruleset.rules)})")
+    return RuleSet([rule], default_rule=name)
+
+
+async def load_stored_alert(config: Config, alert_id: int) -> tuple[bytes, str, str, float]:
+    try:
+        store = await open_store(config.store_url(), pool_size=2, timeout=config.store.connect_timeout)
+    except (StoreUnavailable, OSError) as exc:
+        raise CliError(f"cannot open the store: {exc}") from None
+    try:
+        row = await store.get_alert(alert_id)
+    finally:
+        await store.close()
+    if row is None:
+        raise CliError(f"no stored alert with id {alert_id}")
+    return bytes(row["payload_body"]), row["source"], row["fingerprint"], float(row["starts_at"])
+
+
+def show_progress(evidence: Evidence) -> None:
+    mark = STATUS_MARK.get(evidence.status.value, "?")
+    out.print(f"  {mark} {escape(evidence.title)} [dim]({evidence.status.value}, {evidence.duration_ms:.0f} ms)[/]")
+
+
+def show_result(result: ReplayResult) -> None:
+    incident = result.incident
+    out.print(f"\n[bold]{escape(incident.alertname)}[/] → rule [bold]{escape(incident.rule or '(none matched)')}[/]"
+              f"  [dim]{escape(', '.join(f'{k}={v}' for k, v in sorted(incident.labels.items())))}[/]")
+    if incident.error:
+        out.print(f"[red]step errors:[/] {escape(incident.error)}")
+    for row in result.evidence:
+        title = f"{STATUS_MARK.get(row['status'], '?')} {row['title']} ({row['status']}, {row['duration_ms']:.0f} ms)"
+        out.print(Panel(escape(row["text"] or "(no text)"), title=escape(title), title_align="left"))
+    if result.actions:
+        table = Table("step", "action", "target", "mode", "outcome", "why", title="mitigations")
+        for row in result.actions:
+            table.add_row(row["step"], row["action"], row["target"], row["mode"], row["outcome"],
+                          escape(row["reason"] or ""))
+        out.print(table)
+
+
+@run_cli
+def command(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.alert is None):
+        raise CliError("give a payload FILE or --alert ID (one of them)")
+    config = config_from_args(args)
+    ruleset, problems = ruleset_from_config(config)
+    if problems:
+        raise CliError("rules have problems:\n" + "\n".join(str(p) for p in problems))
+    if args.rule:
+        ruleset = force_rule(ruleset, args.rule)
+
+    async def run() -> list[ReplayResult]:
+        if args.alert is not None:
+            body, source, fingerprint, starts_at = await load_stored_alert(config, args.alert)
+        else:
+            try:
+                body = args.file.read_bytes()
+            except OSError as exc:
+                raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+            source, fingerprint, starts_at = args.source, None, None
+        try:
+            delivery = parse_payload(config, body, source)
+        except (PayloadError, UnknownPlugin) as exc:
+            raise CliError(f"{args.file or f'alert {args.alert}'}: {exc}") from None
+        if fingerprint is not None:
+            delivery = dataclasses.replace(delivery, alerts=[
+                a for a in delivery.alerts if (a.fingerprint, a.starts_at) == (fingerprint, starts_at)])
+        if not delivery.alerts:
+            raise CliError("the payload holds no alerts to replay")
+        if not args.json:
+            out.print(f"replaying {len(delivery.alerts)} {delivery.source} alert(s)"
+                      f"{' [bold red]with enforcement[/]' if args.enforce else ' (mitigations in dry-run)'}")
+        async with replaying(config, ruleset, enforce=args.enforce, post=args.post,
+                             store_url=config.store_url() if args.record else None,
+                             on_evidence=None if args.json else show_progress) as daemon:
+            return await run_replay(daemon, delivery, timeout=config.pipeline.job_timeout + 30)
+
+    try:
+        results = asyncio.run(run())
+    except TimeoutError:
+        raise CliError("the replay did not finish within the job timeout") from None
+    if args.json:
+        json.dump([result_json(r) for r in results], sys.stdout, indent=2)
+        print()
+        return 0
+    for result in results:
+        show_result(result)
+    return 0
+
+

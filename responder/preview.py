@@ -1,0 +1,61 @@
+"""What a rule set would do with an alert, without running anything: used by `explain` and `test-rules`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from responder.config import Config
+from responder.mitigations.guard import Decision, Guard
+from responder.mitigations.locks import LocalLocks
+from responder.models import Alert, AlertStatus, Incident, IncidentStatus
+from responder.rules.engine import RenderedStep, RuleSet, RuleVerdict, render_steps
+from responder.store import Store
+from responder.store.actions import ActionStore
+from responder.targets import Targets
+
+
+@dataclass
+class RulePreview:
+    rule: str
+    collectors: list[RenderedStep] = field(default_factory=list)
+    mitigations: list[RenderedStep] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AlertPreview:
+    alert: Alert
+    verdicts: list[RuleVerdict]
+    rules: list[RulePreview]
+
+
+def as_incident(alert: Alert) -> Incident:
+    now = time.time()
+    return Incident(
+        id=0, source=alert.source, fingerprint=alert.fingerprint, alertname=alert.name,
+        status=IncidentStatus.RESOLVED if alert.status is AlertStatus.RESOLVED else IncidentStatus.OPEN,
+        starts_at=alert.starts_at, opened_at=now, last_seen=now, deliveries=1, labels=alert.labels,
+        annotations=alert.annotations, last_alert_id=0, extra=alert.extra,
+    )
+
+
+async def preview(config: Config, ruleset: RuleSet, store: Store, alert: Alert) -> AlertPreview:
+    """Matching verdicts, rendered steps, and the guards each mitigation would meet now (cooldowns and
+    budgets read from `store`; nothing is recorded, no collector or action runs)."""
+    async with Targets(config) as targets:
+        guard = Guard(config.mitigations, targets, ActionStore(store), LocalLocks())
+        incident = as_incident(alert)
+        rules = []
+        for rule in ruleset.match(alert):
+            collectors, mitigations, errors = render_steps(rule, alert)
+            rules.append(RulePreview(rule.name, collectors, mitigations,
+                                     await guard.preview(rule, mitigations, incident), [str(e) for e in errors]))
+    return AlertPreview(alert, ruleset.explain(alert), rules)
+
+
+def step_params(step: RenderedStep) -> dict[str, Any]:
+    params: dict[str, Any] = step.params.model_dump(mode="json", by_alias=True)
+    return params
