@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,12 @@ def parse_payload(config: Config, body: bytes, source: str | None = None,
     kind = source or detect_source(body)
     intake = intake_registry.get(kind)(config.intakes.get(kind, IntakeConfig()))
     return intake.parse(body, headers or {})
+
+
+def only_alert(delivery: Delivery, fingerprint: str, starts_at: float) -> Delivery:
+    """The delivery cut down to one stored alert (a payload may carry a whole group)."""
+    return dataclasses.replace(delivery, alerts=[
+        a for a in delivery.alerts if (a.fingerprint, a.starts_at) == (fingerprint, starts_at)])
 
 
 @dataclass

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from responder.daemon import Daemon
 from responder.intake import Intake, PayloadError, Unauthorized
 from responder.mitigations.approvals import BadInteraction, Rejected, handle_interaction
+from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
 from responder.store.actions import KILL_SWITCH, MITIGATIONS_QUEUE
 
@@ -180,6 +181,37 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def replay(request: web.Request) -> web.Response:
+    """POST {"alert_id": N, "enforce": false}: replay a stored alert on a throwaway store; the bundle as JSON."""
+    daemon = request.app[DAEMON]
+    try:
+        api_caller(request)
+    except Unauthorized as exc:
+        return problem(401, "unauthorized", str(exc))
+    try:
+        body = await request.json()
+        alert_id = body["alert_id"]
+        enforce = body.get("enforce", False)
+    except (ValueError, KeyError, TypeError):
+        return problem(400, "invalid body", 'expected {"alert_id": <id>, "enforce": false}')
+    if not isinstance(alert_id, int) or isinstance(alert_id, bool) or not isinstance(enforce, bool):
+        return problem(400, "invalid body", "alert_id must be an integer and enforce true or false")
+    row = await daemon.store.get_alert(alert_id)
+    if row is None:
+        return problem(404, "not found", f"no stored alert with id {alert_id}")
+    try:
+        delivery = parse_payload(daemon.config, bytes(row["payload_body"]), row["source"])
+    except PayloadError as exc:
+        return problem(422, "stored payload no longer parses", exc.message, field=exc.field)
+    delivery = only_alert(delivery, row["fingerprint"], float(row["starts_at"]))
+    try:
+        async with replaying(daemon.config, daemon.ruleset, enforce=enforce) as replayer:
+            results = await run_replay(replayer, delivery, timeout=daemon.config.pipeline.job_timeout)
+    except TimeoutError:
+        return problem(504, "replay timed out", f"not finished within {daemon.config.pipeline.job_timeout:g}s")
+    return web.json_response({"alert_id": alert_id, "enforce": enforce, "results": [result_json(r) for r in results]})
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                       ) -> web.StreamResponse:
@@ -202,6 +234,7 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/slack/interactions", slack_interactions)
     app.router.add_get("/api/kill-switch", kill_switch)
     app.router.add_post("/api/kill-switch", kill_switch)
+    app.router.add_post("/api/replay", replay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from responder.collectors.base import Evidence
 from responder.config import Config
 from responder.intake import PayloadError
 from responder.plugins import UnknownPlugin
-from responder.replay import ReplayResult, parse_payload, replaying, result_json, run_replay
+from responder.replay import ReplayResult, only_alert, parse_payload, replaying, result_json, run_replay
 from responder.rules.engine import RuleSet
 from responder.sinks.render import STATUS_MARK
 from responder.store import StoreUnavailable, open_store
@@ -107,9 +106,8 @@ def command(args: argparse.Namespace) -> int:
             delivery = parse_payload(config, body, source)
         except (PayloadError, UnknownPlugin) as exc:
             raise CliError(f"{args.file or f'alert {args.alert}'}: {exc}") from None
-        if fingerprint is not None:
-            delivery = dataclasses.replace(delivery, alerts=[
-                a for a in delivery.alerts if (a.fingerprint, a.starts_at) == (fingerprint, starts_at)])
+        if fingerprint is not None and starts_at is not None:
+            delivery = only_alert(delivery, fingerprint, starts_at)
         if not delivery.alerts:
             raise CliError("the payload holds no alerts to replay")
         if not args.json:
