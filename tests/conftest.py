@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
+from responder.cli._common import load_plugins
 from responder.config import Config, load_config
 from responder.daemon import Daemon
 from responder.rules.engine import RuleSet
@@ -106,6 +107,7 @@ async def daemon_client(store_url: str) -> AsyncIterator[DaemonClient]:
     clients: list[TestClient[Any, Any]] = []
 
     async def start(config: Config) -> tuple[TestClient[Any, Any], Daemon]:
+        load_plugins(config)
         rules, problems = load_rules(config.rule_dirs())
         assert not problems, problems
         daemon = Daemon(config, RuleSet(rules, config.rules.default_rule))
