@@ -185,6 +185,21 @@ class SinksConfig(Strict):
     console: ConsoleSinkConfig = ConsoleSinkConfig()
 
 
+class CommandsConfig(Strict):
+    # Executables `command.run` may start, by absolute path or bare name (looked up on PATH at
+    # load time); anything else is refused. Empty: no commands at all.
+    allow: list[str] = Field(default_factory=list)
+    timeout: Duration = 10.0
+    # Output beyond this many bytes (stdout and stderr each) is cut off while reading.
+    output_bytes: int = Field(default=64 * 1024, gt=0)
+    # Environment variables passed through to commands (besides a fixed PATH and LANG); nothing else leaks.
+    pass_env: list[str] = Field(default_factory=list)
+
+
+class CollectorsConfig(Strict):
+    commands: CommandsConfig = CommandsConfig()
+
+
 class KubernetesTarget(Strict):
     in_cluster: bool = False
     kubeconfig: Path | None = None
@@ -282,6 +297,7 @@ class Config(Strict):
     targets: TargetsConfig = TargetsConfig()
     sinks: SinksConfig = SinksConfig()
     mitigations: MitigationsConfig = MitigationsConfig()
+    collectors: CollectorsConfig = CollectorsConfig()
     logging: LoggingConfig = LoggingConfig()
     # Extra redaction patterns (regular expressions) applied to all evidence.
     redact: list[str] = Field(default_factory=list)

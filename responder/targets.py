@@ -8,10 +8,16 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
 
+import aiohttp
+import redis.asyncio as aioredis
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from responder.config import Config, KubernetesTarget, TargetsConfig
+from responder.config import Config, KubernetesTarget, RedisTarget, SecretRef, TargetsConfig
+
+# Every call through these clients is also bounded by the caller's own timeout; these stop a dead
+# peer from holding a socket open past it.
+REDIS_SOCKET_TIMEOUT = 5.0
 
 C = TypeVar("C")
 
@@ -58,6 +64,30 @@ class Targets:
         """The shared Kubernetes API client for a `targets.kubernetes` entry."""
         return await self.client("kubernetes", name, _kubernetes_client)
 
+    async def redis(self, name: str) -> aioredis.Redis:
+        """The shared (pooled) Redis client for a `targets.redis` entry."""
+        return await self.client("redis", name, _redis_client)
+
+    def postgres_dsn(self, name: str) -> str:
+        return reveal(self.spec("postgres", name).dsn, f"targets.postgres.{name}.dsn")
+
+    async def http(self) -> aiohttp.ClientSession:
+        """One HTTP session shared by the HTTP and Prometheus collectors; callers pass their own timeouts."""
+        key = ("session", "http")
+        if key not in self._clients:
+            session = aiohttp.ClientSession()
+            self._stack.push_async_callback(session.close)
+            self._clients[key] = session
+        session_: aiohttp.ClientSession = self._clients[key]
+        return session_
+
+
+def reveal(ref: SecretRef, key: str) -> str:
+    secret = ref.resolve()
+    if secret is None:
+        raise UnknownTarget(f"{key} is empty (its variable is unset)")
+    return secret.reveal()
+
 
 async def _kubernetes_client(spec: KubernetesTarget, stack: AsyncExitStack) -> k8s.ApiClient:
     configuration = k8s.Configuration()
@@ -76,6 +106,13 @@ async def _kubernetes_client(spec: KubernetesTarget, stack: AsyncExitStack) -> k
     api = k8s.ApiClient(configuration=configuration)
     stack.push_async_callback(api.close)
     return api
+
+
+async def _redis_client(spec: RedisTarget, stack: AsyncExitStack) -> aioredis.Redis:
+    client = aioredis.from_url(reveal(spec.url, "targets.redis.*.url"), socket_timeout=REDIS_SOCKET_TIMEOUT,
+                               socket_connect_timeout=REDIS_SOCKET_TIMEOUT)
+    stack.push_async_callback(client.aclose)
+    return client
 
 
 def target_names(targets: TargetsConfig, kind: str) -> list[str]:
