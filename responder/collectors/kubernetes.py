@@ -21,6 +21,11 @@ REVISION = "deployment.kubernetes.io/revision"
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 
 
+def given(**options: Any) -> dict[str, Any]:
+    """Keyword arguments for an API call without the empty ones (the client rejects None)."""
+    return {k: v for k, v in options.items() if v not in (None, "")} | {"_request_timeout": REQUEST_TIMEOUT}
+
+
 class NamespacedParams(TargetParams):
     namespace: K8sNamespace
 
@@ -42,7 +47,8 @@ def _container_row(pod: str, spec_image: str | None, status: Any) -> dict[str, A
         "image": status.image or spec_image,
         "ready": bool(status.ready),
         "restarts": int(status.restart_count or 0),
-        "state": "waiting" if waiting else "terminated" if current else "running" if state and state.running else "unknown",
+        "state": ("waiting" if waiting else "terminated" if current
+                  else "running" if state is not None and state.running else "unknown"),
         "waiting_reason": waiting.reason if waiting else None,
         "last_termination_reason": terminated.reason if terminated else current.reason if current else None,
         "last_exit_code": terminated.exit_code if terminated else current.exit_code if current else None,
@@ -82,8 +88,8 @@ class Pods(Collector[SelectorParams]):
 
     async def collect(self, params: SelectorParams, ctx: CollectorContext) -> Finding:
         core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.target))
-        found = await core.list_namespaced_pod(params.namespace, label_selector=params.selector or None,
-                                               limit=params.max_pods, _request_timeout=REQUEST_TIMEOUT)
+        found = await core.list_namespaced_pod(params.namespace,
+                                               **given(label_selector=params.selector, limit=params.max_pods))
         pods = [pod_summary(p) for p in found.items]
         reasons = Counter(r for p in pods for c in p["containers"]
                           for r in (c["waiting_reason"], c["last_termination_reason"]) if r)
@@ -137,11 +143,10 @@ class Events(Collector[EventsParams]):
         fields = [f"involvedObject.{k}={v}" for k, v in (("kind", params.kind), ("name", params.name)) if v]
         if params.type:
             fields.append(f"type={params.type}")
-        found = await core.list_namespaced_event(params.namespace, field_selector=",".join(fields) or None,
-                                                 _request_timeout=REQUEST_TIMEOUT)
+        found = await core.list_namespaced_event(params.namespace, **given(field_selector=",".join(fields)))
         newest = sorted(found.items, key=lambda e: _event_time(e).timestamp() if _event_time(e) else 0,
                         reverse=True)[: params.limit]
-        events = [{
+        events: list[dict[str, Any]] = [{
             "type": e.type,
             "reason": e.reason,
             "object": f"{e.involved_object.kind}/{e.involved_object.name}",
@@ -200,11 +205,12 @@ class Logs(Collector[LogsParams]):
         if params.pod is not None:
             pods = [params.pod]
         else:
-            found = await core.list_namespaced_pod(params.namespace, label_selector=params.selector,
-                                                   limit=params.max_pods, _request_timeout=REQUEST_TIMEOUT)
+            found = await core.list_namespaced_pod(params.namespace,
+                                                   **given(label_selector=params.selector, limit=params.max_pods))
             pods = [p.metadata.name for p in found.items][: params.max_pods]
         pattern = re.compile(params.grep) if params.grep else None
-        results, sections = [], []
+        results: list[dict[str, Any]] = []
+        sections: list[str] = []
         for pod in pods:
             options: dict[str, Any] = {"tail_lines": params.tail_lines, "previous": params.previous,
                                        "_request_timeout": REQUEST_TIMEOUT}
@@ -250,10 +256,9 @@ class Rollout(Collector[RolloutParams]):
         deployment = await apps.read_namespaced_deployment(params.name, params.namespace,
                                                            _request_timeout=REQUEST_TIMEOUT)
         selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
-        sets = await apps.list_namespaced_replica_set(params.namespace, label_selector=selector or None,
-                                                      _request_timeout=REQUEST_TIMEOUT)
+        sets = await apps.list_namespaced_replica_set(params.namespace, **given(label_selector=selector))
         uid = deployment.metadata.uid
-        revisions = []
+        revisions: list[dict[str, Any]] = []
         for rs in sets.items:
             owners = rs.metadata.owner_references or []
             if uid and not any(o.uid == uid for o in owners):
@@ -280,7 +285,7 @@ class Rollout(Collector[RolloutParams]):
                       for c in ((status.conditions if status else None) or [])]
         progress = next((c for c in conditions if c["type"] == "Progressing"), None)
         stalled = progress is not None and progress["reason"] == "ProgressDeadlineExceeded"
-        newest = revisions[0] if revisions else None
+        newest_age: float | None = revisions[0]["age_seconds"] if revisions else None
         payload = {
             "deployment": params.name, "namespace": params.namespace,
             "current_revision": int((deployment.metadata.annotations or {}).get(REVISION, "0") or 0),
@@ -289,7 +294,7 @@ class Rollout(Collector[RolloutParams]):
             "complete": updated == desired and available == desired and ready == desired,
             "stalled": stalled,
             "conditions": conditions,
-            "newest_revision_age_seconds": newest["age_seconds"] if newest else None,
+            "newest_revision_age_seconds": newest_age,
             "revisions": revisions,
         }
         state = "complete" if payload["complete"] else "stalled" if stalled else "in progress"
@@ -297,7 +302,7 @@ class Rollout(Collector[RolloutParams]):
                 f"{available} available; rollout {state}")
         rows = [{**r, "age": human_seconds(r["age_seconds"])} for r in revisions]
         return Finding(f"rollout of {params.name}: {state}, revision {payload['current_revision']}"
-                       + (f" ({human_seconds(payload['newest_revision_age_seconds'])} old)" if newest else ""),
+                       + (f" ({human_seconds(newest_age)} old)" if revisions else ""),
                        payload, head + "\n\n" + table(rows, ["revision", "replicaset", "replicas", "image", "age",
                                                              "change_cause"], empty="no ReplicaSets"))
 
@@ -315,8 +320,8 @@ class Nodes(Collector[NodesParams]):
 
     async def collect(self, params: NodesParams, ctx: CollectorContext) -> Finding:
         core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.target))
-        found = await core.list_node(label_selector=params.selector or None, _request_timeout=REQUEST_TIMEOUT)
-        nodes = []
+        found = await core.list_node(**given(label_selector=params.selector))
+        nodes: list[dict[str, Any]] = []
         for node in found.items:
             conditions = {c.type: c.status for c in ((node.status.conditions if node.status else None) or [])}
             problems = [t for t, s in conditions.items() if (t == "Ready") != (s == "True")]
@@ -369,8 +374,8 @@ class PodMetrics(Collector[SelectorParams]):
         custom = k8s.CustomObjectsApi(await ctx.targets.kubernetes(params.target))
         try:
             found = await custom.list_namespaced_custom_object(
-                "metrics.k8s.io", "v1beta1", params.namespace, "pods", label_selector=params.selector or None,
-                limit=params.max_pods, _request_timeout=REQUEST_TIMEOUT)
+                "metrics.k8s.io", "v1beta1", params.namespace, "pods",
+                **given(label_selector=params.selector, limit=params.max_pods))
         except ApiException as exc:
             if exc.status in (404, 503):
                 return Finding("pod metrics unavailable", {"reason": f"metrics.k8s.io answered {exc.status}"},
@@ -392,6 +397,6 @@ class PodMetrics(Collector[SelectorParams]):
                    "max_cpu_millicores": max((p["cpu_millicores"] for p in pods), default=0), "pods": pods}
         rows = [{"pod": p["pod"], "cpu": f"{p['cpu_millicores']:g}m", "memory": f"{p['memory_bytes'] / 2**20:.0f}Mi"}
                 for p in pods]
-        return Finding(f"usage of {len(pods)} pod(s) in {params.namespace}: "
-                       f"{payload['total_cpu_millicores']:g}m CPU, {payload['total_memory_bytes'] / 2**20:.0f}Mi memory",
+        return Finding(f"usage of {len(pods)} pod(s) in {params.namespace}: {payload['total_cpu_millicores']:g}m "
+                       f"CPU, {payload['total_memory_bytes'] / 2**20:.0f}Mi memory",
                        payload, table(rows, ["pod", "cpu", "memory"], empty="no pod metrics"))

@@ -123,8 +123,8 @@ class LongQueriesParams(TargetParams):
     limit: int = Field(default=20, ge=1, le=200)
 
 
-_ACTIVITY_COLUMNS = """pid, usename AS user, datname AS database, application_name, state,
-    wait_event_type, wait_event, left(query, {chars}) AS query""".format(chars=QUERY_CHARS)
+_ACTIVITY_COLUMNS = f"""pid, usename AS user, datname AS database, application_name, state,
+    wait_event_type, wait_event, left(query, {QUERY_CHARS}) AS query"""
 
 
 @registry.register
@@ -141,11 +141,12 @@ class LongQueries(Collector[LongQueriesParams]):
                 f"AS seconds FROM pg_stat_activity WHERE {_OTHERS} AND state = 'active' "
                 "AND query_start < now() - make_interval(secs => $1) ORDER BY query_start LIMIT $2",
                 params.min_duration, params.limit))
-        payload = {"count": len(rows), "longest_seconds": max((r["seconds"] for r in rows), default=0.0),
+        longest: float = max((r["seconds"] for r in rows), default=0.0)
+        payload = {"count": len(rows), "longest_seconds": longest,
                    "min_duration_seconds": params.min_duration, "queries": rows}
         shown = [{**r, "running": human_seconds(r["seconds"]), "query": _one_line(r["query"])} for r in rows]
         return Finding(f"{len(rows)} query(ies) running longer than {human_seconds(params.min_duration)}"
-                       + (f", longest {human_seconds(payload['longest_seconds'])}" if rows else ""), payload,
+                       + (f", longest {human_seconds(longest)}" if rows else ""), payload,
                        table(shown, ["pid", "running", "user", "database", "wait_event", "query"],
                              empty="no long-running queries"))
 
@@ -310,7 +311,8 @@ class DatabaseSize(Collector[DatabaseSizeParams]):
                    "databases": databases, "tables": tables}
         rows = [{"name": d["database"], "size": _size(d["bytes"])} for d in databases]
         rows += [{"name": t["table"], "size": _size(t["bytes"])} for t in tables]
-        return Finding(f"database {current}: {_size(payload['database_bytes'])}", payload, table(rows, ["name", "size"]))
+        return Finding(f"database {current}: {_size(payload['database_bytes'])}", payload,
+                       table(rows, ["name", "size"]))
 
 
 def _size(size: int | None) -> str:

@@ -115,6 +115,11 @@ def validate_step(step: StepSpec, registry: Registry[Any]) -> list[tuple[str, st
             if isinstance(top, str) and _templated(step.params.get(top)):
                 continue
             problems.append((f"params.{_loc(err['loc'])}", _msg(err)))
+    for name, info in model.model_fields.items():
+        # A field marked `fixed` (an executable, a command's flags) must be written in the rule itself.
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("fixed") \
+                and _templated(step.params.get(name)):
+            problems.append((f"params.{name}", "must be written literally in the rule, not rendered from the alert"))
     return problems
 
 
