@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import ssl
 import time
 from typing import Annotated, Any
@@ -11,15 +12,24 @@ from typing import Annotated, Any
 import aiohttp
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from responder.collectors.base import Collector, CollectorContext, EvidenceStatus, Finding, registry
 from responder.collectors.common import TargetParams
 from responder.config import Duration, HttpTarget
 
+
+
+def _url_path(value: str) -> str:
+    path = value.split("?", 1)[0]
+    if value and (not re.fullmatch(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)+(\?[!-~]*)?", value)
+                  or ".." in path.split("/")):
+        raise ValueError(f"not an absolute URL path without '..': {value!r}")
+    return value
+
+
 # A URL path (and query) appended to the target's URL: no scheme, no host, no `..` segments.
-UrlPath = Annotated[str, StringConstraints(pattern=r"^(/(?!\.\.(/|$|\?))[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*(\?[!-~]*)?$",
-                                           max_length=2000)]
+UrlPath = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_url_path)]
 Hostname = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$",
                                             max_length=253)]
 SHOWN_HEADERS = ["content-type", "server", "location", "retry-after", "cache-control", "x-request-id"]
