@@ -212,12 +212,9 @@ class Logs(Collector[LogsParams]):
         results: list[dict[str, Any]] = []
         sections: list[str] = []
         for pod in pods:
-            options: dict[str, Any] = {"tail_lines": params.tail_lines, "previous": params.previous,
-                                       "_request_timeout": REQUEST_TIMEOUT}
-            if params.container:
-                options["container"] = params.container
-            if params.since is not None:
-                options["since_seconds"] = max(1, int(params.since))
+            options = given(tail_lines=params.tail_lines, previous=params.previous or None,
+                            container=params.container,
+                            since_seconds=max(1, int(params.since)) if params.since is not None else None)
             try:
                 text = await core.read_namespaced_pod_log(pod, params.namespace, **options)
             except ApiException as exc:
