@@ -19,7 +19,6 @@ from responder.collectors.common import TargetParams
 from responder.config import Duration, HttpTarget
 
 
-
 def _url_path(value: str) -> str:
     path = value.split("?", 1)[0]
     if value and (not re.fullmatch(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)+(\?[!-~]*)?", value)
