@@ -11,7 +11,7 @@ from tests.support.services import free_port, require
 
 
 class Prometheus:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, scrape: list[str] | None = None) -> None:
         binary = shutil.which("prometheus")
         if not binary:
             require("Prometheus", "install the Debian package prometheus")
@@ -21,11 +21,15 @@ class Prometheus:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: ManagedProcess | None = None
+        # host:port targets scraped every second (job "test"), for tests that query real series.
+        self.scrape = scrape or []
 
     async def __aenter__(self) -> Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 1m}\nscrape_configs: []\n")
+        jobs = (f"scrape_configs: [{{job_name: test, scrape_interval: 1s, static_configs: [{{targets: {self.scrape}}}]}}]"
+                if self.scrape else "scrape_configs: []")
+        config.write_text(f"global: {{scrape_interval: 1m}}\n{jobs}\n")
         self.process = ManagedProcess(
             [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
