@@ -88,19 +88,19 @@ async def test_prometheus_instant_range_and_error(tmp_path: Path) -> None:
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    async with TestServer(app, host="127.0.0.1") as target:
-        async with Prometheus(tmp_path / "prom", scrape=[f"127.0.0.1:{target.port}"]) as prom:
-            config = config_with(**{"targets.prometheus": {"main": {"url": prom.url}}})
-            deadline = time.monotonic() + 20
-            while True:
-                instant = await collect(config, "prometheus.query", target="main", query="queue_depth")
-                if instant.payload.get("series_count") == 2 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.5)
-            await asyncio.sleep(2.5)
-            ranged = await collect(config, "prometheus.range_query", target="main", query="queue_depth", range=60,
-                                   step=1)
-            bad = await collect(config, "prometheus.query", target="main", query="sum(")
+    async with TestServer(app, host="127.0.0.1") as target, \
+            Prometheus(tmp_path / "prom", scrape=[f"127.0.0.1:{target.port}"]) as prom:
+        config = config_with(**{"targets.prometheus": {"main": {"url": prom.url}}})
+        deadline = time.monotonic() + 20
+        while True:
+            instant = await collect(config, "prometheus.query", target="main", query="queue_depth")
+            if instant.payload.get("series_count") == 2 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2.5)
+        ranged = await collect(config, "prometheus.range_query", target="main", query="queue_depth", range=60,
+                               step=1)
+        bad = await collect(config, "prometheus.query", target="main", query="sum(")
     assert instant.payload["max_value"] == 42 and instant.payload["series"][0]["metric"]["queue"] == "celery"
     assert "celery" in instant.text
     celery = next(s for s in ranged.payload["series"] if s["metric"]["queue"] == "celery")

@@ -27,8 +27,8 @@ class Prometheus:
     async def __aenter__(self) -> Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        jobs = (f"scrape_configs: [{{job_name: test, scrape_interval: 1s, static_configs: [{{targets: {self.scrape}}}]}}]"
-                if self.scrape else "scrape_configs: []")
+        jobs = ("scrape_configs: [{job_name: test, scrape_interval: 1s, "
+                f"static_configs: [{{targets: {self.scrape}}}]}}]" if self.scrape else "scrape_configs: []")
         config.write_text(f"global: {{scrape_interval: 1m}}\n{jobs}\n")
         self.process = ManagedProcess(
             [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
