@@ -23,7 +23,7 @@ rules:
       - id: restart
         type: kubernetes.rollout_restart
         mode: {mode}
-        params: {{cluster: prod, namespace: "{{{{ labels.namespace }}}}", name: "{{{{ labels.deployment }}}}"}}
+        params: {{target: prod, namespace: "{{{{ labels.namespace }}}}", name: "{{{{ labels.deployment }}}}"}}
 """
 
 UNDO = """
@@ -36,13 +36,13 @@ rules:
       - id: undo
         type: kubernetes.rollout_undo
         when: ["evidence.probe.payload.seconds < LIMIT"]
-        params: {cluster: prod, namespace: "{{ labels.namespace }}", name: "{{ labels.deployment }}"}
+        params: {target: prod, namespace: "{{ labels.namespace }}", name: "{{ labels.deployment }}"}
       - id: scale
         type: kubernetes.scale
-        params: {cluster: prod, namespace: prod, name: "{{ labels.deployment }}", step: 2, max_replicas: 5}
+        params: {target: prod, namespace: prod, name: "{{ labels.deployment }}", step: 2, max_replicas: 5}
       - id: kill-pod
         type: kubernetes.delete_pod
-        params: {cluster: prod, namespace: prod, name: "{{ labels.pod }}"}
+        params: {target: prod, namespace: prod, name: "{{ labels.pod }}"}
 """
 
 

@@ -39,7 +39,7 @@ rules:
     mitigations:
       - id: restart
         type: kubernetes.rollout_restart
-        params: {cluster: prod, namespace: "{{ labels.namespace }}", name: "{{ labels.deployment }}"}
+        params: {target: prod, namespace: "{{ labels.namespace }}", name: "{{ labels.deployment }}"}
 """
 
 

@@ -19,14 +19,14 @@ REVISION = "deployment.kubernetes.io/revision"
 class WorkloadParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cluster: TargetName = "default"
+    target: TargetName = "default"
     namespace: K8sNamespace
     kind: Literal["deployment", "statefulset"] = "deployment"
     name: K8sName
 
 
 def workload_key(p: WorkloadParams) -> str:
-    return f"kubernetes/{p.cluster}/{p.namespace}/{p.kind}/{p.name}"
+    return f"kubernetes/{p.target}/{p.namespace}/{p.kind}/{p.name}"
 
 
 class _WorkloadAction(Action[Any]):
@@ -45,10 +45,10 @@ class RolloutRestart(_WorkloadAction):
     params_model = WorkloadParams
 
     def describe(self, params: WorkloadParams) -> str:
-        return f"rollout restart {params.kind} {params.namespace}/{params.name} on cluster {params.cluster}"
+        return f"rollout restart {params.kind} {params.namespace}/{params.name} on cluster {params.target}"
 
     async def execute(self, params: WorkloadParams, ctx: ActionContext) -> dict[str, Any]:
-        apps = k8s.AppsV1Api(await ctx.targets.kubernetes(params.cluster))
+        apps = k8s.AppsV1Api(await ctx.targets.kubernetes(params.target))
         restarted_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         annotations = {"kubectl.kubernetes.io/restartedAt": restarted_at}
         body = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
@@ -82,11 +82,11 @@ class Scale(_WorkloadAction):
 
     def describe(self, params: ScaleParams) -> str:
         how = f"to {params.replicas}" if params.replicas is not None else f"up by {params.step}"
-        return (f"scale {params.kind} {params.namespace}/{params.name} on cluster {params.cluster} {how}"
+        return (f"scale {params.kind} {params.namespace}/{params.name} on cluster {params.target} {how}"
                 f" (at most {params.max_replicas}{'' if params.allow_scale_down else ', never down'})")
 
     async def execute(self, params: ScaleParams, ctx: ActionContext) -> dict[str, Any]:
-        apps = k8s.AppsV1Api(await ctx.targets.kubernetes(params.cluster))
+        apps = k8s.AppsV1Api(await ctx.targets.kubernetes(params.target))
         # The workload itself, not its scale sub-resource: the same reads and patches the other actions
         # need, so the RBAC the chart grants stays small.
         read: Callable[..., Awaitable[Any]]
@@ -109,7 +109,7 @@ class Scale(_WorkloadAction):
 class RollbackParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cluster: TargetName = "default"
+    target: TargetName = "default"
     namespace: K8sNamespace
     name: K8sName
 
@@ -122,17 +122,17 @@ class RolloutUndo(Action[RollbackParams]):
     params_model = RollbackParams
 
     def target(self, params: RollbackParams) -> str:
-        return f"kubernetes/{params.cluster}/{params.namespace}/deployment/{params.name}"
+        return f"kubernetes/{params.target}/{params.namespace}/deployment/{params.name}"
 
     def namespace(self, params: RollbackParams) -> str | None:
         return params.namespace
 
     def describe(self, params: RollbackParams) -> str:
-        return (f"rollout undo deployment {params.namespace}/{params.name} on cluster {params.cluster}"
+        return (f"rollout undo deployment {params.namespace}/{params.name} on cluster {params.target}"
                 " to the previous revision")
 
     async def execute(self, params: RollbackParams, ctx: ActionContext) -> dict[str, Any]:
-        api = await ctx.targets.kubernetes(params.cluster)
+        api = await ctx.targets.kubernetes(params.target)
         apps = k8s.AppsV1Api(api)
         deployment = await apps.read_namespaced_deployment(params.name, params.namespace,
                                                            _request_timeout=REQUEST_TIMEOUT)
@@ -166,7 +166,7 @@ def _revision(rs: Any) -> int:
 class PodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cluster: TargetName = "default"
+    target: TargetName = "default"
     namespace: K8sNamespace
     name: K8sName
     grace_period_seconds: int | None = Field(default=None, ge=0, le=3600)
@@ -178,16 +178,16 @@ class DeletePod(Action[PodParams]):
     params_model = PodParams
 
     def target(self, params: PodParams) -> str:
-        return f"kubernetes/{params.cluster}/{params.namespace}/pod/{params.name}"
+        return f"kubernetes/{params.target}/{params.namespace}/pod/{params.name}"
 
     def namespace(self, params: PodParams) -> str | None:
         return params.namespace
 
     def describe(self, params: PodParams) -> str:
-        return f"delete pod {params.namespace}/{params.name} on cluster {params.cluster}"
+        return f"delete pod {params.namespace}/{params.name} on cluster {params.target}"
 
     async def execute(self, params: PodParams, ctx: ActionContext) -> dict[str, Any]:
-        core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.cluster))
+        core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.target))
         options = k8s.V1DeleteOptions(grace_period_seconds=params.grace_period_seconds)
         await core.delete_namespaced_pod(params.name, params.namespace, body=options, _request_timeout=REQUEST_TIMEOUT)
         return {"deleted": f"{params.namespace}/{params.name}"}
