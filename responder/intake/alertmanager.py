@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -107,16 +107,24 @@ class AlertmanagerIntake(Intake):
     path = "/webhooks/alertmanager"
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
-        data = decode_json(body)
-        if not isinstance(data, dict):
-            raise PayloadError("expected a JSON object")
-        if data.get("version") != "4":
-            raise PayloadError(f"unsupported payload version {data.get('version')!r}; expected \"4\"", "version")
-        try:
-            payload = WirePayload.model_validate(data)
-        except ValidationError as exc:
-            raise PayloadError.from_validation(exc) from None
+        payload = load_versioned(body, WirePayload, "4")
         return Delivery(self.name, body, normalize(self.name, payload), headers=kept_headers(headers))
+
+
+P = TypeVar("P", bound=WirePayload)
+
+
+def load_versioned(body: bytes, model: type[P], version: str) -> P:
+    """An Alertmanager-shaped body of one payload version, validated, or PayloadError naming the problem."""
+    data = decode_json(body)
+    if not isinstance(data, dict):
+        raise PayloadError("expected a JSON object")
+    if data.get("version") != version:
+        raise PayloadError(f"unsupported payload version {data.get('version')!r}; expected {version!r}", "version")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError.from_validation(exc) from None
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:

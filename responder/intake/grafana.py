@@ -10,11 +10,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
-from responder.intake.alertmanager import WireAlert, WirePayload, decode_json, kept_headers, normalize
+from responder.intake.alertmanager import WireAlert, WirePayload, kept_headers, load_versioned, normalize
 from responder.intake.auth import Unauthorized, any_signature_matches
-from responder.intake.base import Intake, IntakeOptions, PayloadError, registry
+from responder.intake.base import Intake, IntakeOptions, registry
 from responder.models import Delivery
 
 
@@ -71,15 +71,7 @@ class GrafanaIntake(Intake):
             raise Unauthorized(f"{options.signature_header} does not match the body")
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
-        data = decode_json(body)
-        if not isinstance(data, dict):
-            raise PayloadError("expected a JSON object")
-        if data.get("version") != "1":
-            raise PayloadError(f"unsupported payload version {data.get('version')!r}; expected \"1\"", "version")
-        try:
-            payload = GrafanaPayload.model_validate(data)
-        except ValidationError as exc:
-            raise PayloadError.from_validation(exc) from None
+        payload = load_versioned(body, GrafanaPayload, "1")
         extras: list[dict[str, Any]] = [
             {"dashboard_url": a.dashboardURL, "panel_url": a.panelURL, "silence_url": a.silenceURL,
              "value_string": a.valueString, "values": a.values or {}, "org_id": payload.orgId}
