@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from responder.collectors.base import Evidence
 from responder.config import Config
 from responder.mitigations.guard import Decision, Guard
 from responder.mitigations.locks import LocalLocks
@@ -42,17 +44,19 @@ def as_incident(alert: Alert) -> Incident:
     )
 
 
-async def preview(config: Config, ruleset: RuleSet, store: Store, alert: Alert) -> AlertPreview:
+async def preview(config: Config, ruleset: RuleSet, store: Store, alert: Alert,
+                  evidence: Sequence[Evidence] | None = None) -> AlertPreview:
     """Matching verdicts, rendered steps, and the guards each mitigation would meet now (cooldowns and
-    budgets read from `store`; nothing is recorded, no collector or action runs)."""
+    budgets read from `store`; `when:` conditions tested on `evidence` if given; nothing is recorded, no
+    collector or action runs)."""
     async with Targets(config) as targets:
         guard = Guard(config.mitigations, targets, ActionStore(store), LocalLocks())
         incident = as_incident(alert)
         rules = []
         for rule in ruleset.match(alert):
             collectors, mitigations, errors = render_steps(rule, alert)
-            rules.append(RulePreview(rule.name, collectors, mitigations,
-                                     await guard.preview(rule, mitigations, incident), [str(e) for e in errors]))
+            decisions = await guard.preview(rule, mitigations, incident, evidence)
+            rules.append(RulePreview(rule.name, collectors, mitigations, decisions, [str(e) for e in errors]))
     return AlertPreview(alert, ruleset.explain(alert), rules)
 
 

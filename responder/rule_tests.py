@@ -15,6 +15,8 @@
           mitigations:
             - {type: kubernetes.rollout_restart, params: {name: api}, guard: allowed}   # or blocked:<guard>
           errors: []                           # step errors (substrings), when a label is missing on purpose
+        evidence:                  # optional: collector step id -> {payload, status}; `when:` is then evaluated
+          rollout: {payload: {newest_revision_age_seconds: 300}}     # guard: blocked:condition when false
 
 Expectations are subsets: params list only the keys that matter; steps are matched by `id`, else by type.
 """
@@ -31,6 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from responder.collectors.base import Evidence, EvidenceStatus
 from responder.config import Config, format_validation_error
 from responder.models import Alert, AlertStatus
 from responder.preview import AlertPreview, preview, step_params
@@ -65,11 +68,21 @@ class Expectation(_Strict):
     errors: list[str] | None = None
 
 
+class EvidenceSpec(_Strict):
+    """What a collector step found, as its payload; `when:` conditions are tested on it."""
+
+    status: EvidenceStatus = EvidenceStatus.OK
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
 class Case(_Strict):
     name: str
     alert: AlertSpec | None = None
     payload: Path | None = None
     source: str | None = None
+    # Collector step id -> its evidence. Given, mitigations' `when:` conditions are evaluated on it
+    # (a false one shows as `guard: blocked:condition`); absent, conditions are not evaluated.
+    evidence: dict[str, EvidenceSpec] | None = None
     expect: Expectation
 
 
@@ -103,6 +116,13 @@ def _alerts(case: Case, base: Path, config: Config) -> list[Alert]:
     spec = case.alert
     return [Alert(spec.source, AlertStatus(spec.status), f"test:{case.name}", time.time(), spec.labels,
                   spec.annotations)]
+
+
+def _evidence(case: Case) -> list[Evidence] | None:
+    if case.evidence is None:
+        return None
+    return [Evidence(step, "test", f"evidence given by the test for {step}", spec.status, 0.0, spec.payload, "")
+            for step, spec in case.evidence.items()]
 
 
 def _actual_steps(p: AlertPreview, kind: str) -> list[dict[str, Any]]:
@@ -139,7 +159,7 @@ async def run_case(config: Config, ruleset: RuleSet, file: Path, case: Case, sto
         result.problems.append(f"cannot build the alert: {exc}")
         return result
     for alert in alerts:
-        p = await preview(config, ruleset, store, alert)
+        p = await preview(config, ruleset, store, alert, _evidence(case))
         matched = [r.rule for r in p.rules]
         if matched != case.expect.rules:
             result.problems.append(f"matched rules differ\n{_diff(case.expect.rules, matched)}")

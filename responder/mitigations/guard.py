@@ -110,9 +110,10 @@ class Guard:
             return f"the kill switch was turned on by {stored['by']}: {stored['reason'] or 'no reason given'}"
         return None
 
-    async def preview(self, rule: Rule, steps: Sequence[RenderedStep], incident: Incident) -> list[Decision]:
+    async def preview(self, rule: Rule, steps: Sequence[RenderedStep], incident: Incident,
+                      evidence: Sequence[Evidence] | None = None) -> list[Decision]:
         """What each step would meet now, deciding and recording nothing and running no collector:
-        `when:` conditions need evidence, so they are reported, not evaluated."""
+        `when:` conditions are evaluated on `evidence` when it is given (rule tests), else only reported."""
         decisions = []
         for step in steps:
             action = registry.get(step.type)()
@@ -121,11 +122,11 @@ class Guard:
             target = action.target(step.params)
             decision = Decision(step.id, step.type, target, self.mode_for(rule, spec), "allowed",
                                 action.describe(step.params), step.params.model_dump(mode="json", by_alias=True))
-            refusal = await self._refusal(action, step, spec, target, incident, None)
+            refusal = await self._refusal(action, step, spec, target, incident, evidence)
             guard, reason = refusal or await self.actions.check(rule.name, decision.as_dict(), self.limits_for(spec))
             if guard is not None:
                 decision.outcome, decision.guard, decision.reason = "blocked", guard, reason
-            elif spec.when:
+            elif spec.when and evidence is None:
                 decision.reason = "if its conditions hold on the evidence gathered"
             decisions.append(decision)
         return decisions
