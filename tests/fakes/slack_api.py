@@ -78,9 +78,8 @@ def _check_blocks(blocks: list[dict[str, Any]]) -> None:
                 raise SlackError("invalid_blocks")
             if len(block.get("fields") or []) > 10:
                 raise SlackError("invalid_blocks")
-        elif block.get("type") == "header" and len((block.get("text") or {}).get("text", "")) > MAX_HEADER_TEXT:
-            raise SlackError("invalid_blocks")
-        elif block.get("type") == "actions" and len(block.get("elements") or []) > 25:
+        too_long_header = block.get("type") == "header" and len(block["text"]["text"]) > MAX_HEADER_TEXT
+        if too_long_header or (block.get("type") == "actions" and len(block.get("elements") or []) > 25):
             raise SlackError("invalid_blocks")
 
 
