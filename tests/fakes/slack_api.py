@@ -122,6 +122,7 @@ class FakeSlack:
         self._fail_next.clear()
 
     def set_delay(self, seconds: float) -> None:
+        """Successful calls answer this late (after their effect)."""
         self._delay = seconds
 
     def rate_limit(self, per_channel_per_second: float | None, retry_after: float = 1.0) -> None:
@@ -217,8 +218,6 @@ class FakeSlack:
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         args = await self._args(request)
-        if self._delay:
-            await asyncio.sleep(self._delay)
         status, error, response = 200, None, None
         try:
             fault = self._injected_fault()
@@ -241,6 +240,9 @@ class FakeSlack:
             self.calls.append(Call(method, args, status, error, time.time()))
             return self._error_response(exc)
         self.calls.append(Call(method, args, status, error, time.time()))
+        if self._delay:
+            # Slack did the work but answers late: a client that gives up cannot tell whether it happened.
+            await asyncio.sleep(self._delay)
         return web.json_response(response)
 
     async def _upload(self, request: web.Request) -> web.Response:
