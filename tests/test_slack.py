@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -35,6 +36,15 @@ rules:
       - {id: pods, type: test.evidence, params: {kind: rows, size: 5}}
       - {id: logs, type: test.evidence, params: {kind: text, size: 20}}
     checklist: ["Check the last deploy", "Page the owning team if it persists"]
+"""
+
+LIGHT = """
+rules:
+  - name: api-errors
+    match: ['alertname="HighErrorRate"']
+    collectors:
+      - {id: logs, type: test.evidence, params: {kind: text, size: 5}}
+    checklist: ["Check the last deploy"]
 """
 
 BIG = """
@@ -290,7 +300,8 @@ def assert_exactly_once_in_order(slack: FakeSlack, rows: list[dict[str, Any]], i
 async def test_outage_delays_but_delivers_every_message_once_in_order(
         daemon_client: Any, store_url: str, tmp_path: Path, slack: FakeSlack, slack_token: str) -> None:
     # A 10 s outage (the scenario of a longer one, shortened): every call fails with 503 meanwhile.
-    config = slack_config(store_url, tmp_path, slack, **{"pipeline.retry_max": "1s", "pipeline.workers": 8})
+    config = slack_config(store_url, tmp_path, slack, LIGHT, **{"pipeline.retry_max": "1s", "pipeline.workers": 8,
+                                                                "sinks.slack.rate_per_channel": 200})
     client, daemon = await daemon_client(config)
     slack.fail_for(10, 503)
 
@@ -305,7 +316,7 @@ async def test_outage_delays_but_delivers_every_message_once_in_order(
 
 @pytest.mark.slow
 async def test_kill9_during_an_outage_then_restart_delivers_exactly_once(tmp_path: Path, slack: FakeSlack) -> None:
-    rules = write_rules(tmp_path / "rules", RULES)
+    rules = write_rules(tmp_path / "rules", LIGHT)
     db = tmp_path / "responder.db"
     config = {
         "store": {"url": f"sqlite:///{db}", "lease_seconds": "2s", "poll_interval": "100ms"},
@@ -314,7 +325,7 @@ async def test_kill9_during_an_outage_then_restart_delivers_exactly_once(tmp_pat
         "plugins": ["tests.support.plugins"],
         "server": {"drain_seconds": "1s"},
         "sinks": {"console": {"enabled": False},
-                  "slack": {"token": {"env": "TEST_SLACK_TOKEN"}, "api_url": slack.api_url, "rate_per_channel": 50,
+                  "slack": {"token": {"env": "TEST_SLACK_TOKEN"}, "api_url": slack.api_url, "rate_per_channel": 200,
                             "timeout": "2s"}},
     }
     path = tmp_path / "config.yaml"
@@ -325,7 +336,6 @@ async def test_kill9_during_an_outage_then_restart_delivers_exactly_once(tmp_pat
     first = responder_daemon(path, port, tmp_path / "first.log", extra_env=env).start()
     try:
         await wait_http(f"http://127.0.0.1:{port}/readyz", proc=first)
-        import aiohttp
         async with aiohttp.ClientSession() as session:
             async def post(body: dict[str, Any]) -> None:
                 async with session.post(f"http://127.0.0.1:{port}/webhooks/alertmanager", json=body) as resp:
