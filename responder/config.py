@@ -181,8 +181,36 @@ class ConsoleSinkConfig(Strict):
     enabled: bool = True
 
 
+class SlackSinkConfig(Strict):
+    # The bot token (xoxb-...); the Slack sink runs only when it resolves.
+    token: SecretRef | None = None
+    api_url: str = "https://slack.com/api/"
+    # Where incidents go when their rule names no channel (`slack.channel` in the rule). IDs (C0123...) are
+    # best; names work too (resolving them for crash recovery needs the channels:read scope).
+    default_channel: str = "#incidents"
+    # Severity label value -> Slack user group id (S0123...) mentioned in the incident's first message.
+    mentions: dict[str, str] = Field(default_factory=dict)
+    # Slack allows about one message per second per channel; bursts above this wait their turn.
+    rate_per_channel: float = Field(default=1.0, gt=0)
+    # Every Slack call gives up after this long (and is retried).
+    timeout: Duration = 10.0
+    # A message that cannot be delivered yet (outage, rate limit) is retried this many times, with
+    # backoff up to pipeline.retry_max between attempts: an outage delays messages, it does not drop them.
+    max_attempts: int = Field(default=10000, ge=1)
+    # A re-fire of the same alert within this time of the thread's last activity goes to that thread.
+    refire_window: Duration = 86400.0
+    # Storm members are listed compactly in the parent message, up to this many lines.
+    storm_list_lines: int = Field(default=20, ge=1, le=40)
+
+    @property
+    def token_value(self) -> str | None:
+        secret = self.token.resolve() if self.token is not None else None
+        return secret.reveal() if secret is not None else None
+
+
 class SinksConfig(Strict):
     console: ConsoleSinkConfig = ConsoleSinkConfig()
+    slack: SlackSinkConfig = SlackSinkConfig()
 
 
 class CommandsConfig(Strict):

@@ -102,7 +102,7 @@ class Daemon:
             await stack.enter_async_context(self.targets)
             self.locks = await open_locks(self.config.mitigations, self.targets, stack)
             for sink in self.sinks:
-                await sink.start()
+                await sink.start(self._store, self.metrics)
                 stack.push_async_callback(sink.close)
             yield
 
@@ -152,14 +152,14 @@ class Daemon:
 def _sink_handler(store: Store, sink: Sink) -> Handler:
     async def handle(job: Job) -> None:
         try:
-            result = await sink.deliver(job)
+            delivered = await sink.deliver(job)
         except SinkError as exc:
             if exc.permanent:
                 raise PermanentJobError(str(exc)) from exc
             if exc.retry_after is not None:
                 raise RetryLater(str(exc), exc.retry_after) from exc
             raise
-        await store.finish_job(job, result=result)
+        await store.finish_job(job, delivered.result, delivered.writes, delivered.follow_ups)
 
     return handle
 

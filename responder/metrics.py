@@ -46,3 +46,11 @@ class Metrics:
         self.actions = Counter(
             "responder_actions_total", "Mitigation decisions by action, outcome and deciding guard.",
             ["action", "outcome", "guard"], registry=r)
+        self.slack_calls = Counter(
+            "responder_slack_calls_total", "Slack Web API calls by method and outcome (ok, ratelimited, transient,"
+            " permanent).", ["method", "outcome"], registry=r)
+        self.slack_outbox_depth = Gauge(
+            "responder_slack_outbox_depth", "Slack messages, updates and uploads not yet delivered.", registry=r)
+        self.slack_oldest_pending = Gauge(
+            "responder_slack_oldest_pending_seconds", "Age of the oldest Slack message not yet delivered.",
+            registry=r)

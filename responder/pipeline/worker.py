@@ -34,6 +34,12 @@ class RetryLater(Exception):
         self.delay = delay
 
 
+def backoff_delay(attempts: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with jitter, so retries of many jobs do not arrive together."""
+    base: float = min(maximum, initial * 2 ** max(0, attempts - 1))
+    return base * random.uniform(0.8, 1.2)
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     concurrency: int
@@ -61,8 +67,7 @@ class QueueWorker:
         self._wake.set()
 
     def backoff(self, attempts: int) -> float:
-        base: float = min(self.settings.retry_max, self.settings.retry_initial * 2 ** max(0, attempts - 1))
-        return base * random.uniform(0.8, 1.2)
+        return backoff_delay(attempts, self.settings.retry_initial, self.settings.retry_max)
 
     async def run(self) -> None:
         while not self._stopping:

@@ -4,11 +4,16 @@ transaction that records the change; a sink's worker delivers them in order per 
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from responder.config import Config
+from responder.metrics import Metrics
 from responder.models import Job
 from responder.plugins import Registry
+from responder.store import NewJob, Store
+from responder.store.db import Connection
 
 
 class SinkError(Exception):
@@ -18,6 +23,16 @@ class SinkError(Exception):
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What one delivery leaves behind, committed with the job's completion or not at all: the job's
+    result, writes to the store and further jobs (a sink's own outbox rows)."""
+
+    result: dict[str, Any]
+    writes: Callable[[Connection], Awaitable[None]] | None = None
+    follow_ups: Sequence[NewJob] = ()
 
 
 class Sink(abc.ABC):
@@ -30,15 +45,15 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def enabled(cls, config: Config) -> bool: ...
 
-    async def start(self) -> None:
+    async def start(self, store: Store, metrics: Metrics) -> None:
         """Open clients; called once before the first delivery."""
 
     async def close(self) -> None:
         """Close clients; called once on shutdown."""
 
     @abc.abstractmethod
-    async def deliver(self, job: Job) -> dict[str, Any]:
-        """Deliver one event (`job.kind`, `job.payload`); returns what to keep as the job's result."""
+    async def deliver(self, job: Job) -> Delivered:
+        """Deliver one event (`job.kind`, `job.payload`)."""
 
     @property
     def queue(self) -> str:

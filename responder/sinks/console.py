@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from responder.config import Config
 from responder.models import Job
-from responder.sinks.base import Sink, registry
+from responder.sinks.base import Delivered, Sink, registry
 from responder.sinks.render import render_event
 
 
@@ -19,7 +18,7 @@ class ConsoleSink(Sink):
     def enabled(cls, config: Config) -> bool:
         return config.sinks.console.enabled
 
-    async def deliver(self, job: Job) -> dict[str, Any]:
+    async def deliver(self, job: Job) -> Delivered:
         sys.stdout.write(render_event(job.kind, job.payload) + "\n")
         sys.stdout.flush()
-        return {"printed": True}
+        return Delivered({"printed": True})

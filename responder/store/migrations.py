@@ -170,6 +170,34 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "slack threads: one thread per incident (or storm), where its parent message is",
+        """
+        -- A thread's key is decided once (unique), so replicas handling alerts of one storm agree.
+        CREATE TABLE slack_threads (
+            id {pk},
+            thread_key TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            channel_id TEXT,
+            ts TEXT,
+            lead_incident_id BIGINT REFERENCES incidents (id),
+            parent_queued INTEGER NOT NULL DEFAULT 0,
+            facts TEXT NOT NULL DEFAULT '{{}}',
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE UNIQUE INDEX slack_threads_key ON slack_threads (thread_key);
+
+        CREATE TABLE slack_thread_incidents (
+            incident_id BIGINT PRIMARY KEY REFERENCES incidents (id),
+            thread_id BIGINT NOT NULL REFERENCES slack_threads (id),
+            role TEXT NOT NULL,
+            joined_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX slack_thread_incidents_thread ON slack_thread_incidents (thread_id);
+        """,
+    ),
 ]
 
 

@@ -39,6 +39,8 @@ class NewJob:
     ordering_key: str
     incident_id: int | None = None
     payload: dict[str, Any] | None = None
+    # None: the store's default. Outbox rows for external APIs use many more, so an outage only delays them.
+    max_attempts: int | None = None
 
 
 PIPELINE_QUEUE = "pipeline"
@@ -114,7 +116,7 @@ class Store:
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts,"
             " run_after, created_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) RETURNING id",
             job.queue, job.kind, job.ordering_key, job.incident_id, dumps(job.payload or {}),
-            self.max_attempts, now + delay, now,
+            job.max_attempts or self.max_attempts, now + delay, now,
         ))
 
     async def claim_jobs(self, queue: str, owner: str, limit: int, lease_seconds: float) -> list[Job]:

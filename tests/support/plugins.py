@@ -34,6 +34,35 @@ class SleepCollector(Collector[SleepParams]):
                        f"{params.label} for {params.seconds:g}s")
 
 
+class EvidenceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = "text"
+    size: int = 10
+
+
+@collectors.register
+class EvidenceCollector(Collector[EvidenceParams]):
+    """Evidence of a chosen shape and size: a Prometheus range query, a table, log lines, fields."""
+
+    name = "test.evidence"
+    params_model = EvidenceParams
+
+    async def collect(self, params: EvidenceParams, ctx: CollectorContext) -> Finding:
+        n = params.size
+        if params.kind == "series":
+            series = [{"metric": {"__name__": "http_errors", "pod": f"api-{i}"},
+                       "values": [[1_700_000_000 + 60 * t, str(t * (i + 1) % 7)] for t in range(30)]} for i in range(2)]
+            return Finding("error rate", {"series": series}, "\n".join(f"api-{i}: last {29 * (i + 1) % 7}" for i in
+                                                                      range(2)))
+        if params.kind == "rows":
+            rows = [{"pod": f"api-{i}", "restarts": i, "status": "CrashLoopBackOff"} for i in range(n)]
+            return Finding("pods", {"rows": rows}, "\n".join(f"api-{i} {i}" for i in range(n)))
+        if params.kind == "fields":
+            return Finding("settings", {"fields": {f"key{i}": f"value{i}" for i in range(n)}}, "fields")
+        lines = "\n".join(f"00:00:{i % 60:02d} ERROR request {i} failed: upstream timeout" for i in range(n))
+        return Finding("logs", {"lines": n}, lines)
+
+
 class RecordParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target: str

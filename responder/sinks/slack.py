@@ -1,0 +1,400 @@
+"""The Slack sink: one thread per incident (or per storm), kept up to date, delivered exactly once.
+
+Two kinds of jobs run on its queue (`sink:slack`):
+- incident events (`incident.processed`, `incident.resolved`, ordered per incident) are expanded, without
+  calling Slack, into outbox rows: one job per Slack call, ordered per thread (`slack-thread:<id>`),
+  committed with the event's completion. The thread itself is decided durably first (see
+  responder/store/slack_threads.py), so replicas and re-deliveries agree on it.
+- outbox rows (`slack.post_parent`, `slack.reply`, `slack.upload`, `slack.update`) each make one call.
+  Messages carry Slack `metadata` naming their row; a row that may already have been sent (a second
+  attempt after a crash or a timeout) first looks for itself in the channel or thread, so nothing is
+  posted twice. Rate limits wait out Retry-After, outages back off and retry for as long as
+  `max_attempts` allows; permanent Slack errors are recorded on the incident and not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from responder.config import Config
+from responder.metrics import Metrics
+from responder.models import Job
+from responder.pipeline.worker import backoff_delay
+from responder.sinks.base import Delivered, Sink, SinkError, registry
+from responder.sinks.slack_blocks import (
+    Attachment,
+    Member,
+    Message,
+    parent_message,
+    phase_of,
+    refire_message,
+    thread_messages,
+)
+from responder.sinks.slack_charts import series_png
+from responder.store import NewJob, Store
+from responder.store.db import Connection
+from responder.store.slack_threads import LEAD, REFIRE, SlackThreads, Thread
+
+log = logging.getLogger(__name__)
+
+POST_PARENT, REPLY, UPLOAD, UPDATE = "slack.post_parent", "slack.reply", "slack.upload", "slack.update"
+METADATA_EVENT = "responder_message"
+# Slack answers these with HTTP 200 and ok=false, yet they pass: retry them like an outage.
+TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+LOOKUP_PAGES = 10
+
+
+class ChannelPacer:
+    """Spaces out messages to one channel (Slack allows about one per second) and honours Retry-After."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self._next: dict[str, float] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def wait(self, channel: str) -> None:
+        async with self._locks[channel]:
+            now = time.monotonic()
+            start = max(now, self._next.get(channel, 0.0))
+            self._next[channel] = start + self.interval
+            if start > now:
+                await asyncio.sleep(start - now)
+
+    def pause(self, channel: str, seconds: float) -> None:
+        self._next[channel] = max(self._next.get(channel, 0.0), time.monotonic() + seconds)
+
+
+@registry.register
+class SlackSink(Sink):
+    name = "slack"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.settings = config.sinks.slack
+        self.pacer = ChannelPacer(self.settings.rate_per_channel)
+        self._client: AsyncWebClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._threads: SlackThreads | None = None
+        self._metrics: Metrics | None = None
+        self._gauges: asyncio.Task[None] | None = None
+        # channel name -> id, learnt from Slack's answers (ids are what history lookups need)
+        self._channel_ids: dict[str, str] = {}
+
+    @classmethod
+    def enabled(cls, config: Config) -> bool:
+        return config.sinks.slack.token_value is not None
+
+    async def start(self, store: Store, metrics: Metrics) -> None:
+        token = self.settings.token_value
+        assert token is not None
+        self._session = aiohttp.ClientSession()
+        self._client = AsyncWebClient(token=token, base_url=self.settings.api_url, session=self._session,
+                                      timeout=max(1, round(self.settings.timeout)))
+        self._threads = SlackThreads(store)
+        self._metrics = metrics
+        self._gauges = asyncio.create_task(self._watch_outbox(), name="slack-outbox-gauges")
+
+    async def close(self) -> None:
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def client(self) -> AsyncWebClient:
+        assert self._client is not None, "the Slack sink is not started"
+        return self._client
+
+    @property
+    def threads(self) -> SlackThreads:
+        assert self._threads is not None, "the Slack sink is not started"
+        return self._threads
+
+    @property
+    def metrics(self) -> Metrics:
+        assert self._metrics is not None, "the Slack sink is not started"
+        return self._metrics
+
+    async def deliver(self, job: Job) -> Delivered:
+        if job.kind in ("incident.processed", "incident.resolved"):
+            return await self._expand(job)
+        thread = await self.threads.get(int(job.payload["thread_id"]))
+        if thread is None:
+            raise SinkError(f"slack thread {job.payload['thread_id']} does not exist", permanent=True)
+        try:
+            if job.kind == POST_PARENT:
+                return await self._post_parent(job, thread)
+            if thread.ts is None or thread.channel_id is None:
+                # Its parent message failed for good (recorded on the incident); nothing to reply to.
+                raise SinkError(f"slack thread {thread.id} has no parent message", permanent=True)
+            if job.kind == UPDATE:
+                return await self._update(job, thread)
+            if job.kind == REPLY:
+                return await self._reply(job, thread)
+            if job.kind == UPLOAD:
+                return await self._upload(job, thread)
+        except SinkError as exc:
+            if exc.permanent and job.incident_id is not None and "has no parent message" not in str(exc):
+                await self.threads.record_error(job.incident_id, f"slack: {exc}")
+            raise
+        raise SinkError(f"unknown slack job kind {job.kind!r}", permanent=True)
+
+    # --- expanding an incident event into outbox rows --------------------------------------------
+
+    async def _expand(self, job: Job) -> Delivered:
+        assert job.incident_id is not None
+        incident = await self.threads.store.get_incident(job.incident_id)
+        if incident is None:
+            raise SinkError(f"incident {job.incident_id} does not exist", permanent=True)
+        view: dict[str, Any] = job.payload["incident"]
+        bundles: list[dict[str, Any]] = job.payload.get("bundles", [])
+        channel = next((b["channel"] for b in bundles if b.get("channel")), None) or self.settings.default_channel
+        thread, role = await self.threads.assign(incident, channel, self.settings.refire_window)
+        facts: dict[str, Any] | None = None
+        replies: list[Message] = []
+        if job.kind == "incident.processed" and role in (LEAD, REFIRE):
+            facts = {"incident": view, "phase": phase_of(bundles)}
+            if role == REFIRE:
+                replies.append(refire_message(view))
+            replies += thread_messages(view, bundles)
+            for bundle in bundles:
+                replies += await self._charts(incident.id, bundle)
+        elif job.kind == "incident.resolved" and thread.lead_incident_id == incident.id:
+            facts = {**thread.facts, "incident": {**thread.facts.get("incident", view), **view}, "phase": "resolved"}
+        rows = self._rows(job, thread, replies)
+        key = f"slack-thread:{thread.id}"
+
+        async def writes(conn: Connection) -> None:
+            if facts is not None:
+                await SlackThreads.set_facts(conn, thread.id, incident.id, facts)
+            if await SlackThreads.claim_parent(conn, thread.id):
+                await self.threads.store.enqueue(conn, self._row(job, thread, POST_PARENT, {}))
+            elif not await SlackThreads.update_queued(conn, self.queue, key, UPDATE):
+                await self.threads.store.enqueue(conn, self._row(job, thread, UPDATE, {}))
+            for row in rows:
+                await self.threads.store.enqueue(conn, row)
+
+        return Delivered({"thread": thread.id, "role": role, "messages": len(rows)}, writes=writes)
+
+    async def _charts(self, incident_id: int, bundle: dict[str, Any]) -> list[Message]:
+        charts = []
+        for ev in bundle.get("evidence", []):
+            series = (ev.get("payload") or {}).get("series")
+            if not isinstance(series, list) or not series:
+                continue
+            png = await asyncio.to_thread(series_png, ev["title"], series)
+            if png is not None:
+                name = f"incident-{incident_id}-{ev['step']}.png"
+                charts.append(Message("", [], [Attachment(name, ev["title"], png)]))
+        return charts
+
+    def _row(self, job: Job, thread: Thread, kind: str, payload: dict[str, Any]) -> NewJob:
+        return NewJob(self.queue, kind, f"slack-thread:{thread.id}", job.incident_id,
+                      {"thread_id": thread.id, **payload}, max_attempts=self.settings.max_attempts)
+
+    def _rows(self, job: Job, thread: Thread, messages: list[Message]) -> list[NewJob]:
+        rows = []
+        for message in messages:
+            if message.blocks:
+                rows.append(self._row(job, thread, REPLY, {"text": message.text, "blocks": message.blocks}))
+            rows += [self._row(job, thread, UPLOAD, {
+                "filename": a.filename, "title": a.title, "content_b64": base64.b64encode(a.content).decode(),
+            }) for a in message.attachments]
+        return rows
+
+    # --- one Slack call per outbox row -----------------------------------------------------------
+
+    async def _parent(self, thread: Thread) -> Message:
+        members = await self.threads.members(thread.id)
+        severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
+        return parent_message(thread.facts, [Member(m.alertname, m.status, m.labels) for m in members],
+                              self.settings.mentions.get(severity), self.settings.storm_list_lines)
+
+    def _metadata(self, job: Job) -> dict[str, Any]:
+        return {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": job.id, "incident_id": job.incident_id}}
+
+    @staticmethod
+    def _is_row(job: Job) -> Callable[[dict[str, Any]], bool]:
+        def match(message: dict[str, Any]) -> bool:
+            metadata = message.get("metadata") or {}
+            return (metadata.get("event_type") == METADATA_EVENT
+                    and (metadata.get("event_payload") or {}).get("outbox_id") == job.id)
+        return match
+
+    async def _post_parent(self, job: Job, thread: Thread) -> Delivered:
+        if thread.ts is not None and thread.channel_id is not None:
+            return Delivered({"ts": thread.ts, "channel": thread.channel_id, "already": True})
+        message = await self._parent(thread)
+        found = None
+        if job.attempts > 1:
+            channel_id = await self._channel_id(job, thread.channel)
+            found = await self._lookup(job, "conversations.history", self._is_row(job), channel=channel_id,
+                                       oldest=f"{job.created_at - 60:.6f}")
+            if found is not None:
+                found = {**found, "channel": channel_id}
+        if found is None:
+            posted = await self._call("chat.postMessage", thread.channel, lambda: self.client.chat_postMessage(
+                channel=thread.channel, text=message.text, blocks=message.blocks, metadata=self._metadata(job),
+                unfurl_links=False, unfurl_media=False), job.attempts)
+            found = {"channel": posted["channel"], "ts": posted["ts"]}
+        channel_id, ts = str(found["channel"]), str(found["ts"])
+        self._channel_ids[thread.channel] = channel_id
+
+        async def writes(conn: Connection) -> None:
+            await SlackThreads.set_parent(conn, thread.id, channel_id, ts)
+
+        return Delivered({"ts": ts, "channel": channel_id}, writes=writes)
+
+    async def _update(self, job: Job, thread: Thread) -> Delivered:
+        assert thread.channel_id is not None and thread.ts is not None
+        channel_id, ts = thread.channel_id, thread.ts
+        message = await self._parent(thread)
+        await self._call("chat.update", channel_id, lambda: self.client.chat_update(
+            channel=channel_id, ts=ts, text=message.text, blocks=message.blocks), job.attempts)
+        return Delivered({"ts": ts, "channel": channel_id})
+
+    async def _reply(self, job: Job, thread: Thread) -> Delivered:
+        assert thread.channel_id is not None and thread.ts is not None
+        channel_id, thread_ts = thread.channel_id, thread.ts
+        if job.attempts > 1:
+            found = await self._lookup(job, "conversations.replies", self._is_row(job), channel=channel_id,
+                                       ts=thread_ts)
+            if found is not None:
+                return Delivered({"ts": found["ts"], "channel": channel_id, "found": True})
+        response = await self._call("chat.postMessage", channel_id, lambda: self.client.chat_postMessage(
+            channel=channel_id, thread_ts=thread_ts, text=job.payload["text"], blocks=job.payload["blocks"],
+            metadata=self._metadata(job), unfurl_links=False, unfurl_media=False), job.attempts)
+        return Delivered({"ts": response["ts"], "channel": channel_id})
+
+    async def _upload(self, job: Job, thread: Thread) -> Delivered:
+        assert thread.channel_id is not None and thread.ts is not None
+        channel_id, thread_ts = thread.channel_id, thread.ts
+        stem, dot, ext = str(job.payload["filename"]).rpartition(".")
+        # The row id in the file name is how a second attempt recognises an upload that already landed.
+        filename = f"{stem}-{job.id}{dot}{ext}" if dot else f"{ext}-{job.id}"
+        if job.attempts > 1:
+            found = await self._lookup(
+                job, "conversations.replies",
+                lambda m: any(f.get("name") == filename for f in m.get("files") or []),
+                channel=channel_id, ts=thread_ts)
+            if found is not None:
+                return Delivered({"ts": found["ts"], "channel": channel_id, "found": True})
+        content = base64.b64decode(job.payload["content_b64"])
+        response = await self._call("files.upload_v2", channel_id, lambda: self.client.files_upload_v2(
+            channel=channel_id, thread_ts=thread_ts, content=content, filename=filename,
+            title=job.payload["title"]), job.attempts)
+        return Delivered({"file": (response.get("file") or {}).get("id"), "channel": channel_id})
+
+    async def _lookup(self, job: Job, method: str, match: Callable[[dict[str, Any]], bool],
+                      **args: Any) -> dict[str, Any] | None:
+        """The message a previous attempt of this row already posted, if any."""
+        api = self.client.conversations_history if method == "conversations.history" else \
+            self.client.conversations_replies
+        cursor = None
+        for _ in range(LOOKUP_PAGES):
+            page = await self._call(method, None, lambda c=cursor: api(  # type: ignore[misc]
+                include_all_metadata=True, limit=200, cursor=c, **args), job.attempts)
+            for message in page.get("messages") or []:
+                if match(message):
+                    return dict(message)
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        return None
+
+    async def _channel_id(self, job: Job, channel: str) -> str:
+        if CHANNEL_ID.match(channel):
+            return channel
+        name = channel.lstrip("#")
+        if channel in self._channel_ids:
+            return self._channel_ids[channel]
+        cursor = None
+        for _ in range(LOOKUP_PAGES):
+            page = await self._call("conversations.list", None, self._list_channels(cursor), job.attempts)
+            for item in page.get("channels") or []:
+                if item.get("name") == name:
+                    self._channel_ids[channel] = str(item["id"])
+                    return str(item["id"])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+        raise SinkError(f"conversations.list: channel_not_found ({channel})", permanent=True)
+
+    def _list_channels(self, cursor: str | None) -> Callable[[], Awaitable[AsyncSlackResponse]]:
+        return lambda: self.client.conversations_list(types="public_channel,private_channel", exclude_archived=True,
+                                                      limit=1000, cursor=cursor)
+
+    async def _call(self, method: str, channel: str | None, request: Callable[[], Awaitable[AsyncSlackResponse]],
+                    attempts: int) -> AsyncSlackResponse:
+        """One Slack call, paced per channel, with its failure sorted into wait, retry or give up."""
+        pace_key = self._channel_ids.get(channel, channel) if channel is not None else None
+        if pace_key is not None:
+            await self.pacer.wait(pace_key)
+        try:
+            async with asyncio.timeout(self.settings.timeout * 4):  # an upload is three requests
+                response = await request()
+        except SlackApiError as exc:
+            status = exc.response.status_code
+            error = exc.response.data.get("error", "") if isinstance(exc.response.data, dict) else ""
+            if status == 429 or error == "ratelimited":
+                retry_after = _retry_after(exc.response.headers)
+                if pace_key is not None:
+                    self.pacer.pause(pace_key, retry_after)
+                self._count(method, "ratelimited")
+                raise SinkError(f"{method}: rate limited, retry after {retry_after:g}s",
+                                retry_after=retry_after) from None
+            if status >= 500 or error in TRANSIENT_ERRORS:
+                self._count(method, "transient")
+                raise SinkError(f"{method}: HTTP {status} {error}".rstrip(),
+                                retry_after=self._backoff(attempts)) from None
+            self._count(method, "permanent")
+            raise SinkError(f"{method}: {error or f'HTTP {status}'}", permanent=True) from None
+        except (aiohttp.ClientError, SlackRequestError, TimeoutError, OSError) as exc:
+            self._count(method, "transient")
+            raise SinkError(f"{method}: {type(exc).__name__}: {exc}", retry_after=self._backoff(attempts)) from None
+        self._count(method, "ok")
+        return response
+
+    def _backoff(self, attempts: int) -> float:
+        pipeline = self.config.pipeline
+        return backoff_delay(attempts, pipeline.retry_initial, pipeline.retry_max)
+
+    def _count(self, method: str, outcome: str) -> None:
+        self.metrics.slack_calls.labels(method, outcome).inc()
+
+    async def _watch_outbox(self) -> None:
+        while True:
+            try:
+                depth, oldest = await self.threads.outbox(self.queue, "slack.")
+                self.metrics.slack_outbox_depth.set(depth)
+                self.metrics.slack_oldest_pending.set(time.time() - oldest if oldest is not None else 0)
+            except Exception as exc:  # the gauges must never take the daemon down
+                log.debug("slack outbox gauges unavailable: %s", exc)
+            await asyncio.sleep(2)
+
+
+def _retry_after(headers: Any) -> float:
+    value = None
+    for key, raw in dict(headers or {}).items():
+        if str(key).lower() == "retry-after":
+            value = raw[0] if isinstance(raw, list) else raw
+    try:
+        return max(0.0, float(value)) if value is not None else 1.0
+    except ValueError:
+        return 1.0
