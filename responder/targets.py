@@ -95,8 +95,9 @@ async def _kubernetes_client(spec: KubernetesTarget, stack: AsyncExitStack) -> k
         configuration.host = spec.url
         token = spec.token.resolve() if spec.token is not None else None
         if token is not None:
-            configuration.api_key = {"authorization": token.reveal()}
-            configuration.api_key_prefix = {"authorization": "Bearer"}
+            # kubernetes-asyncio sends api_key["BearerToken"], prefixed, as the Authorization header.
+            configuration.api_key = {"BearerToken": token.reveal()}
+            configuration.api_key_prefix = {"BearerToken": "Bearer"}
     elif spec.in_cluster:
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:

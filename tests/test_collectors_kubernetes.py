@@ -54,7 +54,7 @@ async def kube() -> AsyncIterator[FakeKubeAPI]:
 
 
 def kube_config(kube: FakeKubeAPI) -> Config:
-    return config_with(**{"targets.kubernetes": {"prod": {"url": kube.url, "verify_tls": False}}})
+    return config_with(**{"targets.kubernetes": {"prod": kube.target()}})
 
 
 async def test_pods_show_oomkilled_and_crashloop(kube: FakeKubeAPI) -> None:

@@ -58,7 +58,7 @@ async def kube() -> AsyncIterator[FakeKubeAPI]:
 
 def kube_config(store_url: str, tmp_path: Path, rules: str, kube: FakeKubeAPI, **overrides: Any) -> Any:
     return make_config(store_url, write_rules(tmp_path / "rules", rules), **{
-        "targets": {"kubernetes": {"prod": {"url": kube.url, "verify_tls": False}}},
+        "targets": {"kubernetes": {"prod": kube.target()}},
         "mitigations.mode": "enforce", "pipeline.workers": 8, **overrides})
 
 

@@ -44,7 +44,7 @@ rules:
 
 
 def write_config(tmp_path: Path, store_url: str, admin_url: str, *, rules_text: str = RULES,
-                 kube_url: str = "http://127.0.0.1:1", **mitigations: Any) -> Path:
+                 kube: dict[str, Any] | None = None, **mitigations: Any) -> Path:
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
     (rules / "api.yaml").write_text(rules_text)
@@ -53,7 +53,7 @@ def write_config(tmp_path: Path, store_url: str, admin_url: str, *, rules_text: 
         "pipeline": {"workers": 16, "retry_initial": "100ms", "retry_max": "1s"},
         "rules": {"dirs": [str(rules)]},
         "server": {"drain_seconds": "1s"},
-        "targets": {"http": {"app": {"url": admin_url}}, "kubernetes": {"prod": {"url": kube_url}}},
+        "targets": {"http": {"app": {"url": admin_url}}, "kubernetes": {"prod": kube or {"url": "http://127.0.0.1:1"}}},
         "sinks": {"console": {"enabled": False}},
         "mitigations": {"mode": "enforce", **mitigations},
     }
@@ -84,7 +84,7 @@ async def test_two_daemons_sharing_postgresql_and_redis_restart_once(tmp_path: P
                                                                      redis_prefix: str) -> None:
     async with FakeKubeAPI() as kube:
         kube.add_deployment("prod", "api")
-        config = write_config(tmp_path, pg_url, "http://127.0.0.1:1", rules_text=RESTART, kube_url=kube.url,
+        config = write_config(tmp_path, pg_url, "http://127.0.0.1:1", rules_text=RESTART, kube=kube.target(),
                               redis={"url": {"env": "LOCK_REDIS_URL"}, "key_prefix": redis_prefix})
         ports = [free_port(), free_port()]
         daemons = [responder_daemon(config, p, tmp_path / f"d{i}.log", extra_env={"LOCK_REDIS_URL": redis_url})

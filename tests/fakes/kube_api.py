@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,15 @@ class FakeKubeAPI:
     # metrics.k8s.io PodMetrics by namespace; None: the API is not served (no metrics-server).
     pod_metrics: dict[str, list[dict[str, Any]]] | None = None
     url: str = ""
+    # The bearer token the API server expects, as a ServiceAccount token would be checked.
+    token: str = "fake-kube-token"
     _server: TestServer | None = None
+
+    def target(self, env: str = "FAKE_KUBE_TOKEN") -> dict[str, Any]:
+        """A `targets.kubernetes` entry for this server; the token travels in the environment variable `env`
+        (set here, so daemons started as subprocesses inherit it)."""
+        os.environ[env] = self.token
+        return {"url": self.url, "token": {"env": env}, "verify_tls": False}
 
     def writes(self) -> list[Recorded]:
         return [r for r in self.requests if r.method not in ("GET", "HEAD")]
@@ -168,6 +177,9 @@ class FakeKubeAPI:
         body = json.loads(raw) if raw else None
         self.requests.append(Recorded(request.method, request.path, dict(request.query),
                                       request.headers.get("Content-Type", ""), body))
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                      "message": "Unauthorized", "reason": "Unauthorized", "code": 401}, status=401)
         parts = request.path.strip("/").split("/")
         try:
             return self._route(request.method, parts, request.query, request.headers.get("Content-Type", ""), body)
