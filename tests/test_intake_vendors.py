@@ -93,6 +93,48 @@ async def test_pagerduty_trigger_then_resolve_is_one_incident(
     assert await stored_payloads(daemon) == 3
 
 
+async def test_pagerduty_resolve_after_reopen_closes_the_reopened_incident(
+        daemon_client: Any, store_url: str, tmp_path: Path, secrets: None) -> None:
+    client, daemon = await start(daemon_client, store_url, tmp_path)
+    created = "2026-11-23T07:59:00Z"
+    timeline = [("incident.triggered", "2026-11-23T08:00:00Z", 1, 0),
+                ("incident.resolved", "2026-11-23T08:10:00Z", 0, 1),
+                ("incident.acknowledged", "2026-11-23T08:11:00Z", 0, 0),  # late: must not reopen anything
+                ("incident.reopened", "2026-11-23T08:20:00Z", 1, 0),
+                ("incident.escalated", "2026-11-23T08:25:00Z", 0, 0),
+                ("incident.resolved", "2026-11-23T08:30:00Z", 0, 1),
+                ("incident.resolved", "2026-11-23T08:31:00Z", 0, 0)]  # a second resolve finds nothing open
+    for kind, at, opened, resolved in timeline:
+        answer = await (await post_pd(client, pd_event(kind, created_at=created, occurred_at=at),
+                                      "new-pagerduty-secret")).json()
+        assert (answer["incidents_opened"], answer["incidents_resolved"]) == (opened, resolved), kind
+    incidents = sorted(await daemon.store.list_incidents(), key=lambda i: i.id)
+    assert [(i.fingerprint, i.status.value) for i in incidents] == [("pd:Q1ABCDEF", "resolved")] * 2
+    assert incidents[1].starts_at > incidents[0].starts_at
+
+
+async def test_pagerduty_incident_events_without_incident_data_are_stored_without_alerts(
+        daemon_client: Any, store_url: str, tmp_path: Path, secrets: None) -> None:
+    client, daemon = await start(daemon_client, store_url, tmp_path)
+    reference = {"id": "Q1ABCDEF", "type": "incident_reference", "summary": "API latency above SLO"}
+    events = [
+        ("incident.annotated", {"type": "incident_note", "id": "P2LA89X", "content": "rolling back", "trimmed": False,
+                                "incident": reference}),
+        ("incident.responder.added", {"type": "incident_responder", "state": "pending", "message": "help",
+                                      "incident": reference, "user": {"id": "PVMGSML", "type": "user_reference"}}),
+        ("incident.status_update_published", {"type": "incident_status_update", "id": "P3", "message": "fixing",
+                                              "incident": reference}),
+    ]
+    for kind, data in events:
+        event = pd_event(kind)
+        event["event"]["data"] = data
+        resp = await post_pd(client, event, "new-pagerduty-secret")
+        assert resp.status == 200, (kind, await resp.text())
+        assert (await resp.json())["alerts"] == 0
+    assert await stored_payloads(daemon) == 3
+    assert await daemon.store.list_incidents() == []
+
+
 async def test_pagerduty_ping_is_recorded_and_malformed_is_400(
         daemon_client: Any, store_url: str, tmp_path: Path, secrets: None) -> None:
     client, daemon = await start(daemon_client, store_url, tmp_path)

@@ -46,6 +46,21 @@ async def test_newer_firing_supersedes_an_incident_whose_resolution_was_never_se
     assert incidents[200.0].status.value == "open"
 
 
+async def test_resolution_closes_the_open_firing_that_started_at_or_before_it(store: Store) -> None:
+    await store.record_delivery(Delivery("alertmanager", b"1", [alert("r", starts_at=100.0)]))
+    await store.record_delivery(Delivery("alertmanager", b"2", [alert("r", starts_at=200.0)]))  # supersedes 100
+    # A late resolution of the older firing leaves the newer one open ...
+    late = await store.record_delivery(Delivery("alertmanager", b"3", [alert("r", AlertStatus.RESOLVED, 100.0)]))
+    assert late.resolved == 0
+    # ... and a resolution stamped later than the open firing's start closes it (PagerDuty resolves this way).
+    closing = await store.record_delivery(Delivery("alertmanager", b"5", [alert("r", AlertStatus.RESOLVED, 250.0)]))
+    assert closing.resolved == 1
+    assert sorted((i.starts_at, i.status.value) for i in await store.list_incidents()) == [
+        (100.0, "resolved"), (200.0, "resolved")]
+    jobs = await store.jobs(queue="pipeline")
+    assert [j["kind"] for j in jobs].count("resolve") == 1
+
+
 async def test_queue_keeps_order_per_key_and_fences_completion_by_lease(store: Store) -> None:
     async with store.db.transaction() as conn:
         first = await store.enqueue(conn, NewJob("q", "one", "k1"))

@@ -3,11 +3,13 @@
 PagerDuty expects a 2xx within seconds, retries 5xx/429/timeouts and may deliver an event twice, so
 requests are verified, stored once per event id (`X-Webhook-Id` / `event.id`) and answered at once.
 
-Mapping: every `incident.*` event updates ONE incident keyed by the PagerDuty incident id and its
-`created_at` (so `incident.triggered` opens it and `incident.resolved` closes the same one; an
-acknowledgement or escalation is a re-delivery of it, and opens it only if we never saw it trigger).
-`incident.reopened` starts a new firing (keyed by when it reopened). `pagey.ping` and non-incident
-events are stored and answered 2xx, with no alerts.
+Mapping: an `incident.*` event whose data is the incident updates ONE incident keyed by the PagerDuty
+incident id and its `created_at`: `incident.triggered` opens it; an acknowledgement or escalation is a
+re-delivery of it (and opens it only if we never saw it trigger). `incident.reopened` starts a new
+firing, keyed by when it reopened, because the `created_at` firing is already resolved.
+`incident.resolved` is keyed by when it happened and closes whichever firing of the incident is open
+by then (the first one, or the reopened one). `pagey.ping`, notes, responder requests, status updates
+and non-incident events are stored and answered 2xx, with no alerts.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ def signatures(header: str) -> list[str]:
     return found
 
 
+def _about_an_incident(event: Event) -> bool:
+    """Incident events whose data is the incident itself. Notes, responder requests and status updates
+    (`incident_note`, `incident_responder`, `incident_status_update`) are stored without an alert."""
+    data_type = event.data.get("type", "incident")
+    return event.event_type.startswith("incident.") and data_type == "incident"
+
+
 @registry.register
 class PagerDutyIntake(Intake):
     name = "pagerduty"
@@ -92,7 +101,7 @@ class PagerDutyIntake(Intake):
             raise PayloadError.from_validation(exc) from None
         dedup = headers.get("X-Webhook-Id") or event.id
         kept = {k: headers[k] for k in ("X-Webhook-Id", "X-Webhook-Subscription", "User-Agent") if k in headers}
-        alerts = [self._alert(event)] if event.event_type.startswith("incident.") else []
+        alerts = [self._alert(event)] if _about_an_incident(event) else []
         return Delivery(self.name, body, alerts, dedup_key=dedup, headers=kept)
 
     def _alert(self, event: Event) -> Alert:
@@ -119,7 +128,9 @@ class PagerDutyIntake(Intake):
             source=self.name,
             status=AlertStatus.RESOLVED if resolved else AlertStatus.FIRING,
             fingerprint=f"pd:{incident.id}",
-            starts_at=occurred if event.event_type == "incident.reopened" else created,
+            # A resolve carries when it happened: the store closes whichever firing of this incident is
+            # open by then, the first one or the one a reopen started.
+            starts_at=occurred if event.event_type in ("incident.reopened", "incident.resolved") else created,
             labels={k: v for k, v in labels.items() if v},
             annotations={"summary": incident.title, "status": incident.status},
             ends_at=occurred if resolved else None,

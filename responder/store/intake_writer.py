@@ -182,17 +182,29 @@ async def _open_incidents(conn: Connection, seen: dict[Key, _Seen], now: float) 
 
 
 async def _resolve_incidents(conn: Connection, seen: dict[Key, _Seen], now: float) -> dict[Key, int]:
+    """A resolution closes the open firing of its fingerprint that started at or before it. For
+    Alertmanager that is the same firing; a sender that resolves by time (PagerDuty, whose resolve
+    carries when it happened) closes whichever firing is open, including one a reopen started."""
     resolving = sorted(k for k, s in seen.items() if s.resolved)
     resolved: dict[Key, int] = {}
     for part in chunks(resolving):
-        source, args = conn.rows_source([(*k, seen[k].alert_id) for k in part], (*KEY_TYPES, "bigint"))
+        source, args = conn.rows_source(part, KEY_TYPES)
+        # SQLite's RETURNING cannot name the FROM rows, so the alert key of each match is read first.
+        matches = await conn.fetch(
+            f"SELECT incidents.id, v.column1 AS source, v.column2 AS fingerprint, v.column3 AS starts_at"
+            f" FROM incidents JOIN {source} ON incidents.source = v.column1 AND incidents.fingerprint = v.column2"
+            " AND incidents.starts_at <= v.column3 WHERE incidents.status = 'open'", *args)
+        key_of = {int(m["id"]): (m["source"], m["fingerprint"], float(m["starts_at"])) for m in matches}
+        if not key_of:
+            continue
+        rows = [(incident_id, seen[key].alert_id) for incident_id, key in sorted(key_of.items())]
+        source, args = conn.rows_source(rows, ("bigint", "bigint"))
         returned = await conn.fetch(
-            f"UPDATE incidents SET status = 'resolved', resolved_at = ${len(args) + 1}, last_alert_id = v.column4"
-            f" FROM {source} WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
-            " AND incidents.starts_at = v.column3 AND incidents.status = 'open'"
-            " RETURNING incidents.id, incidents.source, incidents.fingerprint, incidents.starts_at", *args, now)
+            f"UPDATE incidents SET status = 'resolved', resolved_at = ${len(args) + 1}, last_alert_id = v.column2"
+            f" FROM {source} WHERE incidents.id = v.column1 AND incidents.status = 'open' RETURNING incidents.id",
+            *args, now)
         for r in returned:
-            resolved[(r["source"], r["fingerprint"], float(r["starts_at"]))] = int(r["id"])
+            resolved[key_of[int(r["id"])]] = int(r["id"])
     return resolved
 
 
