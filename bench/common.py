@@ -46,9 +46,16 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far: the cost of work, whatever else the machine runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -21,7 +21,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, env_with_repo, free_port, print_table, wait_ready, write_result
+from bench.common import REPO, cpu_seconds, env_with_repo, free_port, print_table, wait_ready, write_result
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -50,7 +50,8 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return result
 
 
-def start_server(target: str, port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str | None]:
+def start_server(target: str, port: int, workdir: Path, *, pipeline_workers: int = 4, synchronous: str = "full"
+                 ) -> tuple[subprocess.Popen[bytes], str | None]:
     if target == "baseline":
         argv = [sys.executable, str(REPO / "bench" / "baseline_app.py"), "--port", str(port)]
         return subprocess.Popen(argv, env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), None
@@ -68,7 +69,8 @@ def start_server(target: str, port: int, workdir: Path) -> tuple[subprocess.Pope
         "sinks: {console: {enabled: false}}\n"
         "logging: {level: warning}\n"
         f"rules: {{dirs: [{rules}]}}\n"
-        "store: {pool_size: 20}\n"
+        f"store: {{pool_size: 20, sqlite_synchronous: {synchronous}}}\n"
+        f"pipeline: {{workers: {pipeline_workers}}}\n"
     )
     argv = [sys.executable, "-m", "responder", "serve", "--config", str(config), "--store", store,
             "--listen", f"127.0.0.1:{port}"]
@@ -87,17 +89,21 @@ def drop_schema(schema: str) -> None:
     asyncio.run(drop())
 
 
-def run(target: str, alerts: int, duration: int, connections: int, workdir: Path) -> dict[str, Any]:
+def run(target: str, alerts: int, duration: int, connections: int, workdir: Path, **server: Any) -> dict[str, Any]:
     port = free_port()
-    proc, schema = start_server(target, port, workdir)
+    proc, schema = start_server(target, port, workdir, **server)
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        cpu_before = cpu_seconds(proc.pid)
         out = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
              str(REPO / "bench" / "post_alerts.lua"), f"http://127.0.0.1:{port}"],
             capture_output=True, text=True, env=env_with_repo({"ALERTS": str(alerts)}), timeout=duration + 60,
         ).stdout
         result = parse_wrk(out)
+        # Requests answered during the run: wrk's rate times the run time (its own total is not printed).
+        result["cpu_ms_per_request"] = round(
+            1000 * (cpu_seconds(proc.pid) - cpu_before) / max(1.0, result["requests_per_s"] * duration), 3)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -112,22 +118,31 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--targets", default="baseline,sqlite,postgres")
+    parser.add_argument("--alerts", default="1,50", help="alerts per request, comma-separated")
+    parser.add_argument("--pipeline-workers", type=int, default=4)
+    parser.add_argument("--sqlite-synchronous", default="full", choices=["full", "normal"])
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for alerts in (1, 50):
+        for alerts in map(int, args.alerts.split(",")):
             for target in args.targets.split(","):
-                results.append(run(target, alerts, args.duration, args.connections, Path(tmp)))
+                results.append(run(target, alerts, args.duration, args.connections, Path(tmp),
+                                   pipeline_workers=args.pipeline_workers, synchronous=args.sqlite_synchronous))
     baseline = {r["alerts_per_request"]: r["requests_per_s"] for r in results if r["target"] == "baseline"}
     for r in results:
         base = baseline.get(r["alerts_per_request"])
         r["ratio_to_baseline"] = round(r["requests_per_s"] / base, 3) if base else None
     print_table(
-        ["target", "alerts/req", "req/s", "alerts/s", "p50 ms", "p99 ms", "max ms", "errors", "x baseline"],
+        ["target", "alerts/req", "req/s", "alerts/s", "p50 ms", "p99 ms", "max ms", "errors", "x baseline",
+         "server CPU ms/req"],
         [[r["target"], r["alerts_per_request"], f"{r['requests_per_s']:.0f}", f"{r['alerts_per_s']:.0f}",
-          r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["ratio_to_baseline"]] for r in results],
+          r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["ratio_to_baseline"], r["cpu_ms_per_request"]]
+         for r in results],
     )
-    path = write_result("ingest", {"connections": args.connections, "duration_s": args.duration, "runs": results})
+    path = write_result("ingest", {"connections": args.connections, "duration_s": args.duration,
+                                   "pipeline_workers": args.pipeline_workers,
+                                   "sqlite_synchronous": args.sqlite_synchronous,
+                                   "runs": results})
     print(f"results: {path}")
 
 

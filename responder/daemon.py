@@ -120,11 +120,19 @@ class Daemon:
             on_evidence=self.on_evidence,
         )
         mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor)
-        self.workers = [QueueWorker(self.store, PIPELINE_QUEUE, processor.handle, settings, self.owner, self.metrics),
+        sink_workers = [QueueWorker(self.store, s.queue, _sink_handler(self.store, s), settings, self.owner,
+                                    self.metrics) for s in self.sinks]
+
+        def wake_sinks() -> None:
+            for worker in sink_workers:
+                worker.wake()
+
+        # Both queues end their jobs with sink events: wake the sink workers rather than wait for their poll.
+        self.workers = [QueueWorker(self.store, PIPELINE_QUEUE, processor.handle, settings, self.owner, self.metrics,
+                                    on_done=wake_sinks),
                         QueueWorker(self.store, MITIGATIONS_QUEUE, mitigation_jobs.handle, settings, self.owner,
-                                    self.metrics)]
-        self.workers += [QueueWorker(self.store, s.queue, _sink_handler(self.store, s), settings, self.owner,
-                                     self.metrics) for s in self.sinks]
+                                    self.metrics, on_done=wake_sinks),
+                        *sink_workers]
         tasks = [asyncio.create_task(w.run(), name=f"worker:{w.queue}") for w in self.workers]
         tasks += [asyncio.create_task(w.heartbeat(), name=f"heartbeat:{w.queue}") for w in self.workers]
         tasks.append(asyncio.create_task(self._watch_queue_depth(), name="queue-depth"))

@@ -1,27 +1,19 @@
-"""Group commit for webhook deliveries.
-
-Every webhook waits for its alerts to be committed before it answers. Committing each request on its own
-costs one fsync (SQLite) or one WAL flush plus a handful of round trips (PostgreSQL) per request, which caps
-ingest far below what the HTTP layer can take. Instead, deliveries queue here and a writer commits whatever
-has queued up in one transaction, with multi-row statements; each request is answered when the transaction
-that holds its alerts has committed. Under light load a batch is one delivery, so nothing waits for a timer.
+"""Webhook deliveries, many at once: `record_batch` writes every delivery that queued up for one group
+commit (see group_commit) with multi-row statements, a handful per batch whatever its size. Each
+webhook is answered when the transaction that holds its alerts has committed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from responder.models import Alert, AlertStatus, Delivery, DeliveryReceipt
-from responder.store.db import Connection, Database, StoreUnavailable
-
-log = logging.getLogger(__name__)
+from responder.store.db import Connection
 
 Key = tuple[str, str, float]
 # Rows per multi-row statement: well below SQLite's 32766 bound parameters for our widest table.
@@ -68,14 +60,8 @@ class _Seen:
     delivery: int = 0
 
 
-@dataclass
-class _Pending:
-    delivery: Delivery
-    future: asyncio.Future[DeliveryReceipt] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-async def record_batch(conn: Connection, deliveries: Sequence[Delivery], now: float,
-                       max_attempts: int) -> list[DeliveryReceipt]:
+async def record_batch(conn: Connection, deliveries: Sequence[Delivery], max_attempts: int) -> list[DeliveryReceipt]:
+    now = time.time()
     receipts: list[DeliveryReceipt | None] = [None] * len(deliveries)
     fresh: list[tuple[int, int, Delivery]] = []
     for index, (delivery, payload_id) in enumerate(zip(deliveries, await _insert_payloads(conn, deliveries, now),
@@ -237,64 +223,3 @@ async def _link_alerts(conn: Connection, payload_ids: list[int]) -> None:
             "UPDATE alerts SET incident_id = (SELECT i.id FROM incidents i WHERE i.source = alerts.source"
             " AND i.fingerprint = alerts.fingerprint AND i.starts_at = alerts.starts_at)"
             f" WHERE alerts.payload_id IN ({marks})", *part)
-
-
-class IntakeWriter:
-    """Owns the writer tasks; `submit` returns once the delivery is committed (or raises StoreUnavailable)."""
-
-    def __init__(self, db: Database, *, writers: int, max_batch: int = 128, max_attempts: int = 5) -> None:
-        self.db = db
-        self.writers = writers
-        self.max_batch = max_batch
-        self.max_attempts = max_attempts
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def submit(self, delivery: Delivery) -> DeliveryReceipt:
-        if not self._tasks:
-            self._tasks = [asyncio.create_task(self._run(), name=f"intake-writer-{i}") for i in range(self.writers)]
-        pending = _Pending(delivery)
-        await self._queue.put(pending)
-        return await pending.future
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        while not self._queue.empty():
-            self._queue.get_nowait().future.set_exception(StoreUnavailable("the store is closing"))
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                receipts = await self._commit([p.delivery for p in batch])
-            except StoreUnavailable as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            except Exception:
-                # One bad delivery must not fail its neighbours: retry each in a transaction of its own.
-                log.exception("batch of %d deliveries failed; retrying one by one", len(batch))
-                for p in batch:
-                    try:
-                        receipt = (await self._commit([p.delivery]))[0]
-                    except Exception as exc:
-                        if not p.future.done():
-                            p.future.set_exception(exc)
-                    else:
-                        if not p.future.done():
-                            p.future.set_result(receipt)
-                continue
-            for p, receipt in zip(batch, receipts, strict=True):
-                if not p.future.done():  # the request may have been cancelled (client gone)
-                    p.future.set_result(receipt)
-
-    async def _commit(self, deliveries: list[Delivery]) -> list[DeliveryReceipt]:
-        async with self.db.transaction() as conn:
-            return await record_batch(conn, deliveries, time.time(), self.max_attempts)
-

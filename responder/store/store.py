@@ -10,6 +10,7 @@ Everything that must survive a crash goes through here, in transactions:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,8 @@ from responder.models import (
     Job,
 )
 from responder.store.db import Connection, Database, Row, open_database
-from responder.store.intake_writer import IntakeWriter, dumps
+from responder.store.group_commit import GroupCommit
+from responder.store.intake_writer import dumps, record_batch
 from responder.store.migrations import migrate
 
 
@@ -44,6 +46,14 @@ class NewJob:
 
 
 PIPELINE_QUEUE = "pipeline"
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    job: Job
+    result: dict[str, Any] | None
+    writes: Callable[[Connection], Awaitable[None]] | None
+    follow_ups: tuple[NewJob, ...]
 
 
 def _incident(row: Row) -> Incident:
@@ -87,7 +97,10 @@ class Store:
         self.max_attempts = max_attempts
         # SQLite has one writer anyway; PostgreSQL takes a few batches at once.
         writers = 1 if db.dialect == "sqlite" else 3
-        self._intake = IntakeWriter(db, writers=writers, max_attempts=max_attempts)
+        self._intake: GroupCommit[Delivery, DeliveryReceipt] = GroupCommit(
+            "intake-writer", db, functools.partial(record_batch, max_attempts=max_attempts), writers=writers)
+        self._finishing: GroupCommit[_Finish, None] = GroupCommit(
+            "job-finisher", db, self._finish_batch, writers=writers)
 
     @property
     def dialect(self) -> str:
@@ -95,6 +108,7 @@ class Store:
 
     async def close(self) -> None:
         await self._intake.close()
+        await self._finishing.close()
         await self.db.close()
 
     async def ping(self) -> None:
@@ -147,19 +161,26 @@ class Store:
         writes: Callable[[Connection], Awaitable[None]] | None = None,
         follow_ups: Sequence[NewJob] = (),
     ) -> None:
-        """Mark a job done together with its results, or not at all (LeaseLost)."""
-        async with self.db.transaction() as conn:
+        """Mark a job done together with its results, or not at all (LeaseLost). Jobs finishing at the
+        same time share a transaction (group commit); one that lost its lease is retried alone and fails."""
+        await self._finishing.submit(_Finish(job, result, writes, tuple(follow_ups)))
+
+    async def _finish_batch(self, conn: Connection, batch: Sequence[_Finish]) -> list[None]:
+        now = time.time()
+        for finish in batch:
+            job = finish.job
             changed = await conn.execute(
                 "UPDATE jobs SET status = 'done', finished_at = $3, result = $4, last_error = NULL"
                 " WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-                job.id, job.lease_owner, time.time(), dumps(result or {}),
+                job.id, job.lease_owner, now, dumps(finish.result or {}),
             )
             if changed != 1:
                 raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
-            if writes is not None:
-                await writes(conn)
-            for follow_up in follow_ups:
+            if finish.writes is not None:
+                await finish.writes(conn)
+            for follow_up in finish.follow_ups:
                 await self.enqueue(conn, follow_up)
+        return [None] * len(batch)
 
     async def extend_leases(self, job_ids: Sequence[int], owner: str, lease_seconds: float) -> int:
         """Heartbeat: keep the lease on jobs still being worked on, so a long job is not taken twice."""

@@ -1,0 +1,113 @@
+"""Profile the ingest path: the daemon under the same wrk load as bench/ingest.py, sampled by py-spy.
+
+    .venv/bin/python bench/profile_ingest.py [--target sqlite|postgres] [--alerts 1] [--duration 10]
+
+Needs py-spy (`pip install py-spy`; sampling another process needs root or ptrace permission). Writes
+the collapsed stacks and a flame graph to bench/results/, prints the functions with the most samples
+(inclusive: the function or anything it calls; self: the function's own code) and writes
+bench/results/profile-<target>-<alerts>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, RESULTS, env_with_repo, free_port, print_table, wait_ready, write_result
+from bench.ingest import drop_schema, parse_wrk, start_server
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(found).exists():
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    return found
+
+
+def frame_name(frame: str) -> str:
+    """`handle (responder/server.py:57)` -> `responder/server.py:handle`, without the line number."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{path.removeprefix(str(REPO) + '/')}:{name}"
+
+
+def summarize(collapsed: Path, top: int) -> dict[str, Any]:
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = idle = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = [frame_name(f) for f in stack.split(";")[1:]]  # the first frame is the thread
+        total += count
+        if not frames:
+            continue
+        # Frames below run_forever that end in the selector are the loop waiting for I/O.
+        if frames[-1].endswith(("select", "selectors.py:select", ":poll", ":epoll")):
+            idle += count
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+    return {
+        "samples": total,
+        "idle_share": round(idle / total, 3) if total else None,
+        "inclusive": [(n, round(c / total, 3)) for n, c in inclusive.most_common(top)],
+        "self": [(n, round(c / total, 3)) for n, c in own.most_common(top)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="postgres", choices=["sqlite", "postgres"])
+    parser.add_argument("--alerts", type=int, default=1)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    name = f"profile-{args.target}-{args.alerts}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    collapsed = RESULTS / f"{name}.txt"
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        proc, schema = start_server(args.target, port, Path(tmp))
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+            spy = subprocess.Popen([py_spy(), "record", "--pid", str(proc.pid), "--rate", "250", "--idle",
+                                    "--duration", str(args.duration), "--format", "raw", "--output", str(collapsed)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out = subprocess.run(
+                ["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s",
+                 str(REPO / "bench" / "post_alerts.lua"), f"http://127.0.0.1:{port}"],
+                capture_output=True, text=True, env=env_with_repo({"ALERTS": str(args.alerts)}),
+                timeout=args.duration + 60,
+            ).stdout
+            spy.wait(timeout=args.duration + 60)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            if schema:
+                drop_schema(schema)
+    load = parse_wrk(out)
+    summary = summarize(collapsed, args.top)
+    print(f"{args.target}, {args.alerts} alert(s)/request: {load['requests_per_s']:.0f} req/s under the profiler,"
+          f" {summary['samples']} samples, event loop idle {summary['idle_share']:.0%}\n")
+    print_table(["inclusive share", "function"], [[f"{s:.1%}", n] for n, s in summary["inclusive"]])
+    print()
+    print_table(["self share", "function"], [[f"{s:.1%}", n] for n, s in summary["self"]])
+    path = write_result(name, {"target": args.target, "alerts_per_request": args.alerts, "load": load, **summary})
+    print(f"results: {path}, stacks: {collapsed}")
+
+
+if __name__ == "__main__":
+    main()
