@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--alerts", default="1,50", help="alerts per request, comma-separated")
     parser.add_argument("--pipeline-workers", type=int, default=4)
     parser.add_argument("--sqlite-synchronous", default="full", choices=["full", "normal"])
+    parser.add_argument("--name", default="ingest", help="results file name, bench/results/NAME.json")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +140,7 @@ def main() -> None:
           r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["ratio_to_baseline"], r["cpu_ms_per_request"]]
          for r in results],
     )
-    path = write_result("ingest", {"connections": args.connections, "duration_s": args.duration,
+    path = write_result(args.name, {"connections": args.connections, "duration_s": args.duration,
                                    "pipeline_workers": args.pipeline_workers,
                                    "sqlite_synchronous": args.sqlite_synchronous,
                                    "runs": results})

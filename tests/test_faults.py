@@ -19,10 +19,14 @@ import pytest
 import yaml
 
 from responder.store import Store, open_store
+from tests.conftest import write_rules
+from tests.fakes.slack_api import FakeSlack
 from tests.support.alerts import am_alert, am_payload
 from tests.support.pgcluster import PgCluster
 from tests.support.processes import ManagedProcess, responder_daemon, wait_http
 from tests.support.services import free_port
+from tests.test_slack import LIGHT, assert_exactly_once_in_order, fire_many, settled
+from tests.test_slack import TOKEN as SLACK_TOKEN
 
 pytestmark = pytest.mark.slow
 
@@ -360,3 +364,43 @@ async def test_slow_endless_and_idle_clients_do_not_starve_others(tmp_path: Path
     assert all(status == 413 for status, _ in floods), floods
     assert all(sent < 16 * 1024 * 1024 for _, sent in floods), "the server stopped reading an endless body"
     assert max(latencies) < 0.5, f"other requests waited up to {max(latencies):.2f}s"
+
+
+# --- Slack failing and slow, with a restart ------------------------------------------------------
+
+
+async def test_slack_errors_rate_limits_and_timeouts_with_kill_9_deliver_exactly_once(tmp_path: Path) -> None:
+    async with FakeSlack(SLACK_TOKEN) as slack:
+        config = write_config(
+            tmp_path, f"sqlite:///{tmp_path / 'r.db'}", rules={"dirs": [str(write_rules(tmp_path / "slack", LIGHT))]},
+            sinks={"slack": {"token": {"env": "TEST_SLACK_TOKEN"}, "api_url": slack.api_url, "rate_per_channel": 200,
+                             "timeout": "1s", "default_channel": "#incidents"}})
+        env = {"TEST_SLACK_TOKEN": SLACK_TOKEN, "RESPONDER_TEST_ACTION_LOG": str(tmp_path / "a.log")}
+        port = free_port()
+        # 500s, then 429s with Retry-After, and Slack's own rate limit on top.
+        slack.fail_next(10, 500)
+        slack.fail_next(5, 429, retry_after=0.5)
+        slack.rate_limit(20, retry_after=0.5)
+        first = responder_daemon(config, port, tmp_path / "first.log", extra_env=env).start()
+        try:
+            await wait_http(f"http://127.0.0.1:{port}/readyz", proc=first)
+            async with aiohttp.ClientSession() as session:
+                async def post_ok(body: dict[str, Any]) -> None:
+                    assert await post(session, port, body) == 200
+                await fire_many(post_ok, 15)
+            deadline = time.monotonic() + 30
+            while not slack.calls_to("chat.postMessage", ok=True):
+                assert time.monotonic() < deadline, "nothing reached Slack"
+                await asyncio.sleep(0.1)
+            # Slack now answers after the 1 s client timeout: posts land but look failed to the sink.
+            slack.set_delay(1.5)
+            await asyncio.sleep(2.5)
+        finally:
+            first.kill9()
+        slack.set_delay(0)
+        with responder_daemon(config, port, tmp_path / "second.log", extra_env=env) as second:
+            await wait_http(f"http://127.0.0.1:{port}/readyz", proc=second)
+            async with opened(f"sqlite:///{tmp_path / 'r.db'}") as store:
+                rows = await settled(store, timeout=90)
+        assert any(c.status == 500 for c in slack.calls) and any(c.status == 429 for c in slack.calls)
+        assert_exactly_once_in_order(slack, rows, 15)
