@@ -28,6 +28,7 @@ from bench.common import REPO, env_with_repo, free_port, print_table, wait_ready
 from bench.ingest import PG, drop_schema
 from responder.store import open_store
 
+SLACK_TOKEN = "xoxb-storm-bench"
 RULES = """
 rules:
   - name: storm
@@ -103,11 +104,31 @@ async def send_storm(port: int, alerts: int, groups: int, seconds: float, interv
 def start_daemon(config: Path, store_url: str, port: int) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "responder", "serve", "--config", str(config), "--store", store_url, "--listen",
             f"127.0.0.1:{port}"]
-    return subprocess.Popen(argv, env=env_with_repo({"PYTHONUNBUFFERED": "1"}), cwd=REPO, stdout=subprocess.PIPE,
+    env = env_with_repo({"PYTHONUNBUFFERED": "1", "STORM_SLACK_TOKEN": SLACK_TOKEN})
+    return subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
 
 
 async def storm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    if not args.slack:
+        return await run_storm(args, workdir, None)
+    from tests.fakes.slack_api import FakeSlack  # the Slack Web API fake the tests use
+
+    async with FakeSlack(SLACK_TOKEN) as slack:
+        slack.rate_limit(args.slack_rate, retry_after=1.0)
+        result = await run_storm(args, workdir, slack)
+        posted = slack.calls_to("chat.postMessage", ok=True)
+        result["slack"] = {
+            "messages_posted": len(posted),
+            "threads": len(slack.parents("#incidents")),
+            "updates": len(slack.calls_to("chat.update", ok=True)),
+            "rate_limited_429": len([c for c in slack.calls if c.status == 429]),
+            "calls": len(slack.calls),
+        }
+        return result
+
+
+async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict[str, Any]:
     schema = None
     if args.target == "sqlite":
         store_url = f"sqlite:///{workdir / f'storm-{uuid.uuid4().hex[:6]}.db'}"
@@ -125,6 +146,10 @@ async def storm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "plugins: [tests.support.plugins]\n"
         f"pipeline: {{workers: {args.workers}}}\n"
     )
+    if slack is not None:
+        config.write_text(config.read_text() + (
+            "sinks: {console: {enabled: false}, slack: {token: {env: STORM_SLACK_TOKEN}, default_channel: '#incidents',"
+            f" api_url: '{slack.api_url}', rate_per_channel: {args.slack_rate}}}}}\n"))
     port = free_port()
     proc = start_daemon(config, store_url, port)
     statuses: dict[int, int] = {}
@@ -182,6 +207,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5, help="Alertmanager's group_interval")
     parser.add_argument("--workers", type=int, default=16, help="pipeline.workers")
     parser.add_argument("--timeout", type=float, default=300, help="give up this long after the storm")
+    parser.add_argument("--slack", action="store_true", help="deliver to the Slack fake instead of the console")
+    parser.add_argument("--slack-rate", type=float, default=1.0, help="Slack messages per second per channel")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(storm(args, Path(tmp)))
@@ -193,7 +220,9 @@ def main() -> None:
           result["all_delivered_after_s"], result["every_alert_has_one_incident"]]],
     )
     print("queue depth (s, jobs):", " ".join(f"{t:g}:{d}" for t, d in result["queue_depth"][::5]))
-    path = write_result(f"storm-{args.target}", result)
+    if "slack" in result:
+        print("slack:", result["slack"])
+    path = write_result(f"storm-{args.target}{'-slack' if args.slack else ''}", result)
     print(f"results: {path}")
 
 
