@@ -108,7 +108,8 @@ async def test_kill_9_after_2xx_then_restart_processes_every_alert_exactly_once(
 
 
 async def test_two_daemons_sharing_postgresql_process_each_alert_once(tmp_path: Path, pg_url: str) -> None:
-    config = write_config(tmp_path, pg_url, pipeline={"workers": 16})
+    # A lease long enough that a loaded machine never lets one expire: every job must then run exactly once.
+    config = write_config(tmp_path, pg_url, pipeline={"workers": 16}, store={"lease_seconds": "30s"})
     ports = [free_port(), free_port()]
     daemons = [responder_daemon(config, p, tmp_path / f"d{i}.log").start() for i, p in enumerate(ports)]
     store = await open_store(pg_url)
