@@ -219,24 +219,27 @@ def action_output(decision: Message) -> Any:
 
 async def complete_thread(slack: FakeSlack, store: Store, alertname: str, rule: str, label: str,
                           daemon: ManagedProcess, timeout: float = 40) -> list[Message]:
-    """Wait for the incident's one thread to carry its checklist (the last reply), then print how long
-    Alertmanager's delivery took to reach Slack."""
+    """Wait for the incident's one thread to be complete (its checklist, the last reply, is posted and no
+    Slack job is left), then print how long Alertmanager's delivery took to reach Slack."""
 
-    async def checklist_posted() -> list[Message] | None:
+    async def complete() -> list[Message] | None:
         parents = [m for m in slack.parents(CHANNEL) if f": {alertname}" in m.text]
         if not parents:
             return None
         thread = slack.thread(CHANNEL, parents[0].ts)
-        return thread if any(m.text == f"Checklist for {rule}" for m in thread[1:]) else None
+        if not any(m.text == f"Checklist for {rule}" for m in thread[1:]):
+            return None
+        jobs = await store.jobs(queue="sink:slack")
+        return thread if all(j["status"] == "done" for j in jobs) else None
 
-    thread = await until(checklist_posted, timeout, f"the {alertname} thread is complete", daemon)
+    thread = await until(complete, timeout, f"the {alertname} thread is complete", daemon)
     assert len(slack.parents(CHANNEL)) == 1, [m.text for m in slack.parents(CHANNEL)]
     delivered = min(float(a["received_at"]) for a in await store.list_alerts() if a["alertname"] == alertname)
-    posts = slack.calls_to("chat.postMessage", ok=True)
-    first = posts[0].time
-    complete = next(c.time for c in posts if c.args.get("text") == f"Checklist for {rule}")
-    print(f"\n[e2e timing] {label}: Alertmanager delivery -> first Slack message {first - delivered:.2f}s,"
-          f" -> complete thread ({len(thread)} messages) {complete - delivered:.2f}s")
+    posted = [c.time for c in slack.calls if c.error is None
+              and c.method in ("chat.postMessage", "chat.update", "files.completeUploadExternal")]
+    print(f"\n[e2e timing] {label}: Alertmanager delivery -> first Slack message {posted[0] - delivered:.2f}s,"
+          f" -> complete thread ({len(thread)} messages) {posted[-1] - delivered:.2f}s")
+    print("[e2e thread] " + " | ".join(m.text[:60] for m in thread))
     return thread
 
 
@@ -273,8 +276,8 @@ async def error_rate_cycle(tmp: Path, name: str, mode: str, service: ErrorRateAp
             resolved = await until(parent_resolved, 30, "the thread's parent turns Resolved", daemon)
             print(f"[e2e timing] HighErrorRate {mode}: error rate lowered -> parent Resolved "
                   f"{time.time() - lowered:.2f}s")
-            updates = [c for c in slack.calls_to("chat.update", ok=True)
-                       if c.args.get("ts") == thread[0].ts and str(c.args["text"]).startswith("Resolved: HighErrorRate")]
+            updates = [c for c in slack.calls_to("chat.update", ok=True) if c.args.get("ts") == thread[0].ts
+                       and str(c.args["text"]).startswith("Resolved: HighErrorRate")]
             assert len(updates) == 1
             assert "resolved" in json.dumps(resolved[0].blocks)
             assert (await store.list_incidents())[0].status.value == "resolved"
