@@ -105,7 +105,8 @@ def phase_of(bundles: list[dict[str, Any]]) -> str:
     outcomes = {d.get("outcome") for b in bundles for d in b.get("decisions", [])}
     if "pending" in outcomes:
         return "awaiting_approval"
-    if outcomes & {"executed", "executing", "dry-run"}:
+    # A dry-run changed nothing: the incident is still firing, and the thread says what would have been done.
+    if outcomes & {"executed", "executing"}:
         return "mitigating"
     return "firing"
 
