@@ -75,10 +75,10 @@ async def post(session: aiohttp.ClientSession, port: int, payload: Any, **kwargs
         return resp.status
 
 
-async def send_until_killed(port: int, pods: list[str], concurrency: int = 16) -> set[str]:
-    """Post one alert per pod; return the pods whose webhook was acknowledged (2xx). Connection errors
-    (the daemon died under us) are unacknowledged, as they would be for Alertmanager."""
-    acked: set[str] = set()
+async def send_until_killed(port: int, pods: list[str], acked: set[str], concurrency: int = 16) -> set[str]:
+    """Post one alert per pod, adding to `acked` (as they come, so a test can watch) the pods whose webhook
+    was acknowledged (2xx). Connection errors (the daemon died under us) are unacknowledged, as they would be
+    for Alertmanager."""
     todo = list(pods)
 
     async def sender(session: aiohttp.ClientSession) -> None:
@@ -140,8 +140,15 @@ async def test_kill_9_at_random_moments_during_a_burst_loses_and_repeats_nothing
         daemon = responder_daemon(config, port, tmp_path / f"d{round_}.log", extra_env=env).start()
         try:
             await wait_http(f"http://127.0.0.1:{port}/readyz", proc=daemon)
-            sending = asyncio.create_task(send_until_killed(port, [p for p in pods if p not in acked]))
-            await asyncio.sleep(rng.uniform(0.1, 0.6))
+            todo = [p for p in pods if p not in acked]
+            round_acked: set[str] = set()
+            sending = asyncio.create_task(send_until_killed(port, todo, round_acked))
+            # Kill at a random point of the burst, measured in acknowledged alerts rather than seconds,
+            # so the kill lands mid-burst however fast the machine is.
+            kill_at = int(len(todo) * rng.uniform(0.1, 0.6))
+            async with asyncio.timeout(60):
+                while len(round_acked) < kill_at and not sending.done():
+                    await asyncio.sleep(0.005)
         finally:
             daemon.kill9()
         acked |= await sending
