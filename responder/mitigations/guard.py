@@ -116,13 +116,8 @@ class Guard:
         `when:` conditions are evaluated on `evidence` when it is given (rule tests), else only reported."""
         decisions = []
         for step in steps:
-            action = registry.get(step.type)()
-            spec = step.spec
-            assert isinstance(spec, MitigationSpec)
-            target = action.target(step.params)
-            decision = Decision(step.id, step.type, target, self.mode_for(rule, spec), "allowed",
-                                action.describe(step.params), step.params.model_dump(mode="json", by_alias=True))
-            refusal = await self._refusal(action, step, spec, target, incident, evidence)
+            action, spec, decision = self._new_decision(rule, step, "allowed")
+            refusal = await self._refusal(action, step, spec, decision.target, incident, evidence)
             guard, reason = refusal or await self.actions.check(rule.name, decision.as_dict(), self.limits_for(spec))
             if guard is not None:
                 decision.outcome, decision.guard, decision.reason = "blocked", guard, reason
@@ -130,6 +125,15 @@ class Guard:
                 decision.reason = "if its conditions hold on the evidence gathered"
             decisions.append(decision)
         return decisions
+
+    def _new_decision(self, rule: Rule, step: RenderedStep, outcome: str
+                      ) -> tuple[Action[Any], MitigationSpec, Decision]:
+        action = registry.get(step.type)()
+        spec = step.spec
+        assert isinstance(spec, MitigationSpec)
+        decision = Decision(step.id, step.type, action.target(step.params), self.mode_for(rule, spec), outcome,
+                            action.describe(step.params), step.params.model_dump(mode="json", by_alias=True))
+        return action, spec, decision
 
     async def _refusal(self, action: Action[Any], step: RenderedStep, spec: MitigationSpec, target: str,
                        incident: Incident, evidence: Sequence[Evidence] | None) -> tuple[str, str] | None:
@@ -154,12 +158,8 @@ class Guard:
 
     async def _decide_and_act(self, rule: Rule, step: RenderedStep, incident: Incident,
                               evidence: Sequence[Evidence]) -> Decision:
-        action = registry.get(step.type)()
-        spec = step.spec
-        assert isinstance(spec, MitigationSpec)
-        target = action.target(step.params)
-        decision = Decision(step.id, step.type, target, self.mode_for(rule, spec), "pending",
-                            action.describe(step.params), step.params.model_dump(mode="json", by_alias=True))
+        action, spec, decision = self._new_decision(rule, step, "pending")
+        target = decision.target
         refusal = await self._refusal(action, step, spec, target, incident, evidence)
         if refusal is not None:
             return await self._record_skip(rule, incident, decision, *refusal)
