@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import asyncpg
 import pytest
@@ -109,24 +109,19 @@ class AlertingPrometheus(Prometheus):
         super().__init__(workdir)
         self.scrape_target, self.alertmanager = scrape, alertmanager
 
-    async def __aenter__(self) -> AlertingPrometheus:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "alerts.yml").write_text(yaml.safe_dump(ALERT_RULES))
-        config = self.workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
+    def configuration(self) -> dict[str, Any]:
+        return {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(self.workdir / "alerts.yml")],
             "alerting": {"alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]},
             "scrape_configs": [{"job_name": "api", "static_configs": [
                 {"targets": [self.scrape_target], "labels": {"namespace": "shop"}}]}],
-        }))
-        self.process = ManagedProcess(
-            [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            self.workdir / "prometheus.log",
-        ).start()
-        await wait_http(f"{self.url}/-/ready", timeout=30, proc=self.process)
-        return self
+        }
+
+    async def __aenter__(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "alerts.yml").write_text(yaml.safe_dump(ALERT_RULES))
+        return await super().__aenter__()
 
 
 def minutes_ago(minutes: float) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any, Self
+
+import yaml
 
 from tests.support.processes import ManagedProcess, wait_http
 from tests.support.services import free_port, require
@@ -24,12 +27,15 @@ class Prometheus:
         # host:port targets scraped every second (job "test"), for tests that query real series.
         self.scrape = scrape or []
 
-    async def __aenter__(self) -> Prometheus:
+    def configuration(self) -> dict[str, Any]:
+        """prometheus.yml; subclasses that scrape or alert differently return their own."""
+        jobs = [{"job_name": "test", "scrape_interval": "1s", "static_configs": [{"targets": self.scrape}]}]
+        return {"global": {"scrape_interval": "1m"}, "scrape_configs": jobs if self.scrape else []}
+
+    async def __aenter__(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        jobs = ("scrape_configs: [{job_name: test, scrape_interval: 1s, "
-                f"static_configs: [{{targets: {self.scrape}}}]}}]" if self.scrape else "scrape_configs: []")
-        config.write_text(f"global: {{scrape_interval: 1m}}\n{jobs}\n")
+        config.write_text(yaml.safe_dump(self.configuration()))
         self.process = ManagedProcess(
             [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
