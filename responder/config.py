@@ -226,6 +226,9 @@ class CommandsConfig(Strict):
 
 class CollectorsConfig(Strict):
     commands: CommandsConfig = CommandsConfig()
+    # Identical collector calls (type, target, parameters) within this time share one execution and its
+    # result across incidents, so a storm asks the systems under stress once; 0 turns sharing off.
+    cache_ttl: Duration = 30.0
 
 
 class KubernetesTarget(Strict):

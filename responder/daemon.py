@@ -18,7 +18,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from responder.collectors.base import Evidence
-from responder.collectors.runner import EvidenceLimits
+from responder.collectors.runner import EvidenceLimits, SharedCalls
 from responder.config import Config, secret_values
 from responder.intake import Intake
 from responder.intake import registry as intake_registry
@@ -31,6 +31,7 @@ from responder.pipeline.process import IncidentProcessor
 from responder.pipeline.worker import Handler, PermanentJobError, QueueWorker, RetryLater, WorkerSettings
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet
+from responder.rules.grouping import RuleGrouping
 from responder.sinks import Sink, SinkError
 from responder.sinks import registry as sink_registry
 from responder.store import PIPELINE_QUEUE, Store, open_store
@@ -92,7 +93,8 @@ class Daemon:
         cfg = self.config.store
         self._store = await open_store(self.config.store_url(), synchronous=cfg.sqlite_synchronous,
                                        pool_size=cfg.pool_size, timeout=cfg.connect_timeout,
-                                       max_attempts=self.config.pipeline.max_attempts)
+                                       max_attempts=self.config.pipeline.max_attempts,
+                                       grouping=RuleGrouping(self.ruleset))
         if self._store.dialect == "sqlite":
             recovered = await self._store.recover_all_running()
             if recovered:
@@ -114,9 +116,11 @@ class Daemon:
         guard = Guard(self.config.mitigations, self.targets, self.actions, self.locks, self.metrics)
         limits = EvidenceLimits(p.collector_timeout, p.collectors_total_timeout, p.evidence_display_bytes,
                                 p.evidence_store_bytes)
+        ttl = self.config.collectors.cache_ttl
+        shared = SharedCalls(ttl) if ttl > 0 else None
         processor = IncidentProcessor(
             store=self.store, ruleset=self.ruleset, targets=self.targets, guard=guard, redactor=self.redactor,
-            limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks],
+            limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks], shared=shared,
             on_evidence=self.on_evidence,
         )
         mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor)
@@ -147,6 +151,8 @@ class Daemon:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if shared is not None:
+                await shared.close()
 
     async def _watch_queue_depth(self) -> None:
         while True:

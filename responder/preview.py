@@ -54,7 +54,7 @@ async def preview(config: Config, ruleset: RuleSet, store: Store, alert: Alert,
         incident = as_incident(alert)
         rules = []
         for rule in ruleset.match(alert):
-            collectors, mitigations, errors = render_steps(rule, alert)
+            collectors, mitigations, errors = render_steps(rule, alert, [alert])
             decisions = await guard.preview(rule, mitigations, incident, evidence)
             rules.append(RulePreview(rule.name, collectors, mitigations, decisions, [str(e) for e in errors]))
     return AlertPreview(alert, ruleset.explain(alert), rules)

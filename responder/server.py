@@ -85,7 +85,7 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
         for (source, status), count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
             daemon.metrics.alerts_received.labels(source, status).inc(count)
-        if receipt.opened or receipt.resolved:
+        if receipt.opened or receipt.resolved or receipt.updated:
             daemon.wake_pipeline()
         return web.json_response({
             "status": "duplicate" if receipt.duplicate else "accepted",

@@ -22,8 +22,12 @@ def render_event(kind: str, payload: dict[str, Any]) -> str:
     summary = incident.get("annotations", {}).get("summary")
     if summary:
         lines.append(f"  summary: {summary}")
+    lines.append(f"  alerts: {incident.get('members_firing', 0)} firing of {incident.get('members_total', 0)}"
+                 f" (group {incident.get('group_key') or '-'})")
     if kind == "incident.resolved":
         lines.append(f"  resolved at {ts(incident.get('resolved_at'))}")
+        return "\n".join(lines)
+    if kind == "incident.members":
         return "\n".join(lines)
     bundles = payload.get("bundles", [])
     if not bundles:

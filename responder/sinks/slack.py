@@ -132,7 +132,7 @@ class SlackSink(Sink):
         return self._metrics
 
     async def deliver(self, job: Job) -> Delivered:
-        if job.kind in ("incident.processed", "incident.resolved"):
+        if job.kind in ("incident.processed", "incident.members", "incident.resolved"):
             return await self._expand(job)
         thread = await self.threads.get(int(job.payload["thread_id"]))
         if thread is None:
@@ -185,7 +185,7 @@ class SlackSink(Sink):
                 await SlackThreads.set_facts(conn, thread.id, incident.id, facts)
             if await SlackThreads.claim_parent(conn, thread.id):
                 await self.threads.store.enqueue(conn, self._row(job, thread, POST_PARENT, {}))
-            elif not await SlackThreads.update_queued(conn, self.queue, key, UPDATE):
+            elif not await Store.queued(conn, self.queue, key, UPDATE):
                 await self.threads.store.enqueue(conn, self._row(job, thread, UPDATE, {}))
             for row in rows:
                 await self.threads.store.enqueue(conn, row)

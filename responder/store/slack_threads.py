@@ -124,14 +124,6 @@ class SlackThreads:
             "UPDATE slack_threads SET parent_queued = 1 WHERE id = $1 AND parent_queued = 0", thread_id) == 1
 
     @staticmethod
-    async def update_queued(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
-        """Whether an edit of the parent is already waiting: it renders the newest state when it runs."""
-        count = await conn.fetchval(
-            "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
-            queue, ordering_key, kind)
-        return int(count) > 0
-
-    @staticmethod
     async def set_parent(conn: Connection, thread_id: int, channel_id: str, ts: str) -> None:
         await conn.execute("UPDATE slack_threads SET channel_id = $2, ts = $3 WHERE id = $1", thread_id, channel_id, ts)
 

@@ -1,8 +1,8 @@
 """The store: durable deliveries, incidents, the job queue, evidence and the action audit.
 
 Everything that must survive a crash goes through here, in transactions:
-- `record_delivery` commits the raw payload, its alerts, the incidents they open or resolve and the
-  jobs to process them, all at once; the webhook answers 2xx only after it returns.
+- `record_delivery` commits the raw payload, its alerts, the incidents (alert groups) they open, join
+  or resolve and the jobs to process them, all at once; the webhook answers 2xx only after it returns.
 - the job queue hands each job to one worker at a time (leases, `FOR UPDATE SKIP LOCKED` on
   PostgreSQL), keeps jobs of one `ordering_key` in order, and fences completion with the lease owner so
   a worker that lost its lease cannot commit results twice.
@@ -18,15 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from responder.models import (
+    AlertStatus,
     Delivery,
     DeliveryReceipt,
+    Grouping,
     Incident,
     IncidentStatus,
     Job,
+    Member,
+    SourceGrouping,
 )
 from responder.store.db import Connection, Database, Row, open_database
 from responder.store.group_commit import GroupCommit
-from responder.store.intake_writer import dumps, record_batch
+from responder.store.intake_writer import Placed, dumps, record_batch
 from responder.store.migrations import migrate
 
 
@@ -74,6 +78,25 @@ def _incident(row: Row) -> Incident:
         resolved_at=row["resolved_at"],
         error=row["error"],
         extra=json.loads(row["extra"]),
+        group_key=row["group_key"],
+        members_firing=int(row["members_firing"]),
+        members_total=int(row["members_total"]),
+        previous_id=row["previous_id"],
+        processed_at=row["processed_at"],
+    )
+
+
+def _member(row: Row) -> Member:
+    return Member(
+        id=int(row["id"]),
+        incident_id=int(row["incident_id"]),
+        fingerprint=row["fingerprint"],
+        starts_at=float(row["starts_at"]),
+        status=AlertStatus(row["status"]),
+        labels=json.loads(row["labels"]),
+        annotations=json.loads(row["annotations"]),
+        first_seen=float(row["first_seen"]),
+        resolved_at=row["resolved_at"],
     )
 
 
@@ -92,13 +115,16 @@ def _job(row: Row) -> Job:
 
 
 class Store:
-    def __init__(self, db: Database, *, max_attempts: int = 5) -> None:
+    def __init__(self, db: Database, *, max_attempts: int = 5, grouping: Grouping | None = None) -> None:
         self.db = db
         self.max_attempts = max_attempts
+        # Which groups (incidents) an alert belongs to; without rules, the sender's own groups.
+        self.grouping: Grouping = grouping or SourceGrouping()
         # SQLite has one writer anyway; PostgreSQL takes a few batches at once.
         writers = 1 if db.dialect == "sqlite" else 3
-        self._intake: GroupCommit[Delivery, DeliveryReceipt] = GroupCommit(
-            "intake-writer", db, functools.partial(record_batch, max_attempts=max_attempts), writers=writers)
+        self._intake: GroupCommit[Placed, DeliveryReceipt] = GroupCommit(
+            "intake-writer", db, functools.partial(record_batch, max_attempts=max_attempts, dialect=db.dialect),
+            writers=writers)
         self._finishing: GroupCommit[_Finish, None] = GroupCommit(
             "job-finisher", db, self._finish_batch, writers=writers)
 
@@ -118,9 +144,11 @@ class Store:
     # --- intake ---------------------------------------------------------------------------------
 
     async def record_delivery(self, delivery: Delivery) -> DeliveryReceipt:
-        """Commit a delivery (raw payload, alerts, incidents it opens or resolves, their jobs) and return
-        once it is durable. Concurrent deliveries share one transaction (see intake_writer)."""
-        return await self._intake.submit(delivery)
+        """Commit a delivery (raw payload, alerts, incidents it opens, joins or resolves, their jobs) and
+        return once it is durable. Concurrent deliveries share one transaction (see intake_writer); the
+        alerts are placed in their groups before it, so the transaction does no rule matching."""
+        placements = [self.grouping.place(alert) for alert in delivery.alerts]
+        return await self._intake.submit(Placed(delivery, placements))
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -132,6 +160,15 @@ class Store:
             job.queue, job.kind, job.ordering_key, job.incident_id, dumps(job.payload or {}),
             job.max_attempts or self.max_attempts, now + delay, now,
         ))
+
+    @staticmethod
+    async def queued(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
+        """Whether a job of this kind is already waiting on the key: coalescing work that reads the newest
+        state when it runs (a parent edit, a refresh) needs only one."""
+        count = await conn.fetchval(
+            "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
+            queue, ordering_key, kind)
+        return int(count) > 0
 
     async def claim_jobs(self, queue: str, owner: str, limit: int, lease_seconds: float) -> list[Job]:
         """Take up to `limit` runnable jobs: queued and due, or running with an expired lease, and
@@ -249,13 +286,34 @@ class Store:
             row = await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
         return _incident(row) if row else None
 
-    async def find_incident(self, source: str, fingerprint: str, starts_at: float) -> Incident | None:
+    async def incidents_of_alert(self, source: str, fingerprint: str, starts_at: float) -> list[Incident]:
+        """The incidents an alert is a member of (one per rule it matched)."""
         async with self.db.read() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM incidents WHERE source = $1 AND fingerprint = $2 AND starts_at = $3",
+            rows = await conn.fetch(
+                "SELECT i.* FROM incidents i JOIN incident_members m ON m.incident_id = i.id"
+                " WHERE m.source = $1 AND m.fingerprint = $2 AND m.starts_at = $3 ORDER BY i.id",
                 source, fingerprint, starts_at,
             )
-        return _incident(row) if row else None
+        return [_incident(r) for r in rows]
+
+    async def members(self, incident_id: int, limit: int | None = None) -> list[Member]:
+        """An incident's members, firing ones first, each group in the order they joined."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM incident_members WHERE incident_id = $1"
+                " ORDER BY CASE WHEN status = 'firing' THEN 0 ELSE 1 END, id LIMIT $2",
+                incident_id, limit if limit is not None else 1_000_000,
+            )
+        return [_member(r) for r in rows]
+
+    async def linked_incidents(self, incident: Incident) -> list[Incident]:
+        """The incident of the same group this one follows, and the one that followed it."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM incidents WHERE id = $1 OR previous_id = $2 ORDER BY id",
+                incident.previous_id or 0, incident.id,
+            )
+        return [_incident(r) for r in rows]
 
     async def list_incidents(self, status: str | None = None, limit: int = 1000) -> list[Incident]:
         async with self.db.read() as conn:
@@ -289,24 +347,26 @@ class Store:
         self,
         conn: Connection,
         incident_id: int,
-        rule: str | None,
+        labels: dict[str, str],
         error: str | None,
         evidence: Sequence[tuple[str, dict[str, Any]]],
     ) -> None:
-        """Within a job's finishing transaction: the incident's rule and its evidence, as (rule name, row
-        fields) pairs. Action decisions are not written here: the guard stores each one before it acts."""
+        """Within a job's finishing transaction: the incident's evidence, as (rule name, row fields) pairs,
+        the labels its members share, and any step errors. Action decisions are not written here: the
+        guard stores each one before it acts."""
         now = time.time()
         await conn.execute(
-            "UPDATE incidents SET rule = $2, error = $3, processed_at = $4 WHERE id = $1",
-            incident_id, rule, error, now,
+            "UPDATE incidents SET error = $2, processed_at = $3, labels = $4 WHERE id = $1",
+            incident_id, error, now, dumps(labels),
         )
         for rule_name, ev in evidence:
             await conn.execute(
                 "INSERT INTO evidence (incident_id, rule, step, collector, title, status, duration_ms, payload,"
-                " text, full_text, truncated, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                " text, full_text, truncated, created_at, shared)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 incident_id, rule_name, ev["step"], ev["collector"], ev["title"], ev["status"],
                 float(ev["duration_ms"]), dumps(ev["payload"]), ev["text"], ev.get("full_text"),
-                int(bool(ev.get("truncated"))), now,
+                int(bool(ev.get("truncated"))), now, int(bool(ev.get("shared"))),
             )
 
     async def insert_action(self, conn: Connection, incident_id: int | None, rule: str,
@@ -334,11 +394,11 @@ class Store:
 
 
 async def open_store(url: str, *, synchronous: str = "full", pool_size: int = 10, timeout: float = 5.0,
-                     max_attempts: int = 5) -> Store:
+                     max_attempts: int = 5, grouping: Grouping | None = None) -> Store:
     db = await open_database(url, synchronous=synchronous, pool_size=pool_size, timeout=timeout)
     try:
         await migrate(db)
     except BaseException:
         await db.close()
         raise
-    return Store(db, max_attempts=max_attempts)
+    return Store(db, max_attempts=max_attempts, grouping=grouping)
