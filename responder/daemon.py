@@ -20,6 +20,8 @@ from aiohttp import web
 from responder.collectors.base import Evidence
 from responder.collectors.runner import EvidenceLimits
 from responder.config import Config, secret_values
+from responder.console.jobs import ConsoleJobs
+from responder.console.permissions import Permissions
 from responder.intake import Intake
 from responder.intake import registry as intake_registry
 from responder.metrics import Metrics
@@ -33,8 +35,10 @@ from responder.redaction import Redactor
 from responder.rules.engine import RuleSet
 from responder.sinks import Sink, SinkError
 from responder.sinks import registry as sink_registry
+from responder.sinks.slack import SlackSink
 from responder.store import PIPELINE_QUEUE, Store, open_store
 from responder.store.actions import MITIGATIONS_QUEUE, ActionStore
+from responder.store.console import CONSOLE_QUEUE
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
@@ -111,15 +115,18 @@ class Daemon:
         p = self.config.pipeline
         settings = WorkerSettings(p.workers, self.config.store.lease_seconds, p.job_timeout, p.retry_initial,
                                   p.retry_max, self.config.store.poll_interval)
+        sink_queues = [s.queue for s in self.sinks]
         guard = Guard(self.config.mitigations, self.targets, self.actions, self.locks, self.metrics)
         limits = EvidenceLimits(p.collector_timeout, p.collectors_total_timeout, p.evidence_display_bytes,
                                 p.evidence_store_bytes)
         processor = IncidentProcessor(
             store=self.store, ruleset=self.ruleset, targets=self.targets, guard=guard, redactor=self.redactor,
-            limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks],
+            limits=limits, metrics=self.metrics, sink_queues=sink_queues,
             on_evidence=self.on_evidence,
         )
-        mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor)
+        mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor,
+                                         sink_queues)
+        console = self._console(sink_queues)
         sink_workers = [QueueWorker(self.store, s.queue, _sink_handler(self.store, s), settings, self.owner,
                                     self.metrics) for s in self.sinks]
 
@@ -132,6 +139,8 @@ class Daemon:
                                     on_done=wake_sinks),
                         QueueWorker(self.store, MITIGATIONS_QUEUE, mitigation_jobs.handle, settings, self.owner,
                                     self.metrics, on_done=wake_sinks),
+                        QueueWorker(self.store, CONSOLE_QUEUE, console.handle, settings, self.owner, self.metrics,
+                                    on_done=wake_sinks),
                         *sink_workers]
         tasks = [asyncio.create_task(w.run(), name=f"worker:{w.queue}") for w in self.workers]
         tasks += [asyncio.create_task(w.heartbeat(), name=f"heartbeat:{w.queue}") for w in self.workers]
@@ -148,6 +157,15 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _console(self, sink_queues: list[str]) -> ConsoleJobs:
+        """The console's jobs, asking Slack through the Slack sink's client (user groups, ephemeral answers)."""
+        settings = self.config.sinks.slack
+        slack = next((s for s in self.sinks if isinstance(s, SlackSink)), None)
+        members_of = slack.members_of if slack is not None else _no_slack
+        permissions = Permissions(settings.permissions, members_of, settings.membership_cache)
+        return ConsoleJobs(self.config, self.store, self.ruleset, self.targets, permissions, sink_queues, self.wake,
+                           tell=slack.tell if slack is not None else None, metrics=self.metrics)
+
     async def _watch_queue_depth(self) -> None:
         while True:
             try:
@@ -155,6 +173,10 @@ class Daemon:
             except Exception as exc:  # the gauge must never take the daemon down
                 log.debug("queue depth unavailable: %s", exc)
             await asyncio.sleep(5)
+
+
+async def _no_slack(group: str) -> list[str]:
+    raise LookupError("the Slack sink is off (sinks.slack.token), so user groups cannot be looked up")
 
 
 def _sink_handler(store: Store, sink: Sink) -> Handler:

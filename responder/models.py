@@ -113,3 +113,35 @@ class Job:
     attempts: int
     lease_owner: str
     created_at: float
+
+
+NOTE_EVENT = "incident.note"
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something that happened to an incident after its thread started (a press of a console button, a
+    mitigation's outcome, re-run diagnostics), queued to every sink as an `incident.note` event.
+
+    `text` is plain text (sinks escape it); `by` is the Slack user id of the person who did it."""
+
+    kind: str
+    text: str
+    by: str | None = None
+    detail: str = ""
+    output: dict[str, Any] = field(default_factory=dict)
+    # A Slack user group to tell (the rule's escalation group when a mitigation did not help).
+    mention: str | None = None
+    # The phase the incident's parent message shows from now on (see sinks/slack_blocks.PHASES).
+    phase: str | None = None
+    # Re-run diagnostics: the new evidence, as bundles {"rule": ..., "evidence": [...]}.
+    bundles: list[dict[str, Any]] = field(default_factory=list)
+
+    def event(self) -> dict[str, Any]:
+        return {"note": {"kind": self.kind, "text": self.text, "by": self.by, "detail": self.detail,
+                         "output": self.output, "mention": self.mention, "phase": self.phase,
+                         "bundles": self.bundles}}
+
+    @classmethod
+    def from_event(cls, payload: dict[str, Any]) -> Note:
+        return cls(**payload["note"])

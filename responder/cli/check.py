@@ -28,10 +28,18 @@ def command(args: argparse.Namespace) -> int:
     for intake in intakes:
         for warning in intake.auth_warnings():
             err.print(f"[yellow]warning:[/] {origin}: intakes.{intake.name}.auth: {warning}", soft_wrap=True)
-    for problem in problems:
+    if config.sinks.slack.permissions.approve is None and any(
+            m.requires_approval for r in ruleset.rules for m in r.mitigations):
+        err.print(f"[yellow]warning:[/] {origin}: sinks.slack.permissions.approve: rules ask for approvals but nobody"
+                  " may approve from Slack until this lists users or user groups", soft_wrap=True)
+    found: list[object] = [*problems, *(
+        f"{origin}: rule {rule.name!r}: alertmanager: no alertmanager target named {rule.alertmanager!r}"
+        for rule in ruleset.rules if rule.alertmanager is not None
+        and rule.alertmanager not in config.targets.alertmanager)]
+    for problem in found:
         err.print(f"[bold red]error:[/] {problem}", soft_wrap=True)
-    if problems:
-        err.print(f"{len(problems)} problem(s) found")
+    if found:
+        err.print(f"{len(found)} problem(s) found")
         return 1
     out.print(f"ok: {origin}, {len(ruleset.rules)} rule(s) from "
               f"{', '.join(str(d) for d in config.rule_dirs())}", soft_wrap=True)

@@ -18,7 +18,7 @@ from responder.collectors.base import CollectorContext, Evidence
 from responder.collectors.runner import EvidenceLimits, run_collectors
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
-from responder.models import Incident, Job
+from responder.models import NOTE_EVENT, Incident, Job, Note
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet, render_steps
 from responder.store import NewJob, Store
@@ -38,6 +38,8 @@ class Bundle:
     errors: list[str] = field(default_factory=list)
     checklist: list[str] = field(default_factory=list)
     channel: str | None = None
+    # The rule's `alertmanager` target, where silences from Slack go.
+    alertmanager: str | None = None
 
 
 def incident_view(incident: Incident) -> dict[str, Any]:
@@ -68,6 +70,8 @@ class IncidentProcessor:
             await self.process(job, incident)
         elif job.kind == "resolve":
             await self.resolve(job, incident)
+        elif job.kind == "refresh":
+            await self.refresh(job, incident)
         else:
             raise ValueError(f"unknown pipeline job kind {job.kind!r}")
 
@@ -91,6 +95,7 @@ class IncidentProcessor:
                 errors=[str(e) for e in errors],
                 checklist=list(rule.checklist),
                 channel=rule.slack.channel,
+                alertmanager=rule.alertmanager,
             ))
         return bundles
 
@@ -122,6 +127,27 @@ class IncidentProcessor:
         self.metrics.pipeline_duration.observe(time.monotonic() - started)
         log.info("incident %s (%s) processed: rules=%s evidence=%d", incident.id, incident.alertname,
                  rule_names, sum(len(b.evidence) for b in bundles), extra={"incident": incident.id})
+
+    async def refresh(self, job: Job, incident: Incident) -> None:
+        """Re-run diagnostics (a console button): the matched rules' collectors run again, and nothing else
+        (no mitigation is decided twice); the new evidence is stored and told to the thread."""
+        alert = incident.as_alert()
+        bundles: list[dict[str, Any]] = []
+        for rule in self.ruleset.match(alert):
+            collectors, _, _ = render_steps(rule, alert)
+            evidence = await run_collectors(collectors, CollectorContext(incident, self.targets), limits=self.limits,
+                                            redactor=self.redactor, metrics=self.metrics)
+            bundles.append({"rule": rule.name, "evidence": [e.as_dict() for e in evidence]})
+        count = sum(len(b["evidence"]) for b in bundles)
+
+        async def writes(conn: Connection) -> None:
+            await self.store.save_evidence(conn, incident.id,
+                                           [(b["rule"], ev) for b in bundles for ev in b["evidence"]])
+
+        note = Note("rerun", f"Diagnostics re-run: {count} result(s)", by=job.payload.get("requested_by"),
+                    bundles=bundles)
+        await self.store.finish_job(job, result={"evidence": count}, writes=writes,
+                                    follow_ups=self._events(NOTE_EVENT, incident, note.event()))
 
     async def resolve(self, job: Job, incident: Incident) -> None:
         event = {"incident": incident_view(incident)}

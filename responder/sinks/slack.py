@@ -30,21 +30,26 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from responder.config import Config
+from responder.console.alertmanager import alertmanager_for
 from responder.metrics import Metrics
-from responder.models import Job
+from responder.models import NOTE_EVENT, Job, Note
 from responder.pipeline.worker import backoff_delay
 from responder.sinks.base import Delivered, Sink, SinkError, registry
 from responder.sinks.slack_blocks import (
     Attachment,
     Member,
     Message,
+    cap_blocks,
     parent_message,
     phase_of,
     refire_message,
+    section,
     thread_messages,
 )
 from responder.sinks.slack_charts import series_png
+from responder.sinks.slack_console import console_blocks, note_line, note_message
 from responder.store import NewJob, Store
+from responder.store.console import ConsoleStore
 from responder.store.db import Connection
 from responder.store.slack_threads import LEAD, REFIRE, SlackThreads, Thread
 
@@ -134,6 +139,8 @@ class SlackSink(Sink):
     async def deliver(self, job: Job) -> Delivered:
         if job.kind in ("incident.processed", "incident.resolved"):
             return await self._expand(job)
+        if job.kind == NOTE_EVENT:
+            return await self._note(job)
         thread = await self.threads.get(int(job.payload["thread_id"]))
         if thread is None:
             raise SinkError(f"slack thread {job.payload['thread_id']} does not exist", permanent=True)
@@ -169,7 +176,9 @@ class SlackSink(Sink):
         facts: dict[str, Any] | None = None
         replies: list[Message] = []
         if job.kind == "incident.processed" and role in (LEAD, REFIRE):
-            facts = {"incident": view, "phase": phase_of(bundles)}
+            facts = {"incident": view, "phase": phase_of(bundles), "alertmanager": alertmanager_for(
+                self.config, incident.source, str(incident.extra.get("external_url") or ""),
+                next((b["alertmanager"] for b in bundles if b.get("alertmanager")), None))}
             if role == REFIRE:
                 replies.append(refire_message(view))
             replies += thread_messages(view, bundles)
@@ -178,19 +187,51 @@ class SlackSink(Sink):
         elif job.kind == "incident.resolved" and thread.lead_incident_id == incident.id:
             facts = {**thread.facts, "incident": {**thread.facts.get("incident", view), **view}, "phase": "resolved"}
         rows = self._rows(job, thread, replies)
-        key = f"slack-thread:{thread.id}"
 
         async def writes(conn: Connection) -> None:
             if facts is not None:
                 await SlackThreads.set_facts(conn, thread.id, incident.id, facts)
-            if await SlackThreads.claim_parent(conn, thread.id):
-                await self.threads.store.enqueue(conn, self._row(job, thread, POST_PARENT, {}))
-            elif not await SlackThreads.update_queued(conn, self.queue, key, UPDATE):
-                await self.threads.store.enqueue(conn, self._row(job, thread, UPDATE, {}))
+            await self._queue_parent(conn, job, thread)
             for row in rows:
                 await self.threads.store.enqueue(conn, row)
 
         return Delivered({"thread": thread.id, "role": role, "messages": len(rows)}, writes=writes)
+
+    async def _queue_parent(self, conn: Connection, job: Job, thread: Thread) -> None:
+        """Queue the thread's parent message, or an edit of it unless one is already waiting."""
+        if await SlackThreads.claim_parent(conn, thread.id):
+            await self.threads.store.enqueue(conn, self._row(job, thread, POST_PARENT, {}))
+        elif not await SlackThreads.update_queued(conn, self.queue, f"slack-thread:{thread.id}", UPDATE):
+            await self.threads.store.enqueue(conn, self._row(job, thread, UPDATE, {}))
+
+    async def _note(self, job: Job) -> Delivered:
+        """A console press or a mitigation outcome: a reply in the incident's thread, and the parent edited
+        to show it (its phase, the latest outcome, acknowledgement and silence)."""
+        assert job.incident_id is not None
+        thread = await self.threads.of_incident(job.incident_id)
+        if thread is None or not thread.facts:
+            return Delivered({"skipped": "the incident has no Slack thread"})
+        note = Note.from_event(job.payload)
+        mention = note.mention
+        if note.kind == "not_recovered" and mention is None:
+            severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
+            mention = self.settings.mentions.get(severity)
+        replies = [note_message(note, mention)]
+        for bundle in note.bundles:
+            replies += thread_messages(thread.facts["incident"], [bundle])
+            replies += await self._charts(job.incident_id, bundle)
+        rows = self._rows(job, thread, replies)
+        facts = {**thread.facts, "latest": note_line(note)}
+        if note.phase is not None and thread.facts.get("phase") != "resolved":
+            facts["phase"] = note.phase
+
+        async def writes(conn: Connection) -> None:
+            await SlackThreads.set_facts(conn, thread.id, thread.lead_incident_id or job.incident_id or 0, facts)
+            await self._queue_parent(conn, job, thread)
+            for row in rows:
+                await self.threads.store.enqueue(conn, row)
+
+        return Delivered({"thread": thread.id, "note": note.kind, "messages": len(rows)}, writes=writes)
 
     async def _charts(self, incident_id: int, bundle: dict[str, Any]) -> list[Message]:
         charts = []
@@ -223,8 +264,31 @@ class SlackSink(Sink):
     async def _parent(self, thread: Thread) -> Message:
         members = await self.threads.members(thread.id)
         severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
-        return parent_message(thread.facts, [Member(m.alertname, m.status, m.labels) for m in members],
-                              self.settings.mentions.get(severity), self.settings.storm_list_lines)
+        incident_id = int(thread.facts["incident"]["id"])
+        state = await ConsoleStore(self.threads.store).state(incident_id)
+        # Once somebody acknowledged, the severity's group is not called again.
+        mention = None if state.acknowledged_by else self.settings.mentions.get(severity)
+        message = parent_message(thread.facts, [Member(m.alertname, m.status, m.labels) for m in members],
+                                 mention, self.settings.storm_list_lines)
+        message.blocks += console_blocks(incident_id, state, silenceable=bool(thread.facts.get("alertmanager")),
+                                         resolved=bool(members) and all(m.status == "resolved" for m in members),
+                                         latest=thread.facts.get("latest"))
+        message.blocks = cap_blocks(message.blocks)
+        return message
+
+    # --- what the console asks of Slack --------------------------------------------------------------
+
+    async def members_of(self, group: str) -> list[str]:
+        """The user ids in a Slack user group (usergroups.users.list)."""
+        async with asyncio.timeout(self.settings.timeout):
+            response = await self.client.usergroups_users_list(usergroup=group)
+        return [str(u) for u in response.get("users") or []]
+
+    async def tell(self, channel: str, user: str, text: str) -> None:
+        """An ephemeral message only `user` sees in `channel`."""
+        async with asyncio.timeout(self.settings.timeout):
+            await self.client.chat_postEphemeral(channel=channel, user=user, text=text,
+                                                 blocks=[section(text)])
 
     def _metadata(self, job: Job) -> dict[str, Any]:
         return {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": job.id, "incident_id": job.incident_id}}

@@ -295,11 +295,16 @@ class Store:
     ) -> None:
         """Within a job's finishing transaction: the incident's rule and its evidence, as (rule name, row
         fields) pairs. Action decisions are not written here: the guard stores each one before it acts."""
-        now = time.time()
         await conn.execute(
             "UPDATE incidents SET rule = $2, error = $3, processed_at = $4 WHERE id = $1",
-            incident_id, rule, error, now,
+            incident_id, rule, error, time.time(),
         )
+        await self.save_evidence(conn, incident_id, evidence)
+
+    @staticmethod
+    async def save_evidence(conn: Connection, incident_id: int, evidence: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Within a job's finishing transaction: evidence rows, as (rule name, row fields) pairs."""
+        now = time.time()
         for rule_name, ev in evidence:
             await conn.execute(
                 "INSERT INTO evidence (incident_id, rule, step, collector, title, status, duration_ms, payload,"
