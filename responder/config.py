@@ -186,6 +186,17 @@ class PipelineConfig(Strict):
     evidence_store_bytes: int = 1024 * 1024
 
 
+class SupervisorConfig(Strict):
+    # A long-lived task (queue worker, heartbeat, gauge) that fails is restarted after a jittered
+    # backoff growing from restart_initial to restart_max ...
+    restart_initial: Duration = 0.5
+    restart_max: Duration = 30.0
+    # ... and when one fails more than max_restarts times within restart_window, the process exits
+    # non-zero so that its own supervisor (Kubernetes, systemd) restarts it.
+    max_restarts: int = Field(default=5, ge=0)
+    restart_window: Duration = 60.0
+
+
 class RulesConfig(Strict):
     dirs: list[Path] = Field(default_factory=lambda: [Path("rules")])
     # Rule used for alerts that no rule matches; None records them as unmatched.
@@ -338,6 +349,7 @@ class Config(Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     rules: RulesConfig = RulesConfig()
     intakes: dict[str, IntakeConfig] = Field(
         default_factory=lambda: {"alertmanager": IntakeConfig(auth=IntakeAuthConfig(unauthenticated="loopback"))}

@@ -170,6 +170,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    if daemon.supervisor.down:
+        return problem(503, "not ready", "tasks down: " + ", ".join(daemon.supervisor.down))
     if not daemon.ready:
         return problem(503, "not ready", "starting or shutting down")
     try:
