@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import jinja2
 from aiohttp import web
@@ -25,6 +25,7 @@ from responder.intake import PayloadError
 from responder.intake import registry as intake_registry
 from responder.preview import AlertPreview, preview, step_params, why_not
 from responder.replay import parse_payload
+from responder.sinks import mrkdwn
 from responder.sinks.render import ts
 from responder.store import StoreUnavailable
 from responder.store.actions import ActionStore
@@ -50,9 +51,9 @@ REFRESH_DEFAULT, REFRESH_MIN, REFRESH_MAX = 15, 2, 3600
 
 
 def safe_url(value: Any) -> str | None:
-    """Only http(s) links from alert data: a `javascript:` runbook URL must not become a clickable script."""
-    text = str(value or "")
-    return text if urlsplit(text).scheme in ("http", "https") else None
+    """Only absolute http(s) links from alert data (the same test as for Slack links): a `javascript:`
+    runbook URL must not become a clickable script. Jinja escapes what is returned for the attribute."""
+    return value.strip() if isinstance(value, str) and mrkdwn.safe_url(value) is not None else None
 
 
 def local_path(value: str) -> str:
