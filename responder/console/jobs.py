@@ -26,7 +26,8 @@ from responder.console.permissions import Permissions
 from responder.metrics import Metrics
 from responder.models import NOTE_EVENT, Incident, Job, Note
 from responder.rules.engine import RuleSet
-from responder.sinks.slack_blocks import duration, escape, when
+from responder.sinks.mrkdwn import escape
+from responder.sinks.slack_blocks import duration, when
 from responder.store import PIPELINE_QUEUE, NewJob, Store
 from responder.store.actions import MITIGATIONS_QUEUE, ActionStore
 from responder.store.console import Click, ConsoleStore
