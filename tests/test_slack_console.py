@@ -56,6 +56,14 @@ def told(slack: FakeSlack, user: str) -> list[str]:
     return [m["text"] for m in slack.ephemeral if m["user"] == user]
 
 
+async def answered(slack: FakeSlack, user: str, count: int) -> list[str]:
+    """The ephemeral answers `user` got, once there are `count` (they are sent after the press is recorded)."""
+    async with asyncio.timeout(10):
+        while len(told(slack, user)) < count:
+            await asyncio.sleep(0.05)
+    return told(slack, user)
+
+
 async def incident_id(daemon: Any) -> int:
     [incident] = await daemon.store.list_incidents()
     return incident.id
@@ -84,6 +92,7 @@ async def test_acknowledge_and_rerun_from_the_thread(daemon_client: Any, store_u
     assert "Acknowledged by <@U" in shown and "subteam^S0ONCALL" not in shown and "subteam" not in parent.text
     assert buttons(parent) == ["rerun"]
     assert sum("Acknowledged" in m.text for m in replies) == 1
+    await asyncio.sleep(0.5)
     assert any("Already acknowledged by <@U" in t for t in told(slack, "U123") + told(slack, "U456"))
 
     before = len(await daemon.store.evidence(incident))
@@ -96,7 +105,7 @@ async def test_acknowledge_and_rerun_from_the_thread(daemon_client: Any, store_u
     assert texts.index(next(t for t in texts if t.startswith("Diagnostics re-run"))) < len(texts) - 1
     assert texts[-1].startswith("✓ logs")  # the new evidence follows the note
     assert len(await daemon.store.evidence(incident)) == 2 * before
-    assert any("Re-running diagnostics" in t for t in told(slack, "U123"))
+    assert any("Re-running diagnostics" in t for t in await answered(slack, "U123", 1))
 
     # Within rerun_min_interval: politely refused, nothing runs.
     again = await click(client, "rerun", incident, user="U456", username="bob")
@@ -104,7 +113,7 @@ async def test_acknowledge_and_rerun_from_the_thread(daemon_client: Any, store_u
     assert row["outcome"] == "declined"
     await settled(daemon.store)
     assert len(await daemon.store.evidence(incident)) == 2 * before
-    [answer] = [t for t in told(slack, "U456") if "re-run" in t]
+    [answer] = [t for t in await answered(slack, "U456", 1) if "re-run" in t]
     assert "re-run" in answer and "by <@U123>" in answer and "Try again in" in answer
 
 
@@ -126,8 +135,8 @@ async def test_permissions_by_user_and_user_group_refusals_are_audited(
         ("U123", "acknowledge", "refused"), ("U123", "acknowledge", "refused"), ("U555", "acknowledge", "done"),
         ("U555", "rerun", "refused")]
     assert rows[0]["detail"] == "not listed in sinks.slack.permissions.acknowledge"
-    assert len(told(slack, "U123")) == 2 and "You may not press *Acknowledge*" in told(slack, "U123")[0]
-    assert "You may not press *Re-run diagnostics*" in told(slack, "U555")[-1]
+    assert "You may not press *Acknowledge*" in (await answered(slack, "U123", 2))[0]
+    assert "You may not press *Re-run diagnostics*" in (await answered(slack, "U555", 1))[-1]
     # Group members are learnt once and cached.
     assert len(slack.calls_to("usergroups.users.list", ok=True)) == 1
     await settled(daemon.store)
