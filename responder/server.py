@@ -18,10 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from responder.daemon import Daemon
 from responder.intake import Intake, PayloadError, Unauthorized
+from responder.jobs import MITIGATIONS_QUEUE
 from responder.mitigations.approvals import BadInteraction, Rejected, handle_interaction
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
-from responder.store.actions import KILL_SWITCH, MITIGATIONS_QUEUE
+from responder.store.actions import KILL_SWITCH
 
 log = logging.getLogger(__name__)
 
