@@ -113,6 +113,25 @@ class IntakeConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class IntakeLimits(Strict):
+    """What one webhook delivery may carry; anything beyond is refused with a 400 naming the field, and
+    nothing of that delivery is stored. The defaults sit far above what Alertmanager, Grafana and
+    PagerDuty send, and far below what would hurt the store, the pipeline or Slack."""
+
+    max_alerts: int = Field(default=1000, gt=0)
+    max_labels: int = Field(default=100, gt=0)
+    max_annotations: int = Field(default=100, gt=0)
+    # Label and annotation names, fingerprints and vendor ids (they end up in indexes and keys).
+    max_name_bytes: int = Field(default=256, gt=0)
+    max_label_value_bytes: int = Field(default=4096, gt=0)
+    max_annotation_value_bytes: int = Field(default=65536, gt=0)
+    # Any other text kept with an alert: URLs, group key, receiver, vendor extras.
+    max_text_bytes: int = Field(default=8192, gt=0)
+    # startsAt later than now plus this is refused (clock skew, or an alert that would poison every
+    # later step); earlier than 1970 too. Times must carry a zone.
+    max_future: Duration = 86400.0
+
+
 class ServerConfig(Strict):
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
@@ -121,6 +140,7 @@ class ServerConfig(Strict):
     # Time in-flight jobs get to finish on SIGTERM; keep it below Kubernetes' terminationGracePeriod.
     drain_seconds: Duration = 20.0
     api_token: SecretRef | None = None
+    limits: IntakeLimits = IntakeLimits()
 
     @property
     def host_port(self) -> tuple[str, int]:
