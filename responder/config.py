@@ -140,6 +140,8 @@ class ServerConfig(Strict):
     # Time in-flight jobs get to finish on SIGTERM; keep it below Kubernetes' terminationGracePeriod.
     drain_seconds: Duration = 20.0
     api_token: SecretRef | None = None
+    # Read-only access to the web console under /ui (server.api_token is accepted there too).
+    ui_token: SecretRef | None = None
     limits: IntakeLimits = IntakeLimits()
 
     @property
@@ -232,6 +234,9 @@ class SlackSinkConfig(Strict):
     refire_window: Duration = 86400.0
     # Storm members are listed compactly in the parent message, up to this many lines.
     storm_list_lines: int = Field(default=20, ge=1, le=40)
+    # https://<workspace>.slack.com: lets the web console link straight to an incident's thread (without
+    # it, the console links to the thread's channel).
+    workspace_url: str | None = Field(default=None, pattern=r"^https://[A-Za-z0-9.-]+/?$")
 
     @property
     def token_value(self) -> str | None:

@@ -13,9 +13,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from responder.collectors.base import Collector, CollectorContext, EvidenceStatus, Finding, registry
+from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams
 from responder.config import Duration, HttpTarget
+from responder.evidence import EvidenceStatus
 from responder.params import UrlPath, under_base
 
 Hostname = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$",
