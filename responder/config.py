@@ -113,6 +113,25 @@ class IntakeConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class IntakeLimits(Strict):
+    """What one webhook delivery may carry; anything beyond is refused with a 400 naming the field, and
+    nothing of that delivery is stored. The defaults sit far above what Alertmanager, Grafana and
+    PagerDuty send, and far below what would hurt the store, the pipeline or Slack."""
+
+    max_alerts: int = Field(default=1000, gt=0)
+    max_labels: int = Field(default=100, gt=0)
+    max_annotations: int = Field(default=100, gt=0)
+    # Label and annotation names, fingerprints and vendor ids (they end up in indexes and keys).
+    max_name_bytes: int = Field(default=256, gt=0)
+    max_label_value_bytes: int = Field(default=4096, gt=0)
+    max_annotation_value_bytes: int = Field(default=65536, gt=0)
+    # Any other text kept with an alert: URLs, group key, receiver, vendor extras.
+    max_text_bytes: int = Field(default=8192, gt=0)
+    # startsAt later than now plus this is refused (clock skew, or an alert that would poison every
+    # later step); earlier than 1970 too. Times must carry a zone.
+    max_future: Duration = 86400.0
+
+
 class ServerConfig(Strict):
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
@@ -126,6 +145,7 @@ class ServerConfig(Strict):
     # Daemon processes sharing the listening port (SO_REUSEPORT), to use more than one core. They share the
     # work through PostgreSQL as replicas do, so more than one needs a PostgreSQL store.
     processes: int = Field(default=1, ge=1, le=64)
+    limits: IntakeLimits = IntakeLimits()
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -169,6 +189,17 @@ class PipelineConfig(Strict):
     # to `evidence_store_bytes`.
     evidence_display_bytes: int = 3000
     evidence_store_bytes: int = 1024 * 1024
+
+
+class SupervisorConfig(Strict):
+    # A long-lived task (queue worker, heartbeat, gauge) that fails is restarted after a jittered
+    # backoff growing from restart_initial to restart_max ...
+    restart_initial: Duration = 0.5
+    restart_max: Duration = 30.0
+    # ... and when one fails more than max_restarts times within restart_window, the process exits
+    # non-zero so that its own supervisor (Kubernetes, systemd) restarts it.
+    max_restarts: int = Field(default=5, ge=0)
+    restart_window: Duration = 60.0
 
 
 class RulesConfig(Strict):
@@ -323,6 +354,7 @@ class Config(Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     rules: RulesConfig = RulesConfig()
     intakes: dict[str, IntakeConfig] = Field(
         default_factory=lambda: {"alertmanager": IntakeConfig(auth=IntakeAuthConfig(unauthenticated="loopback"))}

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from responder.daemon import Daemon
 from responder.intake import Intake, PayloadError, Unauthorized
+from responder.intake.limits import check_delivery
 from responder.mitigations.approvals import BadInteraction, Rejected, handle_interaction
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
@@ -75,6 +76,7 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
             return problem(408, "request timeout", f"the body did not arrive within {server.read_timeout:g}s")
         try:
             delivery = intake.parse(body, request.headers)
+            check_delivery(delivery, server.limits)
         except PayloadError as exc:
             return problem(400, "invalid payload", exc.message, field=exc.field)
         try:
@@ -168,6 +170,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    if daemon.supervisor.down:
+        return problem(503, "not ready", "tasks down: " + ", ".join(daemon.supervisor.down))
     if not daemon.ready:
         return problem(503, "not ready", "starting or shutting down")
     try:

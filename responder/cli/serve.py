@@ -17,7 +17,7 @@ from responder.cli._common import (
     run_cli,
 )
 from responder.config import Config
-from responder.daemon import Daemon, build_intakes, serve
+from responder.daemon import Daemon, DaemonFailed, build_intakes, serve
 from responder.logs import setup_logging
 from responder.processes import run_processes
 from responder.rules.engine import RuleSet
@@ -71,6 +71,8 @@ def run_daemon(config: Config, ruleset: RuleSet) -> int:
         raise CliError(f"cannot open the store: {exc}") from None
     except OSError as exc:
         raise CliError(f"cannot listen on {config.server.listen}: {exc.strerror or exc}") from None
+    except DaemonFailed as exc:
+        raise CliError(f"stopped after a failure: {exc}") from None
     return 0
 
 
