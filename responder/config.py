@@ -145,6 +145,8 @@ class ServerConfig(Strict):
     # Daemon processes sharing the listening port (SO_REUSEPORT), to use more than one core. They share the
     # work through PostgreSQL as replicas do, so more than one needs a PostgreSQL store.
     processes: int = Field(default=1, ge=1, le=64)
+    # Read-only access to the web console under /ui (server.api_token is accepted there too).
+    ui_token: SecretRef | None = None
     limits: IntakeLimits = IntakeLimits()
 
     @property
@@ -237,6 +239,9 @@ class SlackSinkConfig(Strict):
     refire_window: Duration = 86400.0
     # Storm members are listed compactly in the parent message, up to this many lines.
     storm_list_lines: int = Field(default=20, ge=1, le=40)
+    # https://<workspace>.slack.com: lets the web console link straight to an incident's thread (without
+    # it, the console links to the thread's channel).
+    workspace_url: str | None = Field(default=None, pattern=r"^https://[A-Za-z0-9.-]+/?$")
 
     @property
     def token_value(self) -> str | None:

@@ -17,12 +17,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from responder.daemon import Daemon
+from responder.http_body import BodyTooLarge, read_body
 from responder.intake import Intake, PayloadError, Unauthorized
 from responder.intake.limits import check_delivery
 from responder.mitigations.approvals import BadInteraction, Rejected, handle_interaction
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
 from responder.store.actions import KILL_SWITCH, MITIGATIONS_QUEUE
+from responder.ui import setup_console
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +37,6 @@ def problem(status: int, error: str, detail: str = "", **fields: Any) -> web.Res
         body["detail"] = detail
     body.update(fields)
     return web.json_response(body, status=status)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """Read at most `limit` bytes within `timeout`; a slow or endless body cannot hold a worker."""
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async with asyncio.timeout(timeout):
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -218,6 +202,10 @@ async def replay(request: web.Request) -> web.Response:
     return web.json_response({"alert_id": alert_id, "enforce": enforce, "results": [result_json(r) for r in results]})
 
 
+async def console_home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther("/ui/incidents")
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                       ) -> web.StreamResponse:
@@ -244,4 +232,6 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", console_home)
+    setup_console(app, daemon)
     return app
