@@ -193,9 +193,12 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # Several processes of one daemon share the port; the kernel spreads connections across them.
+        site = web.TCPSite(runner, host, port, reuse_address=True,
+                           reuse_port=daemon.config.server.processes > 1)
         await site.start()
-        log.info("listening on http://%s:%d", host, port)
+        log.info("listening on http://%s:%d (pid %d, event loop %s)", host, port, os.getpid(),
+                 type(loop).__module__.split(".")[0])
         stopping = asyncio.create_task(stop.wait(), name="wait-for-signal")
         failing = asyncio.create_task(daemon.supervisor.failed.wait(), name="wait-for-failure")
         await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
