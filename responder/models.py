@@ -101,6 +101,19 @@ class Incident:
 
 
 @dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to queue, as `JobKind.new` (responder/jobs.py) builds it from a validated payload."""
+
+    queue: str
+    kind: str
+    ordering_key: str
+    incident_id: int | None = None
+    payload: dict[str, Any] | None = None
+    # None: the store's default. Outbox rows for external APIs use many more, so an outage only delays them.
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """A unit of queued work. `queue` names the worker pool, `ordering_key` serializes related jobs."""
 
@@ -113,35 +126,3 @@ class Job:
     attempts: int
     lease_owner: str
     created_at: float
-
-
-NOTE_EVENT = "incident.note"
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """Something that happened to an incident after its thread started (a press of a console button, a
-    mitigation's outcome, re-run diagnostics), queued to every sink as an `incident.note` event.
-
-    `text` is plain text (sinks escape it); `by` is the Slack user id of the person who did it."""
-
-    kind: str
-    text: str
-    by: str | None = None
-    detail: str = ""
-    output: dict[str, Any] = field(default_factory=dict)
-    # A Slack user group to tell (the rule's escalation group when a mitigation did not help).
-    mention: str | None = None
-    # The phase the incident's parent message shows from now on (see sinks/slack_blocks.PHASES).
-    phase: str | None = None
-    # Re-run diagnostics: the new evidence, as bundles {"rule": ..., "evidence": [...]}.
-    bundles: list[dict[str, Any]] = field(default_factory=list)
-
-    def event(self) -> dict[str, Any]:
-        return {"note": {"kind": self.kind, "text": self.text, "by": self.by, "detail": self.detail,
-                         "output": self.output, "mention": self.mention, "phase": self.phase,
-                         "bundles": self.bundles}}
-
-    @classmethod
-    def from_event(cls, payload: dict[str, Any]) -> Note:
-        return cls(**payload["note"])

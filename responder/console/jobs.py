@@ -23,13 +23,24 @@ from responder.console.alertmanager import (
 )
 from responder.console.clicks import BUTTONS, permalink
 from responder.console.permissions import Permissions
+from responder.events import Note
+from responder.jobs import (
+    CLICK,
+    INCIDENT_NOTE,
+    MITIGATIONS_QUEUE,
+    PIPELINE_QUEUE,
+    REFRESH,
+    ClickRef,
+    JobTable,
+    RefreshJob,
+)
 from responder.metrics import Metrics
-from responder.models import NOTE_EVENT, Incident, Job, Note
+from responder.models import Incident, Job
 from responder.rules.engine import RuleSet
 from responder.sinks.mrkdwn import escape
 from responder.sinks.slack_blocks import duration, when
-from responder.store import PIPELINE_QUEUE, NewJob, Store
-from responder.store.actions import MITIGATIONS_QUEUE, ActionStore
+from responder.store import Store
+from responder.store.actions import ActionStore
 from responder.store.console import Click, ConsoleStore
 from responder.store.db import Connection
 from responder.targets import Targets, UnknownTarget
@@ -38,7 +49,6 @@ log = logging.getLogger(__name__)
 
 # Sends an ephemeral message: (channel id, user id, mrkdwn text).
 Tell = Callable[[str, str, str], Awaitable[None]]
-REFRESH_JOB = "refresh"
 
 
 @dataclass(slots=True)
@@ -75,10 +85,13 @@ class ConsoleJobs:
     def console(self) -> ConsoleStore:
         return ConsoleStore(self.store)
 
-    async def handle(self, job: Job) -> None:
-        click = await self.console.click(int(job.payload["click_id"]))
+    def register(self, table: JobTable) -> None:
+        table.add(CLICK, self.handle)
+
+    async def handle(self, job: Job, ref: ClickRef) -> None:
+        click = await self.console.click(ref.click_id)
         if click is None or click.outcome != "queued":
-            await self.store.finish_job(job, {"already": True})
+            await self.store.queue.finish(job, {"already": True})
             return
         verdict = await self.permissions.check(click.user_id, click.permission)
         if click.incident_id is None:
@@ -90,7 +103,7 @@ class ConsoleJobs:
         else:
             outcome = await HANDLERS[click.button](self, click, job)
         outcome = await self._commit(click, outcome)
-        await self.store.finish_job(job, {"outcome": outcome.outcome, "detail": outcome.detail})
+        await self.store.queue.finish(job, {"outcome": outcome.outcome, "detail": outcome.detail})
         for queue in outcome.wake:
             self.wake(queue)
         if outcome.reply is not None and self.tell is not None and click.channel_id is not None:
@@ -110,8 +123,8 @@ class ConsoleJobs:
             if click.incident_id is not None:
                 for note in outcome.notes:
                     for queue in self.sink_queues:
-                        await self.store.enqueue(conn, NewJob(queue, NOTE_EVENT, f"incident:{click.incident_id}",
-                                                              click.incident_id, note.event()))
+                        await self.store.queue.enqueue(conn, INCIDENT_NOTE.new(
+                            f"incident:{click.incident_id}", note, incident_id=click.incident_id, queue=queue))
         return outcome
 
     async def _incident(self, click: Click) -> Incident | None:
@@ -130,7 +143,7 @@ class ConsoleJobs:
                                f"Nothing changed: approval {click.value} is already {state}.")
             if self.metrics is not None:
                 self.metrics.actions.labels(action, state, "approval").inc()
-            note = Note(state, f"{action} {state}", by=click.user_id,
+            note = Note(kind=state, text=f"{action} {state}", by=click.user_id,
                         phase="mitigating" if approve else "firing")
             return Outcome("done", f"approval {click.value} {state}", None, [note],
                            (MITIGATIONS_QUEUE,) if approve else ())
@@ -146,7 +159,8 @@ class ConsoleJobs:
             if not counted:
                 return Outcome("unchanged", f"already acknowledged by {by}",
                                f"Already acknowledged by <@{by}> at {when(at)}.")
-            return Outcome("done", "acknowledged", None, [Note("acknowledged", "Acknowledged", by=click.user_id)])
+            return Outcome("done", "acknowledged", None,
+                           [Note(kind="acknowledged", text="Acknowledged", by=click.user_id)])
 
         return Outcome("unchanged", "", change=change)
 
@@ -162,8 +176,8 @@ class ConsoleJobs:
                 return Outcome("declined", f"re-run {ago:.0f}s ago (min interval {interval:g}s)",
                                f"Diagnostics were re-run {duration(ago)} ago by <@{last_by}>; they run at most once"
                                f" every {duration(interval)}. Try again in {duration(interval - ago)}.")
-            await self.store.enqueue(conn, NewJob(PIPELINE_QUEUE, REFRESH_JOB, f"incident:{incident_id}", incident_id,
-                                                  {"requested_by": click.user_id}))
+            await self.store.queue.enqueue(conn, REFRESH.new(
+                f"incident:{incident_id}", RefreshJob(requested_by=click.user_id), incident_id=incident_id))
             return Outcome("done", "diagnostics queued",
                            "Re-running diagnostics: the new evidence will appear in the thread.", [],
                            (PIPELINE_QUEUE,))
@@ -206,7 +220,8 @@ class ConsoleJobs:
                                             now + seconds, click.id)
             text = (f"Silenced in Alertmanager {name} for {duration(seconds)}, until {when(now + seconds)}"
                     f" ({', '.join(f'{k}={v}' for k, v in sorted(matchers.items()))})")
-            return Outcome("done", f"silence {silence_id} in {name}", None, [Note("silenced", text, by=click.user_id)])
+            return Outcome("done", f"silence {silence_id} in {name}", None,
+                           [Note(kind="silenced", text=text, by=click.user_id)])
 
         return Outcome("unchanged", "", change=change)
 
@@ -224,14 +239,14 @@ class ConsoleJobs:
         async def change(conn: Connection) -> Outcome:
             await ConsoleStore.end_silence(conn, active.id, click.user_id)
             return Outcome("done", f"silence {active.silence_id} expired", None,
-                           [Note("unsilenced", f"Silence in Alertmanager {active.alertmanager} ended",
+                           [Note(kind="unsilenced", text=f"Silence in Alertmanager {active.alertmanager} ended",
                                  by=click.user_id)])
 
         return Outcome("unchanged", "", change=change)
 
 
-Handler = Callable[[ConsoleJobs, Click, Job], Awaitable[Outcome]]
-HANDLERS: dict[str, Handler] = {
+ButtonHandler = Callable[[ConsoleJobs, Click, Job], Awaitable[Outcome]]
+HANDLERS: dict[str, ButtonHandler] = {
     "approve": ConsoleJobs.decide, "deny": ConsoleJobs.decide, "acknowledge": ConsoleJobs.acknowledge,
     "rerun": ConsoleJobs.rerun, "unsilence": ConsoleJobs.unsilence,
     **{b.action_id: ConsoleJobs.silence for b in BUTTONS.values() if b.seconds},

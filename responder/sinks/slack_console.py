@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from responder.console.clicks import BUTTONS, SILENCE_BUTTONS
-from responder.models import Note
+from responder.events import Note
 from responder.sinks.mrkdwn import escape
 from responder.sinks.slack_blocks import SECTION_CHARS, Message, code_section, context, fit, section, when
 from responder.store.console import ConsoleState

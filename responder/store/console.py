@@ -12,11 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from responder.jobs import CLICK, ClickRef
 from responder.store.db import Connection, Row
-from responder.store.store import NewJob, Store
-
-CONSOLE_QUEUE = "console"
-CLICK_JOB = "slack.click"
+from responder.store.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +93,8 @@ class ConsoleStore:
                                                fields["click_key"])), False
             # One incident's presses are handled in order, apart from its Slack messages.
             key = f"console:incident:{fields['incident_id']}" if fields["incident_id"] else f"console:click:{click_id}"
-            await self.store.enqueue(conn, NewJob(CONSOLE_QUEUE, CLICK_JOB, key, fields["incident_id"],
-                                                  {"click_id": int(click_id)}))
+            await self.store.queue.enqueue(conn, CLICK.new(key, ClickRef(click_id=int(click_id)),
+                                                           incident_id=fields["incident_id"]))
         return int(click_id), True
 
     async def click(self, click_id: int) -> Click | None:
