@@ -20,8 +20,7 @@ from aiohttp import web
 from responder.collectors.base import Evidence
 from responder.collectors.runner import EvidenceLimits
 from responder.config import Config, secret_values
-from responder.intake import Intake
-from responder.intake import registry as intake_registry
+from responder.intake import build_intakes
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
 from responder.mitigations.jobs import MitigationJobs
@@ -38,14 +37,6 @@ from responder.store.actions import MITIGATIONS_QUEUE, ActionStore
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
-
-
-def build_intakes(config: Config) -> list[Intake]:
-    intakes = []
-    for name, intake_config in config.intakes.items():
-        if intake_config.enabled:
-            intakes.append(intake_registry.get(name)(intake_config))
-    return intakes
 
 
 def build_sinks(config: Config) -> list[Sink]:

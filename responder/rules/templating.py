@@ -69,6 +69,18 @@ def _parse(expr: str) -> tuple[str, str, list[tuple[str, str | None]]]:
     return lookup.group(1), lookup.group(2), parsed
 
 
+def missing_filter(text: str, name: str) -> str | None:
+    """The first alert lookup in `text` (e.g. `labels.job`) not passed through filter `name`, if any."""
+    for m in _EXPR.finditer(text):
+        try:
+            scope, key, filters = _parse(m.group(1))
+        except TemplateError:
+            continue  # reported as a template error on its own
+        if name not in (f for f, _ in filters):
+            return f"{scope}.{key}"
+    return None
+
+
 def render(text: str, context: Mapping[str, Mapping[str, str]]) -> str:
     """Render one template string; a missing label without default() is a TemplateError."""
 
