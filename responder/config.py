@@ -158,6 +158,25 @@ class IntakeConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class IntakeLimits(Strict):
+    """What one webhook delivery may carry; anything beyond is refused with a 400 naming the field, and
+    nothing of that delivery is stored. The defaults sit far above what Alertmanager, Grafana and
+    PagerDuty send, and far below what would hurt the store, the pipeline or Slack."""
+
+    max_alerts: int = Field(default=1000, gt=0)
+    max_labels: int = Field(default=100, gt=0)
+    max_annotations: int = Field(default=100, gt=0)
+    # Label and annotation names, fingerprints and vendor ids (they end up in indexes and keys).
+    max_name_bytes: int = Field(default=256, gt=0)
+    max_label_value_bytes: int = Field(default=4096, gt=0)
+    max_annotation_value_bytes: int = Field(default=65536, gt=0)
+    # Any other text kept with an alert: URLs, group key, receiver, vendor extras.
+    max_text_bytes: int = Field(default=8192, gt=0)
+    # startsAt later than now plus this is refused (clock skew, or an alert that would poison every
+    # later step); earlier than 1970 too. Times must carry a zone.
+    max_future: Duration = 86400.0
+
+
 class ServerConfig(Strict):
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
@@ -166,6 +185,9 @@ class ServerConfig(Strict):
     # Time in-flight jobs get to finish on SIGTERM; keep it below Kubernetes' terminationGracePeriod.
     drain_seconds: Duration = 20.0
     api_token: SecretRef | None = None
+    # Read-only access to the web console under /ui (server.api_token is accepted there too).
+    ui_token: SecretRef | None = None
+    limits: IntakeLimits = IntakeLimits()
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -211,6 +233,17 @@ class PipelineConfig(Strict):
     evidence_store_bytes: int = 1024 * 1024
 
 
+class SupervisorConfig(Strict):
+    # A long-lived task (queue worker, heartbeat, gauge) that fails is restarted after a jittered
+    # backoff growing from restart_initial to restart_max ...
+    restart_initial: Duration = 0.5
+    restart_max: Duration = 30.0
+    # ... and when one fails more than max_restarts times within restart_window, the process exits
+    # non-zero so that its own supervisor (Kubernetes, systemd) restarts it.
+    max_restarts: int = Field(default=5, ge=0)
+    restart_window: Duration = 60.0
+
+
 class RulesConfig(Strict):
     dirs: list[Path] = Field(default_factory=lambda: [Path("rules")])
     # Rule used for alerts that no rule matches; None records them as unmatched.
@@ -246,6 +279,9 @@ class SlackSinkConfig(Strict):
     refire_window: Duration = 86400.0
     # Storm members are listed compactly in the parent message, up to this many lines.
     storm_list_lines: int = Field(default=20, ge=1, le=40)
+    # https://<workspace>.slack.com: lets the web console link straight to an incident's thread (without
+    # it, the console links to the thread's channel).
+    workspace_url: str | None = Field(default=None, pattern=r"^https://[A-Za-z0-9.-]+/?$")
 
     @property
     def token_value(self) -> str | None:
@@ -363,6 +399,7 @@ class Config(Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     rules: RulesConfig = RulesConfig()
     intakes: dict[str, IntakeConfig] = Field(
         default_factory=lambda: {"alertmanager": IntakeConfig(auth=IntakeAuthConfig(unauthenticated="loopback"))}

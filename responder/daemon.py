@@ -1,7 +1,8 @@
 """The daemon: owns the store, targets, sinks and worker pools, and the HTTP app that feeds them.
 
 Everything long-lived is opened in an aiohttp cleanup context, so it is closed, in reverse order, when
-the app shuts down; every background task is owned here and cancelled and awaited on shutdown.
+the app shuts down; every background task runs under the daemon's supervisor (responder/supervisor.py),
+which restarts it when it fails and cancels and awaits it on shutdown.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from responder.sinks import Sink, SinkError
 from responder.sinks import registry as sink_registry
 from responder.store import PIPELINE_QUEUE, Store, open_store
 from responder.store.actions import MITIGATIONS_QUEUE, ActionStore
+from responder.supervisor import RestartPolicy, Supervisor
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,21 @@ class Daemon:
         self.intakes = build_intakes(config)
         self.sinks = build_sinks(config)
         self.redactor = Redactor(secret_values(config), config.redact)
-        self.ready = False
+        self.started = False
+        policy = config.supervisor
+        self.supervisor = Supervisor(RestartPolicy(policy.restart_initial, policy.restart_max, policy.max_restarts,
+                                                   policy.restart_window), self.metrics)
         self._store: Store | None = None
         self.workers: list[QueueWorker] = []
         self.targets = Targets(config)
         self.locks: TargetLocks = LocalLocks()
         # Called with each piece of evidence as it is gathered (replay prints progress with it).
         self.on_evidence: Callable[[Evidence], None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Started, not shutting down, and every supervised task running."""
+        return self.started and not self.supervisor.down
 
     @property
     def store(self) -> Store:
@@ -124,20 +134,27 @@ class Daemon:
                         QueueWorker(self.store, MITIGATIONS_QUEUE, mitigation_jobs.handle, settings, self.owner,
                                     self.metrics, on_done=wake_sinks),
                         *sink_workers]
-        tasks = [asyncio.create_task(w.run(), name=f"worker:{w.queue}") for w in self.workers]
-        tasks += [asyncio.create_task(w.heartbeat(), name=f"heartbeat:{w.queue}") for w in self.workers]
-        tasks.append(asyncio.create_task(self._watch_queue_depth(), name="queue-depth"))
-        self.ready = True
+        for worker in self.workers:
+            self.supervisor.start(f"worker:{worker.queue}", worker.run)
+            self.supervisor.start(f"heartbeat:{worker.queue}", worker.heartbeat)
+        self.supervisor.start("queue-depth", self._watch_queue_depth)
+        for sink in self.sinks:
+            for name, task in sink.tasks().items():
+                self.supervisor.start(name, task)
+        self.started = True
         log.info("ready: %d rule(s), intakes %s, sinks %s, store %s", len(self.ruleset.rules),
                  [i.name for i in self.intakes], [s.name for s in self.sinks], self.store.dialect)
         try:
             yield
         finally:
-            self.ready = False
-            await asyncio.gather(*(w.drain(self.config.server.drain_seconds) for w in self.workers))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self.started = False
+            drained = await asyncio.gather(*(w.drain(self.config.server.drain_seconds) for w in self.workers),
+                                           return_exceptions=True)
+            for worker, outcome in zip(self.workers, drained, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.error("queue %s raised while draining", worker.queue, exc_info=outcome)
+                    self.supervisor.errors.append(outcome)
+            await self.supervisor.stop()
 
     async def _watch_queue_depth(self) -> None:
         while True:
@@ -163,8 +180,13 @@ def _sink_handler(store: Store, sink: Sink) -> Handler:
     return handle
 
 
+class DaemonFailed(Exception):
+    """A supervised task kept failing, or something raised during shutdown: exit non-zero."""
+
+
 async def serve(daemon: Daemon, app: web.Application) -> None:
-    """Run until SIGTERM/SIGINT: then fail readiness, stop accepting, drain, close."""
+    """Run until SIGTERM/SIGINT or a task that keeps failing: then fail readiness, stop accepting,
+    drain, close. Raises DaemonFailed when the daemon did not stop cleanly."""
     host, port = daemon.config.server.host_port
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=daemon.config.server.drain_seconds)
@@ -177,11 +199,19 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         log.info("listening on http://%s:%d", host, port)
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait(), name="wait-for-signal")
+        failing = asyncio.create_task(daemon.supervisor.failed.wait(), name="wait-for-failure")
+        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopping, failing):
+            waiter.cancel()
+        await asyncio.gather(stopping, failing, return_exceptions=True)
         log.info("shutting down: readiness off, draining for up to %gs", daemon.config.server.drain_seconds)
-        daemon.ready = False
+        daemon.started = False
     finally:
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    supervisor = daemon.supervisor
+    if supervisor.failure is not None or supervisor.errors:
+        raise DaemonFailed(str(supervisor.failure or f"{len(supervisor.errors)} error(s) while stopping; see the log"))
     log.info("stopped")

@@ -17,11 +17,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from responder.daemon import Daemon
+from responder.http_body import BodyTooLarge, read_body
 from responder.intake import Intake, PayloadError, Unauthorized
+from responder.intake.limits import check_delivery
 from responder.mitigations.approvals import BadInteraction, Rejected, handle_interaction
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
 from responder.store.actions import KILL_SWITCH, MITIGATIONS_QUEUE
+from responder.ui import setup_console
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +37,6 @@ def problem(status: int, error: str, detail: str = "", **fields: Any) -> web.Res
         body["detail"] = detail
     body.update(fields)
     return web.json_response(body, status=status)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """Read at most `limit` bytes within `timeout`; a slow or endless body cannot hold a worker."""
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async with asyncio.timeout(timeout):
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -75,6 +60,7 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
             return problem(408, "request timeout", f"the body did not arrive within {server.read_timeout:g}s")
         try:
             delivery = intake.parse(body, request.headers)
+            check_delivery(delivery, server.limits)
         except PayloadError as exc:
             return problem(400, "invalid payload", exc.message, field=exc.field)
         try:
@@ -168,6 +154,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    if daemon.supervisor.down:
+        return problem(503, "not ready", "tasks down: " + ", ".join(daemon.supervisor.down))
     if not daemon.ready:
         return problem(503, "not ready", "starting or shutting down")
     try:
@@ -214,6 +202,10 @@ async def replay(request: web.Request) -> web.Response:
     return web.json_response({"alert_id": alert_id, "enforce": enforce, "results": [result_json(r) for r in results]})
 
 
+async def console_home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther("/ui/incidents")
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                       ) -> web.StreamResponse:
@@ -240,4 +232,6 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", console_home)
+    setup_console(app, daemon)
     return app

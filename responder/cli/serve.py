@@ -13,7 +13,7 @@ from responder.cli._common import (
     ruleset_from_config,
     run_cli,
 )
-from responder.daemon import Daemon, serve
+from responder.daemon import Daemon, DaemonFailed, serve
 from responder.logs import setup_logging
 from responder.server import build_app
 from responder.store import StoreUnavailable
@@ -44,4 +44,6 @@ def command(args: argparse.Namespace) -> int:
         raise CliError(f"cannot open the store: {exc}") from None
     except OSError as exc:
         raise CliError(f"cannot listen on {config.server.listen}: {exc.strerror or exc}") from None
+    except DaemonFailed as exc:
+        raise CliError(f"stopped after a failure: {exc}") from None
     return 0

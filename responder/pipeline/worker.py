@@ -1,7 +1,9 @@
 """A pool of workers for one queue: claim, run with a timeout, finish or retry with backoff.
 
 Jobs are claimed from the store with a lease. A job that keeps failing is marked `failed` after its
-attempts run out and stops blocking the jobs queued behind it.
+attempts run out and stops blocking the jobs queued behind it. `run` and `heartbeat` are long-lived
+tasks of the daemon's supervisor: an unavailable store is waited out here, anything else unexpected
+(also from a job's own bookkeeping) ends the loop with its error, and the supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from responder.backoff import backoff_delay
 from responder.metrics import Metrics
 from responder.models import Job
 from responder.store import LeaseLost, Store, StoreUnavailable
@@ -32,12 +34,6 @@ class RetryLater(Exception):
     def __init__(self, message: str, delay: float) -> None:
         super().__init__(message)
         self.delay = delay
-
-
-def backoff_delay(attempts: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with jitter, so retries of many jobs do not arrive together."""
-    base: float = min(maximum, initial * 2 ** max(0, attempts - 1))
-    return base * random.uniform(0.8, 1.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +61,8 @@ class QueueWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._running: dict[asyncio.Task[None], int] = {}
+        # An error that escaped a job's own bookkeeping: `run` re-raises it for the supervisor.
+        self._crashed: BaseException | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -74,6 +72,9 @@ class QueueWorker:
 
     async def run(self) -> None:
         while not self._stopping:
+            if self._crashed is not None:
+                crashed, self._crashed = self._crashed, None
+                raise crashed
             free = self.settings.concurrency - len(self._running)
             jobs: list[Job] = []
             if free > 0:
@@ -101,6 +102,8 @@ class QueueWorker:
 
     def _job_finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            self._crashed = task.exception()
         self._wake.set()  # a free slot, and maybe the next job of the same ordering key
 
     async def _run_job(self, job: Job) -> None:
@@ -150,3 +153,5 @@ class QueueWorker:
             released = 0
         if released:
             log.info("queue %s: handed %d unfinished job(s) back for the next start", self.queue, released)
+        if self._crashed is not None:  # a job's bookkeeping failed after the last claim: report it
+            raise self._crashed

@@ -51,6 +51,11 @@ class Sink(abc.ABC):
     async def close(self) -> None:
         """Close clients; called once on shutdown."""
 
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """Long-lived tasks of this sink (gauges, ...), by name: the daemon's supervisor runs them
+        between `start` and `close`."""
+        return {}
+
     @abc.abstractmethod
     async def deliver(self, job: Job) -> Delivered:
         """Deliver one event (`job.kind`, `job.payload`)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import re
 import time
@@ -29,10 +28,10 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from responder.backoff import backoff_delay
 from responder.config import Config
 from responder.metrics import Metrics
 from responder.models import Job
-from responder.pipeline.worker import backoff_delay
 from responder.sinks.base import Delivered, Sink, SinkError, registry
 from responder.sinks.slack_blocks import (
     Attachment,
@@ -90,7 +89,6 @@ class SlackSink(Sink):
         self._session: aiohttp.ClientSession | None = None
         self._threads: SlackThreads | None = None
         self._metrics: Metrics | None = None
-        self._gauges: asyncio.Task[None] | None = None
         # channel name -> id, learnt from Slack's answers (ids are what history lookups need)
         self._channel_ids: dict[str, str] = {}
 
@@ -106,13 +104,11 @@ class SlackSink(Sink):
                                       timeout=max(1, round(self.settings.timeout)))
         self._threads = SlackThreads(store)
         self._metrics = metrics
-        self._gauges = asyncio.create_task(self._watch_outbox(), name="slack-outbox-gauges")
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return {"slack-outbox-gauges": self._watch_outbox}
 
     async def close(self) -> None:
-        if self._gauges is not None:
-            self._gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gauges
         if self._session is not None:
             await self._session.close()
 

@@ -56,7 +56,7 @@ class _Finish:
     follow_ups: tuple[NewJob, ...]
 
 
-def _incident(row: Row) -> Incident:
+def incident_from_row(row: Row) -> Incident:
     return Incident(
         id=int(row["id"]),
         source=row["source"],
@@ -247,7 +247,7 @@ class Store:
     async def get_incident(self, incident_id: int) -> Incident | None:
         async with self.db.read() as conn:
             row = await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
-        return _incident(row) if row else None
+        return incident_from_row(row) if row else None
 
     async def find_incident(self, source: str, fingerprint: str, starts_at: float) -> Incident | None:
         async with self.db.read() as conn:
@@ -255,7 +255,7 @@ class Store:
                 "SELECT * FROM incidents WHERE source = $1 AND fingerprint = $2 AND starts_at = $3",
                 source, fingerprint, starts_at,
             )
-        return _incident(row) if row else None
+        return incident_from_row(row) if row else None
 
     async def list_incidents(self, status: str | None = None, limit: int = 1000) -> list[Incident]:
         async with self.db.read() as conn:
@@ -263,7 +263,7 @@ class Store:
                 "SELECT * FROM incidents WHERE ($1 = '' OR status = $1) ORDER BY id DESC LIMIT $2",
                 status or "", limit,
             )
-        return [_incident(r) for r in rows]
+        return [incident_from_row(r) for r in rows]
 
     # --- raw payloads and alerts (replay) -------------------------------------------------------
 
