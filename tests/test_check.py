@@ -99,7 +99,8 @@ def test_check_reports_config_and_rule_problems_in_one_pass(tmp_path: Path) -> N
     assert "'evidence.sesions.payload.rows' names no collector step" in when["message"] and when["line"] == 15
     # A templated value that skips its safe filter.
     unsafe = problems["unsafe-query:collectors.0.params.query"]
-    assert "{{ labels.job }} skips its safe filter" in unsafe["message"] and unsafe["line"] == 20
+    assert "{{ labels.job }} in a PromQL query must end with '| promql'" in unsafe["message"]
+    assert unsafe["line"] == 20
     # A secret whose variable is unset, and a target nothing uses.
     unset = problems[":targets.kubernetes.default.token"]
     assert (unset["severity"], unset["line"]) == ("error", 9)

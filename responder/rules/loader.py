@@ -13,12 +13,12 @@ from pydantic import BaseModel, ValidationError
 
 from responder.collectors import registry as collector_registry
 from responder.mitigations import registry as action_registry
-from responder.params import safe_filter
+from responder.params import render_as
 from responder.plugins import Registry, UnknownPlugin
 from responder.problems import Problem, dotted, validation_messages
 from responder.rules.matchers import MatcherError
 from responder.rules.model import Rule, StepSpec
-from responder.rules.templating import check_value, is_templated, missing_filter
+from responder.rules.templating import check_typed, check_value, is_templated
 from responder.yamlsource import Located, YamlDocument, YamlError, parse_yaml
 
 # Rule problems are ordinary problems whose `rule` is set.
@@ -115,16 +115,15 @@ def validate_step(step: StepSpec, registry: Registry[Any]) -> list[tuple[str, st
             if isinstance(top, str) and _templated(step.params.get(top)):
                 continue
             problems.append((f"params.{dotted(loc)}", message))
+    for key, value in step.params.items():
+        kind = render_as(model, key)
+        if kind is not None and isinstance(value, str) and is_templated(value):
+            problems += [(f"params.{key}", message) for message in check_typed(value, kind)]
     for name, info in model.model_fields.items():
         value = step.params.get(name)
         # A field marked `fixed` (an executable, a command's flags) must be written in the rule itself.
         if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("fixed") and _templated(value):
             problems.append((f"params.{name}", "must be written literally in the rule, not rendered from the alert"))
-        # A field whose type names a safe filter (PromQL, ...) must pass every alert value through it.
-        needed = safe_filter(info)
-        if needed and isinstance(value, str) and (unfiltered := missing_filter(value, needed)):
-            problems.append((f"params.{name}", f"{{{{ {unfiltered} }}}} skips its safe filter: "
-                                               f"write {{{{ {unfiltered} | {needed} }}}}"))
     return problems
 
 
