@@ -140,6 +140,11 @@ class ServerConfig(Strict):
     # Time in-flight jobs get to finish on SIGTERM; keep it below Kubernetes' terminationGracePeriod.
     drain_seconds: Duration = 20.0
     api_token: SecretRef | None = None
+    # uvloop: libuv's event loop, measured in docs/benchmarks.md; asyncio: the standard library's.
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    # Daemon processes sharing the listening port (SO_REUSEPORT), to use more than one core. They share the
+    # work through PostgreSQL as replicas do, so more than one needs a PostgreSQL store.
+    processes: int = Field(default=1, ge=1, le=64)
     # Read-only access to the web console under /ui (server.api_token is accepted there too).
     ui_token: SecretRef | None = None
     limits: IntakeLimits = IntakeLimits()
@@ -428,9 +433,23 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
     lock_redis = config.mitigations.redis
     if lock_redis is not None and lock_redis.target is not None and lock_redis.target not in config.targets.redis:
         problems.append(f"{origin}: mitigations.redis.target: no redis target named {lock_redis.target!r}")
+    problems += [f"{origin}: server.processes: {p}" for p in _processes_problems(config)]
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _processes_problems(config: Config) -> list[str]:
+    """Several processes are replicas on one host: they need what replicas need."""
+    if config.server.processes == 1:
+        return []
+    problems = []
+    if not config.store.url.startswith(("postgresql://", "postgres://")):
+        problems.append("more than one process needs a PostgreSQL store (SQLite serves one process)")
+    if config.mitigations.mode == "enforce" and config.mitigations.redis is None:
+        problems.append("more than one process in enforce mode needs mitigations.redis, so that target locks"
+                        " are shared between the processes")
+    return problems
 
 
 def iter_secret_refs(node: Any, key: str = "") -> list[tuple[str, SecretRef]]:

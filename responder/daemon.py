@@ -18,24 +18,24 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from responder.collectors.base import Evidence
 from responder.collectors.runner import EvidenceLimits
 from responder.config import Config, secret_values
+from responder.evidence import Evidence
 from responder.intake import Intake
 from responder.intake import registry as intake_registry
+from responder.jobs import PIPELINE_QUEUE, JobTable
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
 from responder.mitigations.jobs import MitigationJobs
 from responder.mitigations.locks import LocalLocks, TargetLocks, open_locks
-from responder.models import Job
 from responder.pipeline.process import IncidentProcessor
-from responder.pipeline.worker import Handler, PermanentJobError, QueueWorker, RetryLater, WorkerSettings
+from responder.pipeline.worker import QueueWorker, WorkerSettings
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet
-from responder.sinks import Sink, SinkError
+from responder.sinks import Sink
 from responder.sinks import registry as sink_registry
-from responder.store import PIPELINE_QUEUE, Store, open_store
-from responder.store.actions import MITIGATIONS_QUEUE, ActionStore
+from responder.store import Store, StoreUnavailable, open_store
+from responder.store.actions import ActionStore
 from responder.supervisor import RestartPolicy, Supervisor
 from responder.targets import Targets
 
@@ -89,9 +89,9 @@ class Daemon:
     def actions(self) -> ActionStore:
         return ActionStore(self.store)
 
-    def wake(self, queue: str = PIPELINE_QUEUE) -> None:
+    def wake(self, *queues: str) -> None:
         for worker in self.workers:
-            if worker.queue == queue:
+            if worker.queue in queues:
                 worker.wake()
 
     def wake_pipeline(self) -> None:
@@ -104,7 +104,7 @@ class Daemon:
                                        pool_size=cfg.pool_size, timeout=cfg.connect_timeout,
                                        max_attempts=self.config.pipeline.max_attempts)
         if self._store.dialect == "sqlite":
-            recovered = await self._store.recover_all_running()
+            recovered = await self._store.queue.recover_all_running()
             if recovered:
                 log.info("re-queued %d job(s) left running by the previous process", recovered)
         async with AsyncExitStack() as stack:
@@ -130,19 +130,22 @@ class Daemon:
             on_evidence=self.on_evidence,
         )
         mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor)
-        sink_workers = [QueueWorker(self.store, s.queue, _sink_handler(self.store, s), settings, self.owner,
-                                    self.metrics) for s in self.sinks]
+        table = JobTable()
+        processor.register(table)
+        mitigation_jobs.register(table)
+        for sink in self.sinks:
+            sink.register(table, self.store)
+        table.check()
+        sink_queues = {s.queue for s in self.sinks}
 
         def wake_sinks() -> None:
-            for worker in sink_workers:
-                worker.wake()
+            self.wake(*sink_queues)
 
-        # Both queues end their jobs with sink events: wake the sink workers rather than wait for their poll.
-        self.workers = [QueueWorker(self.store, PIPELINE_QUEUE, processor.handle, settings, self.owner, self.metrics,
-                                    on_done=wake_sinks),
-                        QueueWorker(self.store, MITIGATIONS_QUEUE, mitigation_jobs.handle, settings, self.owner,
-                                    self.metrics, on_done=wake_sinks),
-                        *sink_workers]
+        # The pipeline's and the mitigations' jobs end with sink events: wake the sink workers rather than
+        # wait for their poll.
+        self.workers = [QueueWorker(self.store.queue, queue, table.handler(queue), settings, self.owner, self.metrics,
+                                    on_done=None if queue in sink_queues else wake_sinks)
+                        for queue in table.queues()]
         for worker in self.workers:
             self.supervisor.start(f"worker:{worker.queue}", worker.run)
             self.supervisor.start(f"heartbeat:{worker.queue}", worker.heartbeat)
@@ -168,25 +171,10 @@ class Daemon:
     async def _watch_queue_depth(self) -> None:
         while True:
             try:
-                self.metrics.queue_depth.set(await self.store.queue_depth())
-            except Exception as exc:  # the gauge must never take the daemon down
+                self.metrics.queue_depth.set(await self.store.queue.depth())
+            except StoreUnavailable as exc:
                 log.debug("queue depth unavailable: %s", exc)
             await asyncio.sleep(5)
-
-
-def _sink_handler(store: Store, sink: Sink) -> Handler:
-    async def handle(job: Job) -> None:
-        try:
-            delivered = await sink.deliver(job)
-        except SinkError as exc:
-            if exc.permanent:
-                raise PermanentJobError(str(exc)) from exc
-            if exc.retry_after is not None:
-                raise RetryLater(str(exc), exc.retry_after) from exc
-            raise
-        await store.finish_job(job, delivered.result, delivered.writes, delivered.follow_ups)
-
-    return handle
 
 
 class DaemonFailed(Exception):
@@ -205,9 +193,12 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # Several processes of one daemon share the port; the kernel spreads connections across them.
+        site = web.TCPSite(runner, host, port, reuse_address=True,
+                           reuse_port=daemon.config.server.processes > 1)
         await site.start()
-        log.info("listening on http://%s:%d", host, port)
+        log.info("listening on http://%s:%d (pid %d, event loop %s)", host, port, os.getpid(),
+                 type(loop).__module__.split(".")[0])
         stopping = asyncio.create_task(stop.wait(), name="wait-for-signal")
         failing = asyncio.create_task(daemon.supervisor.failed.wait(), name="wait-for-failure")
         await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from responder.collectors.base import Evidence
 from responder.config import Config
+from responder.evidence import Evidence
 from responder.mitigations.guard import Decision, Guard
 from responder.mitigations.locks import LocalLocks
 from responder.models import Alert, AlertStatus, Incident, IncidentStatus

@@ -33,8 +33,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from responder.collectors.base import Evidence, EvidenceStatus
 from responder.config import Config, format_validation_error
+from responder.evidence import Evidence, EvidenceStatus
 from responder.models import Alert, AlertStatus
 from responder.preview import AlertPreview, preview, step_params
 from responder.replay import parse_payload

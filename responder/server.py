@@ -20,10 +20,11 @@ from responder.daemon import Daemon
 from responder.http_body import BodyTooLarge, read_body
 from responder.intake import Intake, PayloadError, Unauthorized
 from responder.intake.limits import check_delivery
+from responder.jobs import MITIGATIONS_QUEUE
 from responder.mitigations.approvals import BadInteraction, Rejected, handle_interaction
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
-from responder.store.actions import KILL_SWITCH, MITIGATIONS_QUEUE
+from responder.store.actions import KILL_SWITCH
 from responder.ui import setup_console
 
 log = logging.getLogger(__name__)

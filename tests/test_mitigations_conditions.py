@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from responder.cli import main as cli_main
-from responder.collectors.base import Evidence, EvidenceStatus
+from responder.evidence import Evidence, EvidenceStatus
 from responder.mitigations.conditions import ConditionError, evaluate, parse_condition
 from responder.models import Incident, IncidentStatus
 

@@ -48,7 +48,7 @@ async def watch_readiness(client: Any, seen: list[int], stop: asyncio.Event) -> 
 async def pipeline_done(store: Store, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        rows = await store.jobs(queue="pipeline")
+        rows = await store.queue.rows(queue="pipeline")
         if rows and all(r["status"] == "done" for r in rows):
             return
         assert time.monotonic() < deadline, [dict(r) for r in rows]
@@ -73,7 +73,7 @@ async def test_a_claim_that_raises_restarts_the_worker_and_readiness_recovers(
     config = make_config(store_url, write_rules(tmp_path / "rules", RULES), **FAST_RESTARTS)
     client, daemon = await daemon_client(config)
     store = daemon.store
-    store.claim_jobs = failing(store.claim_jobs, 2)  # type: ignore[method-assign]
+    store.queue.claim = failing(store.queue.claim, 2)  # type: ignore[method-assign]
     seen: list[int] = []
     stop = asyncio.Event()
     watching = asyncio.create_task(watch_readiness(client, seen, stop))
@@ -96,11 +96,11 @@ async def test_a_handler_error_retries_the_job_and_a_bookkeeping_error_restarts_
     store = daemon.store
     # The handler fails (its first incident lookup), and so does handing the failed attempt back.
     store.get_incident = failing(store.get_incident, 1)  # type: ignore[method-assign]
-    store.retry_job = failing(store.retry_job, 1)  # type: ignore[method-assign]
+    store.queue.retry = failing(store.queue.retry, 1)  # type: ignore[method-assign]
     response = await client.post("/webhooks/alertmanager", json=am_payload(am_alert("Sleepy")))
     assert response.status == 200
     await pipeline_done(store)
-    (job,) = await store.jobs(queue="pipeline")
+    (job,) = await store.queue.rows(queue="pipeline")
     assert job["attempts"] == 2, "the job ran again once its lease ran out"
     metrics = await (await client.get("/metrics")).text()
     assert restarts(metrics, "worker:pipeline") == 1

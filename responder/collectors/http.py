@@ -14,9 +14,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from responder.collectors.base import Collector, CollectorContext, EvidenceStatus, Finding, registry
+from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams
 from responder.config import Duration, HttpTarget
+from responder.evidence import EvidenceStatus
 
 
 def _url_path(value: str) -> str:

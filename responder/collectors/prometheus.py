@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 from pydantic import Field, model_validator
 
-from responder.collectors.base import Collector, CollectorContext, EvidenceStatus, Finding, registry
+from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams, table
 from responder.config import Duration, PrometheusTarget
+from responder.evidence import EvidenceStatus
 
 MAX_POINTS = 11_000  # Prometheus' own limit per series for a range query
 

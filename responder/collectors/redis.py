@@ -9,8 +9,9 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from pydantic import Field, StringConstraints
 
-from responder.collectors.base import Collector, CollectorContext, EvidenceStatus, Finding, registry
+from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams, table
+from responder.evidence import EvidenceStatus
 
 # A key name or glob from a rule: printable, no whitespace, bounded.
 RedisKey = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,256}$")]

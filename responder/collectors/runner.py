@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from responder.collectors.base import CollectorContext, Evidence, EvidenceStatus, Finding, registry
+from responder.collectors.base import CollectorContext, Finding, registry
+from responder.evidence import Evidence, EvidenceStatus
 from responder.metrics import Metrics
 from responder.redaction import Redactor
 from responder.rules.engine import RenderedStep

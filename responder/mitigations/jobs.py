@@ -14,6 +14,7 @@ import aiohttp
 from responder.collectors.base import CollectorContext
 from responder.collectors.runner import EvidenceLimits, run_collectors
 from responder.config import PrometheusTarget
+from responder.jobs import APPROVAL_EXECUTE, APPROVAL_EXPIRE, VERIFY, ApprovalRef, JobTable, VerifyRef
 from responder.mitigations.base import registry
 from responder.mitigations.conditions import evaluate
 from responder.mitigations.guard import Decision, Guard
@@ -47,19 +48,22 @@ class MitigationJobs:
     limits: EvidenceLimits
     redactor: Redactor
 
-    async def handle(self, job: Job) -> None:
-        if job.kind == "approval.expire":
-            action = await self.actions.expire(int(job.payload["approval_id"]))
-            if action is not None and self.guard.metrics is not None:
-                self.guard.metrics.actions.labels(action, "expired", "approval").inc()
-            result: dict[str, Any] = {"expired": action is not None}
-        elif job.kind == "approval.execute":
-            result = await self.execute_approved(int(job.payload["approval_id"]))
-        elif job.kind == "verify":
-            result = await self.verify(int(job.payload["action_id"]))
-        else:
-            raise ValueError(f"unknown mitigations job kind {job.kind!r}")
-        await self.store.finish_job(job, result=result)
+    def register(self, table: JobTable) -> None:
+        table.add(APPROVAL_EXPIRE, self.expire)
+        table.add(APPROVAL_EXECUTE, self.execute)
+        table.add(VERIFY, self.verify)
+
+    async def expire(self, job: Job, ref: ApprovalRef) -> None:
+        action = await self.actions.expire(ref.approval_id)
+        if action is not None and self.guard.metrics is not None:
+            self.guard.metrics.actions.labels(action, "expired", "approval").inc()
+        await self.store.queue.finish(job, result={"expired": action is not None})
+
+    async def execute(self, job: Job, ref: ApprovalRef) -> None:
+        await self.store.queue.finish(job, result=await self.execute_approved(ref.approval_id))
+
+    async def verify(self, job: Job, ref: VerifyRef) -> None:
+        await self.store.queue.finish(job, result=await self.verify_action(ref.action_id))
 
     async def execute_approved(self, approval_id: int) -> dict[str, Any]:
         row = await self.actions.start_approved(approval_id)
@@ -96,7 +100,7 @@ class MitigationJobs:
         self.guard.count(decision)
         return {"executed": decision.outcome == "executed", "outcome": decision.outcome}
 
-    async def verify(self, action_id: int) -> dict[str, Any]:
+    async def verify_action(self, action_id: int) -> dict[str, Any]:
         row = await self.actions.get(action_id)
         spec = find_spec(self.ruleset, row["rule"], row["step"]) if row is not None else None
         if row is None or spec is None or spec.verify is None or row["incident_id"] is None:

@@ -11,39 +11,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from responder.collectors.base import CollectorContext, Evidence
+from responder.collectors.base import CollectorContext
 from responder.collectors.runner import EvidenceLimits, run_collectors
+from responder.events import Bundle, IncidentEvent, IncidentView
+from responder.evidence import Evidence
+from responder.jobs import INCIDENT_PROCESSED, INCIDENT_RESOLVED, PROCESS, RESOLVE, IncidentJob, JobKind, JobTable
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
-from responder.models import Incident, Job
+from responder.models import Incident, Job, NewJob
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet, render_steps
-from responder.store import NewJob, Store
+from responder.store import Store
 from responder.store.db import Connection
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Bundle:
-    """What one matched rule produced for one incident."""
-
-    rule: str
-    evidence: list[dict[str, Any]] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    checklist: list[str] = field(default_factory=list)
-    channel: str | None = None
-
-
-def incident_view(incident: Incident) -> dict[str, Any]:
-    view = asdict(incident)
-    view["status"] = incident.status.value
-    return view
 
 
 @dataclass
@@ -59,20 +43,19 @@ class IncidentProcessor:
     # Told about each piece of evidence as it arrives (replay shows progress with it).
     on_evidence: Callable[[Evidence], None] | None = None
 
-    async def handle(self, job: Job) -> None:
-        assert job.incident_id is not None
-        incident = await self.store.get_incident(job.incident_id)
-        if incident is None:
-            raise LookupError(f"incident {job.incident_id} does not exist")
-        if job.kind == "process":
-            await self.process(job, incident)
-        elif job.kind == "resolve":
-            await self.resolve(job, incident)
-        else:
-            raise ValueError(f"unknown pipeline job kind {job.kind!r}")
+    def register(self, table: JobTable) -> None:
+        table.add(PROCESS, self.process)
+        table.add(RESOLVE, self.resolve)
 
-    async def build_bundles(self, incident: Incident) -> list[Bundle]:
-        """Run every matched rule's collectors and mitigations for an incident (also used by replay)."""
+    async def _incident(self, job: Job) -> Incident:
+        incident = await self.store.get_incident(job.incident_id) if job.incident_id is not None else None
+        if incident is None:
+            raise LookupError(f"incident {job.incident_id} of job {job.id} does not exist")
+        return incident
+
+    async def build_bundles(self, incident: Incident) -> list[tuple[Bundle, list[Evidence]]]:
+        """Run every matched rule's collectors and mitigations for an incident: each rule's bundle (without
+        its evidence) and the evidence gathered for it."""
         alert = incident.as_alert()
         bundles = []
         for rule in self.ruleset.match(alert):
@@ -84,51 +67,55 @@ class IncidentProcessor:
                                             limits=self.limits, redactor=self.redactor, metrics=self.metrics,
                                             on_evidence=self.on_evidence)
             decisions = await self.guard.run(rule, mitigations, incident, evidence)
-            bundles.append(Bundle(
+            bundles.append((Bundle(
                 rule=rule.name,
-                evidence=[e.as_dict() for e in evidence],
                 decisions=[d.as_dict() for d in decisions],
                 errors=[str(e) for e in errors],
                 checklist=list(rule.checklist),
                 channel=rule.slack.channel,
-            ))
+            ), evidence))
         return bundles
 
-    async def process(self, job: Job, incident: Incident) -> None:
+    async def process(self, job: Job, _: IncidentJob) -> None:
         started = time.monotonic()
+        incident = await self._incident(job)
         bundles = await self.build_bundles(incident)
-        rule_names = ",".join(b.rule for b in bundles) or None
-        errors = "; ".join(e for b in bundles for e in b.errors) or None
+        rule_names = ",".join(b.rule for b, _ in bundles) or None
+        errors = "; ".join(e for b, _ in bundles for e in b.errors) or None
+        gathered = sum(len(evidence) for _, evidence in bundles)
         if not bundles:
             self.metrics.unmatched.labels(incident.source).inc()
             log.info("incident %s (%s): no rule matched", incident.id, incident.alertname,
                      extra={"incident": incident.id})
 
         async def writes(conn: Connection) -> None:
-            await self.store.save_processing(
-                conn, incident.id, rule_names, errors,
-                evidence=[(b.rule, ev) for b in bundles for ev in b.evidence],
-            )
+            # The sink events name the evidence rows this transaction writes; they are queued with them.
+            ids = await self.store.save_processing(conn, incident.id, rule_names, errors,
+                                                   [(b.rule, ev) for b, evidence in bundles for ev in evidence])
+            referenced = []
+            for bundle, evidence in bundles:
+                mine, ids = ids[:len(evidence)], ids[len(evidence):]
+                referenced.append(bundle.model_copy(update={"evidence_ids": mine}))
+            event = IncidentEvent(incident=IncidentView.of(incident, rule=rule_names, error=errors),
+                                  bundles=referenced)
+            for new in self._events(INCIDENT_PROCESSED, incident, event):
+                await self.store.queue.enqueue(conn, new)
 
-        view = incident_view(incident) | {"rule": rule_names, "error": errors}
-        event = {"incident": view, "bundles": [asdict(b) for b in bundles]}
-        await self.store.finish_job(
-            job,
-            result={"rules": [b.rule for b in bundles], "evidence": sum(len(b.evidence) for b in bundles)},
-            writes=writes,
-            follow_ups=self._events("incident.processed", incident, event),
-        )
+        await self.store.queue.finish(job, result={"rules": [b.rule for b, _ in bundles], "evidence": gathered},
+                                      writes=writes)
         self.metrics.incidents_opened.labels(rule_names or "").inc()
         self.metrics.pipeline_duration.observe(time.monotonic() - started)
         log.info("incident %s (%s) processed: rules=%s evidence=%d", incident.id, incident.alertname,
-                 rule_names, sum(len(b.evidence) for b in bundles), extra={"incident": incident.id})
+                 rule_names, gathered, extra={"incident": incident.id})
 
-    async def resolve(self, job: Job, incident: Incident) -> None:
-        event = {"incident": incident_view(incident)}
-        await self.store.finish_job(job, result={"resolved": True},
-                                    follow_ups=self._events("incident.resolved", incident, event))
+    async def resolve(self, job: Job, _: IncidentJob) -> None:
+        incident = await self._incident(job)
+        event = IncidentEvent(incident=IncidentView.of(incident))
+        await self.store.queue.finish(job, result={"resolved": True},
+                                      follow_ups=self._events(INCIDENT_RESOLVED, incident, event))
         self.metrics.incidents_resolved.labels(incident.rule or "").inc()
         log.info("incident %s (%s) resolved", incident.id, incident.alertname, extra={"incident": incident.id})
 
-    def _events(self, kind: str, incident: Incident, event: dict[str, Any]) -> list[NewJob]:
-        return [NewJob(queue, kind, f"incident:{incident.id}", incident.id, event) for queue in self.sink_queues]
+    def _events(self, kind: JobKind[IncidentEvent], incident: Incident, event: IncidentEvent) -> list[NewJob]:
+        return [kind.new(f"incident:{incident.id}", event, incident_id=incident.id, queue=queue)
+                for queue in self.sink_queues]

@@ -11,29 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from responder.backoff import backoff_delay
+from responder.jobs import Handler, PermanentJobError, RetryLater
 from responder.metrics import Metrics
 from responder.models import Job
-from responder.store import LeaseLost, Store, StoreUnavailable
+from responder.store import JobQueue, LeaseLost, StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[Job], Awaitable[None]]
-
-
-class PermanentJobError(Exception):
-    """Retrying will not help (bad configuration, a permanent API error): fail the job now."""
-
-
-class RetryLater(Exception):
-    """Retry after a given delay (a rate limit's Retry-After), without counting as a failure pattern."""
-
-    def __init__(self, message: str, delay: float) -> None:
-        super().__init__(message)
-        self.delay = delay
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +34,11 @@ class WorkerSettings:
 
 
 class QueueWorker:
-    def __init__(self, store: Store, queue: str, handler: Handler, settings: WorkerSettings, owner: str,
+    def __init__(self, jobs: JobQueue, queue: str, handler: Handler, settings: WorkerSettings, owner: str,
                  metrics: Metrics, *, on_done: Callable[[], None] | None = None) -> None:
-        """`on_done` runs after each job that finished: it wakes the workers of the queues it fed, so
-        their new jobs start now rather than at their next poll."""
-        self.store = store
+        """`handler` runs one job (see JobTable.handler). `on_done` runs after each job that finished: it
+        wakes the workers of the queues it fed, so their new jobs start now rather than at their next poll."""
+        self.jobs = jobs
         self.queue = queue
         self.handler = handler
         self.settings = settings
@@ -79,7 +66,7 @@ class QueueWorker:
             jobs: list[Job] = []
             if free > 0:
                 try:
-                    jobs = await self.store.claim_jobs(self.queue, self.owner, free, self.settings.lease_seconds)
+                    jobs = await self.jobs.claim(self.queue, self.owner, free, self.settings.lease_seconds)
                 except StoreUnavailable as exc:
                     log.warning("queue %s: store unavailable while claiming: %s", self.queue, exc)
             for job in jobs:
@@ -96,7 +83,7 @@ class QueueWorker:
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
-                await self.store.extend_leases(list(self._running.values()), self.owner, self.settings.lease_seconds)
+                await self.jobs.heartbeat(list(self._running.values()), self.owner, self.settings.lease_seconds)
             except StoreUnavailable as exc:
                 log.warning("queue %s: could not renew leases: %s", self.queue, exc)
 
@@ -130,7 +117,7 @@ class QueueWorker:
 
     async def _give_back(self, job: Job, error: str, delay: float, *, permanent: bool = False) -> str:
         try:
-            status = await self.store.retry_job(job, error, delay, permanent=permanent)
+            status = await self.jobs.retry(job, error, delay, permanent=permanent)
         except StoreUnavailable:
             # The lease will expire and the job will run again: delayed, never lost.
             return "retried"
@@ -148,7 +135,7 @@ class QueueWorker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         try:
-            released = await self.store.release_jobs(self.owner)
+            released = await self.jobs.release(self.owner)
         except StoreUnavailable:
             released = 0
         if released:

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from responder.jobs import PROCESS, RESOLVE, IncidentJob, JobKind
 from responder.models import Alert, AlertStatus, Delivery, DeliveryReceipt
 from responder.store.db import Connection
 
@@ -77,7 +78,7 @@ async def record_batch(conn: Connection, deliveries: Sequence[Delivery], max_att
     opened = await _open_incidents(conn, seen, now)
     resolved = await _resolve_incidents(conn, seen, now)
     await _touch_incidents(conn, [k for k, s in seen.items() if k not in opened], seen, now)
-    await _enqueue(conn, [("process", i) for i in opened.values()] + [("resolve", i) for i in resolved.values()],
+    await _enqueue(conn, [(PROCESS, i) for i in opened.values()] + [(RESOLVE, i) for i in resolved.values()],
                    now, max_attempts)
     await _link_alerts(conn, [pid for _, pid, _ in fresh])
 
@@ -206,10 +207,13 @@ async def _touch_incidents(conn: Connection, keys: list[Key], seen: dict[Key, _S
             " AND incidents.starts_at = v.column3", *args, now)
 
 
-async def _enqueue(conn: Connection, jobs: list[tuple[str, int]], now: float, max_attempts: int) -> None:
+async def _enqueue(conn: Connection, jobs: list[tuple[JobKind[IncidentJob], int]], now: float,
+                   max_attempts: int) -> None:
+    """The incidents' jobs, as `kind.new` would queue them, in multi-row statements."""
+    payload = dumps(IncidentJob().model_dump(mode="json"))
     for part in chunks(jobs):
-        rows = [("pipeline", kind, f"incident:{incident_id}", incident_id, "{}", "queued", max_attempts, now, now)
-                for kind, incident_id in part]
+        rows = [(kind.queue, kind.name, f"incident:{incident_id}", incident_id, payload, "queued", max_attempts, now,
+                 now) for kind, incident_id in part]
         source, args = conn.rows_source(rows, JOB_TYPES)
         await conn.execute(
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts, run_after,"
