@@ -55,7 +55,7 @@ def test_templates_render_lookups_and_defaults() -> None:
     assert render("ns={{ labels.namespace }} s={{annotations.summary}}", CTX) == "ns=prod s=it broke"
     assert render('{{ labels.team | default("platform") }}', CTX) == "platform"
     assert render("{{ labels.namespace | upper }}", CTX) == "PROD"
-    assert render('up{ns="{{ labels.evil | promql }}"}', {"labels": {"evil": 'a"}'}}) == 'up{ns="a\\"}"}'
+    assert render('up{ns="{{ labels.evil | promql }}"}', {"labels": {"evil": 'a"}'}}) == 'up{ns="a\\x22}"}'
     with pytest.raises(TemplateError, match=r"labels\.team is not set"):
         render("{{ labels.team }}", CTX)
 

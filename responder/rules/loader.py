@@ -15,10 +15,11 @@ from pydantic import BaseModel, ValidationError
 
 from responder.collectors import registry as collector_registry
 from responder.mitigations import registry as action_registry
+from responder.params import render_as
 from responder.plugins import Registry, UnknownPlugin
 from responder.rules.matchers import MatcherError
 from responder.rules.model import Rule, StepSpec
-from responder.rules.templating import check_value, is_templated
+from responder.rules.templating import check_typed, check_value, is_templated
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,10 @@ def validate_step(step: StepSpec, registry: Registry[Any]) -> list[tuple[str, st
             if isinstance(top, str) and _templated(step.params.get(top)):
                 continue
             problems.append((f"params.{_loc(err['loc'])}", _msg(err)))
+    for key, value in step.params.items():
+        kind = render_as(model, key)
+        if kind is not None and isinstance(value, str) and is_templated(value):
+            problems += [(f"params.{key}", message) for message in check_typed(value, kind)]
     for name, info in model.model_fields.items():
         # A field marked `fixed` (an executable, a command's flags) must be written in the rule itself.
         if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("fixed") \
