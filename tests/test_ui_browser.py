@@ -25,7 +25,11 @@ from tests.support.services import require
 from tests.support.vendors import grafana_payload
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    JavascriptException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -133,12 +137,15 @@ def screenshot(driver: WebDriver, name: str) -> Path:
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 15) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=[StaleElementReferenceException, JavascriptException]).until(condition)
 
 
 def rows(driver: WebDriver) -> list[str]:
-    return [r.find_element(By.CSS_SELECTOR, "td.alertname").text
-            for r in driver.find_elements(By.CSS_SELECTOR, "#incidents tr.incident")]
+    """The listed alert names, read in one script call: the page may reload itself between two reads."""
+    names: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#incidents tr.incident td.alertname'), td => td.innerText)")
+    return names
 
 
 def login(driver: WebDriver, console: LiveDaemon, token: str = UI_TOKEN) -> None:
