@@ -21,8 +21,7 @@ from aiohttp import web
 from responder.collectors.runner import EvidenceLimits
 from responder.config import Config, secret_values
 from responder.evidence import Evidence
-from responder.intake import Intake
-from responder.intake import registry as intake_registry
+from responder.intake import build_intakes
 from responder.jobs import PIPELINE_QUEUE, JobTable
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
@@ -40,14 +39,6 @@ from responder.supervisor import RestartPolicy, Supervisor
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
-
-
-def build_intakes(config: Config) -> list[Intake]:
-    intakes = []
-    for name, intake_config in config.intakes.items():
-        if intake_config.enabled:
-            intakes.append(intake_registry.get(name)(intake_config))
-    return intakes
 
 
 def build_sinks(config: Config) -> list[Sink]:
