@@ -238,6 +238,9 @@ class StoreConfig(Strict):
 
 class PipelineConfig(Strict):
     workers: int = Field(default=4, ge=1, le=256)
+    # While webhooks wait for their commit, the pipeline waits up to this long before claiming more
+    # incidents, so a burst is acknowledged first (the jobs are durable and only start later); 0: never wait.
+    intake_first_max_wait: Duration = 0.1
     job_timeout: Duration = 120.0
     max_attempts: int = Field(default=5, ge=1)
     retry_initial: Duration = 1.0

@@ -29,6 +29,7 @@ from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
 from responder.mitigations.jobs import MitigationJobs
 from responder.mitigations.locks import LocalLocks, TargetLocks, open_locks
+from responder.pipeline.intake_first import IntakeFirst
 from responder.pipeline.process import IncidentProcessor
 from responder.pipeline.worker import QueueWorker, WorkerSettings
 from responder.redaction import Redactor
@@ -58,6 +59,7 @@ class Daemon:
         self.sinks = build_sinks(config)
         self.redactor = Redactor(secret_values(config), config.redact)
         self.started = False
+        self.intake_first = IntakeFirst(config.pipeline.intake_first_max_wait)
         policy = config.supervisor
         self.supervisor = Supervisor(RestartPolicy(policy.restart_initial, policy.restart_max, policy.max_restarts,
                                                    policy.restart_window), self.metrics)
@@ -140,7 +142,8 @@ class Daemon:
         # The pipeline's, the mitigations' and the console's jobs end with sink events: wake the sink
         # workers rather than wait for their poll.
         self.workers = [QueueWorker(self.store.queue, queue, table.handler(queue), settings, self.owner, self.metrics,
-                                    on_done=None if queue in sink_queues else wake_sinks)
+                                    on_done=None if queue in sink_queues else wake_sinks,
+                                    before_claim=self.intake_first.turn if queue == PIPELINE_QUEUE else None)
                         for queue in table.queues()]
         for worker in self.workers:
             self.supervisor.start(f"worker:{worker.queue}", worker.run)
