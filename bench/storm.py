@@ -163,7 +163,7 @@ async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict
             sending = asyncio.create_task(send_storm(port, args.alerts, args.groups, args.seconds, args.interval,
                                                      statuses))
             while True:
-                queued = await store.queue_depth()
+                queued = await store.queue.depth()
                 depth.append((round(time.monotonic() - started, 1), queued))
                 if sending.done() and queued == 0:
                     break

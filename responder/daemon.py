@@ -1,7 +1,8 @@
 """The daemon: owns the store, targets, sinks and worker pools, and the HTTP app that feeds them.
 
 Everything long-lived is opened in an aiohttp cleanup context, so it is closed, in reverse order, when
-the app shuts down; every background task is owned here and cancelled and awaited on shutdown.
+the app shuts down; every background task runs under the daemon's supervisor (responder/supervisor.py),
+which restarts it when it fails and cancels and awaits it on shutdown.
 """
 
 from __future__ import annotations
@@ -17,36 +18,32 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from responder.collectors.base import Evidence
 from responder.collectors.runner import EvidenceLimits, SharedCalls
 from responder.config import Config, secret_values
-from responder.intake import Intake
-from responder.intake import registry as intake_registry
+from responder.console.jobs import ConsoleJobs
+from responder.console.permissions import Permissions
+from responder.evidence import Evidence
+from responder.intake import build_intakes
+from responder.jobs import PIPELINE_QUEUE, JobTable
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
 from responder.mitigations.jobs import MitigationJobs
 from responder.mitigations.locks import LocalLocks, TargetLocks, open_locks
-from responder.models import Job
+from responder.pipeline.intake_first import IntakeFirst
 from responder.pipeline.process import IncidentProcessor
-from responder.pipeline.worker import Handler, PermanentJobError, QueueWorker, RetryLater, WorkerSettings
+from responder.pipeline.worker import QueueWorker, WorkerSettings
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet
 from responder.rules.grouping import RuleGrouping
-from responder.sinks import Sink, SinkError
+from responder.sinks import Sink
 from responder.sinks import registry as sink_registry
-from responder.store import PIPELINE_QUEUE, Store, open_store
-from responder.store.actions import MITIGATIONS_QUEUE, ActionStore
+from responder.sinks.slack import SlackSink
+from responder.store import Store, StoreUnavailable, open_store
+from responder.store.actions import ActionStore
+from responder.supervisor import RestartPolicy, Supervisor
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
-
-
-def build_intakes(config: Config) -> list[Intake]:
-    intakes = []
-    for name, intake_config in config.intakes.items():
-        if intake_config.enabled:
-            intakes.append(intake_registry.get(name)(intake_config))
-    return intakes
 
 
 def build_sinks(config: Config) -> list[Sink]:
@@ -62,13 +59,22 @@ class Daemon:
         self.intakes = build_intakes(config)
         self.sinks = build_sinks(config)
         self.redactor = Redactor(secret_values(config), config.redact)
-        self.ready = False
+        self.started = False
+        self.intake_first = IntakeFirst(config.pipeline.intake_first_max_wait)
+        policy = config.supervisor
+        self.supervisor = Supervisor(RestartPolicy(policy.restart_initial, policy.restart_max, policy.max_restarts,
+                                                   policy.restart_window), self.metrics)
         self._store: Store | None = None
         self.workers: list[QueueWorker] = []
         self.targets = Targets(config)
         self.locks: TargetLocks = LocalLocks()
         # Called with each piece of evidence as it is gathered (replay prints progress with it).
         self.on_evidence: Callable[[Evidence], None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Started, not shutting down, and every supervised task running."""
+        return self.started and not self.supervisor.down
 
     @property
     def store(self) -> Store:
@@ -80,9 +86,9 @@ class Daemon:
     def actions(self) -> ActionStore:
         return ActionStore(self.store)
 
-    def wake(self, queue: str = PIPELINE_QUEUE) -> None:
+    def wake(self, *queues: str) -> None:
         for worker in self.workers:
-            if worker.queue == queue:
+            if worker.queue in queues:
                 worker.wake()
 
     def wake_pipeline(self) -> None:
@@ -96,7 +102,7 @@ class Daemon:
                                        max_attempts=self.config.pipeline.max_attempts,
                                        grouping=RuleGrouping(self.ruleset))
         if self._store.dialect == "sqlite":
-            recovered = await self._store.recover_all_running()
+            recovered = await self._store.queue.recover_all_running()
             if recovered:
                 log.info("re-queued %d job(s) left running by the previous process", recovered)
         async with AsyncExitStack() as stack:
@@ -123,63 +129,80 @@ class Daemon:
             limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks], shared=shared,
             on_evidence=self.on_evidence,
         )
-        mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor)
-        sink_workers = [QueueWorker(self.store, s.queue, _sink_handler(self.store, s), settings, self.owner,
-                                    self.metrics) for s in self.sinks]
+        mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor,
+                                         [s.queue for s in self.sinks])
+        table = JobTable()
+        processor.register(table)
+        mitigation_jobs.register(table)
+        self._console().register(table)
+        for sink in self.sinks:
+            sink.register(table, self.store)
+        table.check()
+        sink_queues = {s.queue for s in self.sinks}
 
         def wake_sinks() -> None:
-            for worker in sink_workers:
-                worker.wake()
+            self.wake(*sink_queues)
 
-        # Both queues end their jobs with sink events: wake the sink workers rather than wait for their poll.
-        self.workers = [QueueWorker(self.store, PIPELINE_QUEUE, processor.handle, settings, self.owner, self.metrics,
-                                    on_done=wake_sinks),
-                        QueueWorker(self.store, MITIGATIONS_QUEUE, mitigation_jobs.handle, settings, self.owner,
-                                    self.metrics, on_done=wake_sinks),
-                        *sink_workers]
-        tasks = [asyncio.create_task(w.run(), name=f"worker:{w.queue}") for w in self.workers]
-        tasks += [asyncio.create_task(w.heartbeat(), name=f"heartbeat:{w.queue}") for w in self.workers]
-        tasks.append(asyncio.create_task(self._watch_queue_depth(), name="queue-depth"))
-        self.ready = True
+        # The pipeline's, the mitigations' and the console's jobs end with sink events: wake the sink
+        # workers rather than wait for their poll.
+        self.workers = [QueueWorker(self.store.queue, queue, table.handler(queue), settings, self.owner, self.metrics,
+                                    on_done=None if queue in sink_queues else wake_sinks,
+                                    before_claim=self.intake_first.turn if queue == PIPELINE_QUEUE else None)
+                        for queue in table.queues()]
+        for worker in self.workers:
+            self.supervisor.start(f"worker:{worker.queue}", worker.run)
+            self.supervisor.start(f"heartbeat:{worker.queue}", worker.heartbeat)
+        self.supervisor.start("queue-depth", self._watch_queue_depth)
+        for sink in self.sinks:
+            for name, task in sink.tasks().items():
+                self.supervisor.start(name, task)
+        self.started = True
         log.info("ready: %d rule(s), intakes %s, sinks %s, store %s", len(self.ruleset.rules),
                  [i.name for i in self.intakes], [s.name for s in self.sinks], self.store.dialect)
         try:
             yield
         finally:
-            self.ready = False
-            await asyncio.gather(*(w.drain(self.config.server.drain_seconds) for w in self.workers))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self.started = False
+            drained = await asyncio.gather(*(w.drain(self.config.server.drain_seconds) for w in self.workers),
+                                           return_exceptions=True)
+            for worker, outcome in zip(self.workers, drained, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.error("queue %s raised while draining", worker.queue, exc_info=outcome)
+                    self.supervisor.errors.append(outcome)
+            await self.supervisor.stop()
             if shared is not None:
                 await shared.close()
+
+    def _console(self) -> ConsoleJobs:
+        """The console's jobs, asking Slack through the Slack sink's client (user groups, ephemeral answers)."""
+        settings = self.config.sinks.slack
+        slack = next((s for s in self.sinks if isinstance(s, SlackSink)), None)
+        members_of = slack.members_of if slack is not None else _no_slack
+        permissions = Permissions(settings.permissions, members_of, settings.membership_cache)
+        return ConsoleJobs(self.config, self.store, self.ruleset, self.targets, permissions,
+                           [s.queue for s in self.sinks], self.wake, tell=slack.tell if slack is not None else None,
+                           metrics=self.metrics)
 
     async def _watch_queue_depth(self) -> None:
         while True:
             try:
-                self.metrics.queue_depth.set(await self.store.queue_depth())
-            except Exception as exc:  # the gauge must never take the daemon down
+                self.metrics.queue_depth.set(await self.store.queue.depth())
+            except StoreUnavailable as exc:
                 log.debug("queue depth unavailable: %s", exc)
             await asyncio.sleep(5)
 
 
-def _sink_handler(store: Store, sink: Sink) -> Handler:
-    async def handle(job: Job) -> None:
-        try:
-            delivered = await sink.deliver(job)
-        except SinkError as exc:
-            if exc.permanent:
-                raise PermanentJobError(str(exc)) from exc
-            if exc.retry_after is not None:
-                raise RetryLater(str(exc), exc.retry_after) from exc
-            raise
-        await store.finish_job(job, delivered.result, delivered.writes, delivered.follow_ups)
+async def _no_slack(group: str) -> list[str]:
+    raise LookupError("the Slack sink is off (sinks.slack.token), so user groups cannot be looked up")
 
-    return handle
+
+class DaemonFailed(Exception):
+    """A supervised task kept failing, or something raised during shutdown: exit non-zero."""
 
 
 async def serve(daemon: Daemon, app: web.Application) -> None:
-    """Run until SIGTERM/SIGINT: then fail readiness, stop accepting, drain, close."""
+    """Run until SIGTERM/SIGINT or a task that keeps failing: then fail readiness, stop accepting,
+    drain, close. Raises DaemonFailed when the daemon did not stop cleanly."""
     host, port = daemon.config.server.host_port
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=daemon.config.server.drain_seconds)
@@ -189,14 +212,25 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # Several processes of one daemon share the port; the kernel spreads connections across them.
+        site = web.TCPSite(runner, host, port, reuse_address=True,
+                           reuse_port=daemon.config.server.processes > 1)
         await site.start()
-        log.info("listening on http://%s:%d", host, port)
-        await stop.wait()
+        log.info("listening on http://%s:%d (pid %d, event loop %s)", host, port, os.getpid(),
+                 type(loop).__module__.split(".")[0])
+        stopping = asyncio.create_task(stop.wait(), name="wait-for-signal")
+        failing = asyncio.create_task(daemon.supervisor.failed.wait(), name="wait-for-failure")
+        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopping, failing):
+            waiter.cancel()
+        await asyncio.gather(stopping, failing, return_exceptions=True)
         log.info("shutting down: readiness off, draining for up to %gs", daemon.config.server.drain_seconds)
-        daemon.ready = False
+        daemon.started = False
     finally:
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    supervisor = daemon.supervisor
+    if supervisor.failure is not None or supervisor.errors:
+        raise DaemonFailed(str(supervisor.failure or f"{len(supervisor.errors)} error(s) while stopping; see the log"))
     log.info("stopped")

@@ -29,6 +29,8 @@ class Metrics:
         self.jobs = Counter(
             "responder_jobs_total", "Finished job attempts by outcome (done, retried, failed, lease_lost).",
             ["outcome"], registry=r)
+        self.task_restarts = Counter(
+            "responder_task_restarts_total", "Restarts of a long-lived task after it failed.", ["task"], registry=r)
         self.queue_depth = Gauge(
             "responder_queue_depth", "Jobs queued or running, all queues.", registry=r)
         self.pipeline_duration = Histogram(

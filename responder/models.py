@@ -155,6 +155,19 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to queue, as `JobKind.new` (responder/jobs.py) builds it from a validated payload."""
+
+    queue: str
+    kind: str
+    ordering_key: str
+    incident_id: int | None = None
+    payload: dict[str, Any] | None = None
+    # None: the store's default. Outbox rows for external APIs use many more, so an outage only delays them.
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """A unit of queued work. `queue` names the worker pool, `ordering_key` serializes related jobs."""
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from responder.collectors.base import Evidence
 from responder.config import Config
+from responder.evidence import Evidence
 from responder.mitigations.guard import Decision, Guard
 from responder.mitigations.locks import LocalLocks
 from responder.models import Alert, AlertStatus, Incident, IncidentStatus
@@ -58,6 +59,14 @@ async def preview(config: Config, ruleset: RuleSet, store: Store, alert: Alert,
             decisions = await guard.preview(rule, mitigations, incident, evidence)
             rules.append(RulePreview(rule.name, collectors, mitigations, decisions, [str(e) for e in errors]))
     return AlertPreview(alert, ruleset.explain(alert), rules)
+
+
+def why_not(alert: Alert, verdict: RuleVerdict) -> list[str]:
+    """Why a rule did not match: its wrong source, and each failed matcher with the label's actual value."""
+    why = [f"{m} (label is {json.dumps(alert.labels.get(m.name, ''))})" for m in verdict.failed]
+    if verdict.wrong_source:
+        why.insert(0, f"source {alert.source} not in {verdict.rule.sources}")
+    return why
 
 
 def step_params(step: RenderedStep) -> dict[str, Any]:

@@ -20,14 +20,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from responder.collectors.base import Evidence
 from responder.config import Config, IntakeConfig
 from responder.daemon import Daemon
+from responder.evidence import Evidence
 from responder.intake import PayloadError
 from responder.intake import registry as intake_registry
+from responder.jobs import PIPELINE_QUEUE
 from responder.models import Delivery, Incident
 from responder.rules.engine import RuleSet
-from responder.store import PIPELINE_QUEUE
 from responder.store.db import Row
 
 
@@ -99,7 +99,7 @@ async def run_replay(daemon: Daemon, delivery: Delivery, timeout: float) -> list
     queues = [PIPELINE_QUEUE, *(s.queue for s in daemon.sinks)]
     async with asyncio.timeout(timeout):
         # The queue lives in the store, so it is polled (as the workers do between wake-ups).
-        while any([await daemon.store.queue_depth(q) for q in queues]):  # noqa: ASYNC110
+        while any([await daemon.store.queue.depth(q) for q in queues]):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     results: list[ReplayResult] = []
     for alert in delivery.alerts:

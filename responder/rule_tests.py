@@ -33,8 +33,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from responder.collectors.base import Evidence, EvidenceStatus
 from responder.config import Config, format_validation_error
+from responder.evidence import Evidence, EvidenceStatus
 from responder.models import Alert, AlertStatus
 from responder.preview import AlertPreview, preview, step_params
 from responder.replay import parse_payload
@@ -179,7 +179,7 @@ def load_test_file(path: Path) -> TestFile:
     try:
         return TestFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except ValidationError as exc:
-        raise ValueError("\n".join(format_validation_error(str(path), exc))) from None
+        raise ValueError("\n".join(map(str, format_validation_error(str(path), exc, TestFile)))) from None
 
 
 async def run_files(config: Config, paths: list[Path]) -> list[CaseResult]:

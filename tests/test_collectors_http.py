@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from responder.collectors.base import EvidenceStatus
+from responder.evidence import EvidenceStatus
 from tests.support.collectors import collect, config_with
 from tests.support.prometheus import Prometheus
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from responder.collectors.base import EvidenceStatus
 from responder.collectors.kubernetes import SelectorParams
 from responder.config import Config
+from responder.evidence import EvidenceStatus
 from tests.fakes.kube_api import FakeKubeAPI, container_status
 from tests.support.collectors import collect, config_with
 

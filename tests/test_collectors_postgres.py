@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from responder.collectors.base import EvidenceStatus
 from responder.config import Config
+from responder.evidence import EvidenceStatus
 from tests.support.collectors import collect, config_with
 from tests.support.services import PG_BASE, free_port
 

@@ -8,9 +8,9 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from responder.collectors.base import EvidenceStatus
 from responder.collectors.redis import QueuesParams, ScanCountParams
 from responder.config import Config
+from responder.evidence import EvidenceStatus
 from tests.support.collectors import collect, config_with
 from tests.support.services import free_port
 

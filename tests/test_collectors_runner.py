@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tests.support.plugins  # noqa: F401  (registers test.sleep)
-from responder.collectors.base import EvidenceStatus
+from responder.evidence import EvidenceStatus
 from responder.metrics import Metrics
 from responder.redaction import Redactor
 from tests.support.collectors import collect, config_with, run_steps, step

@@ -224,7 +224,7 @@ async def complete_thread(slack: FakeSlack, store: Store, alertname: str, rule: 
         thread = slack.thread(CHANNEL, parents[0].ts)
         if not any(m.text == f"Checklist for {rule}" for m in thread[1:]):
             return None
-        jobs = await store.jobs(queue="sink:slack")
+        jobs = await store.queue.rows(queue="sink:slack")
         return thread if all(j["status"] == "done" for j in jobs) else None
 
     thread = await until(complete, timeout, f"the {alertname} thread is complete", daemon)

@@ -49,7 +49,7 @@ async def settled(daemon: Any, timeout: float = 20) -> list[Incident]:
     async with asyncio.timeout(timeout):
         while True:
             incidents = await daemon.store.list_incidents()
-            if incidents and all(i.processed_at for i in incidents) and not await daemon.store.queue_depth():
+            if incidents and all(i.processed_at for i in incidents) and not await daemon.store.queue.depth():
                 return incidents
             await asyncio.sleep(0.05)
 
@@ -97,7 +97,7 @@ async def test_members_resolving_one_by_one_resolve_the_incident_with_the_last(
             counts.append((incident.members_firing, incident.status.value, answer["incidents_resolved"]))
         assert counts == [(2, "open", 0), (1, "open", 0), (0, "resolved", 1)]
         await settled(daemon)
-        kinds = [j["kind"] for j in await daemon.store.jobs(queue="pipeline")]
+        kinds = [j["kind"] for j in await daemon.store.queue.rows(queue="pipeline")]
         assert kinds == ["process", "members", "members", "resolve"]
 
 

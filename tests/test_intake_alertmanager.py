@@ -142,7 +142,7 @@ async def test_duplicate_delivery_keeps_one_incident_and_runs_the_rule_once(
     assert len(incidents) == 1
     assert incidents[0].deliveries == 3
     assert incidents[0].rule == "errors"
-    jobs = await daemon.store.jobs(queue="pipeline")
+    jobs = await daemon.store.queue.rows(queue="pipeline")
     assert [(j["kind"], j["status"]) for j in jobs] == [("process", "done")]
 
 
@@ -153,7 +153,7 @@ async def test_ten_identical_concurrent_deliveries_open_one_incident(
     assert [r.status for r in responses] == [200] * 10
     incidents = await daemon.store.list_incidents()
     assert len(incidents) == 1 and incidents[0].deliveries == 10
-    assert len(await daemon.store.jobs(queue="pipeline")) == 1
+    assert len(await daemon.store.queue.rows(queue="pipeline")) == 1
 
 
 async def test_resolve_then_refire_opens_a_new_incident(daemon_client: Any, store_url: str, tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ async def test_resolve_then_refire_opens_a_new_incident(daemon_client: Any, stor
     assert (again_first.id, again_first.status.value) == (first.id, "resolved")
     assert second.status.value == "open" and second.id != first.id
     await wait_processed(daemon, 2)
-    kinds = [(j["incident_id"], j["kind"]) for j in await daemon.store.jobs(queue="pipeline")]
+    kinds = [(j["incident_id"], j["kind"]) for j in await daemon.store.queue.rows(queue="pipeline")]
     assert kinds == [(first.id, "process"), (first.id, "resolve"), (second.id, "process")]
 
 

@@ -86,10 +86,10 @@ def slack_config(store_url: str, tmp_path: Path, slack: FakeSlack, rules: str = 
 async def settled(store: Store, timeout: float = 30) -> list[dict[str, Any]]:
     """Wait until no job of any queue is queued or running; the Slack rows then."""
     deadline = time.monotonic() + timeout
-    while await store.queue_depth() > 0:
-        assert time.monotonic() < deadline, f"jobs still pending: {await store.queue_depth()}"
+    while await store.queue.depth() > 0:
+        assert time.monotonic() < deadline, f"jobs still pending: {await store.queue.depth()}"
         await asyncio.sleep(0.1)
-    return [dict(r) for r in await store.jobs(queue="sink:slack")]
+    return [dict(r) for r in await store.queue.rows(queue="sink:slack")]
 
 
 def outbox_ids(messages: list[Message]) -> list[int]:

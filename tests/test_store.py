@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from responder.models import Alert, AlertStatus, Delivery
-from responder.store import LeaseLost, NewJob, Store
+from responder.models import Alert, AlertStatus, Delivery, NewJob
+from responder.store import LeaseLost, Store
 
 
 def alert(fp: str, status: AlertStatus = AlertStatus.FIRING, starts_at: float = 100.0) -> Alert:
@@ -58,7 +58,7 @@ async def test_resolution_closes_the_open_firing_that_started_at_or_before_it(st
     assert closing.resolved == 1
     [incident] = await store.list_incidents()
     assert (incident.status.value, incident.members_firing, incident.members_total) == ("resolved", 0, 2)
-    jobs = await store.jobs(queue="pipeline")
+    jobs = await store.queue.rows(queue="pipeline")
     assert [j["kind"] for j in jobs].count("resolve") == 1
 
 
@@ -71,7 +71,7 @@ async def test_a_group_is_one_incident_and_a_refire_after_resolution_opens_a_lin
     [incident] = await store.list_incidents()
     assert (incident.group_key, incident.members_firing, incident.members_total) == ("g", 3, 3)
     assert incident.labels == {"alertname": "PodDown"}  # what the members share
-    kinds = [j["kind"] for j in await store.jobs(queue="pipeline")]
+    kinds = [j["kind"] for j in await store.queue.rows(queue="pipeline")]
     assert kinds == ["process", "members"]
     await store.record_delivery(Delivery("alertmanager", b"3", [grouped(fp, AlertStatus.RESOLVED) for fp in "abc"]))
     # Alertmanager sends resolved alerts again, and a late copy of the old firing: they open nothing ...
@@ -87,23 +87,23 @@ async def test_a_group_is_one_incident_and_a_refire_after_resolution_opens_a_lin
 
 async def test_queue_keeps_order_per_key_and_fences_completion_by_lease(store: Store) -> None:
     async with store.db.transaction() as conn:
-        first = await store.enqueue(conn, NewJob("q", "one", "k1"))
-        second = await store.enqueue(conn, NewJob("q", "two", "k1"))
-        other = await store.enqueue(conn, NewJob("q", "three", "k2"))
-    claimed = await store.claim_jobs("q", "worker-a", 10, lease_seconds=30)
+        first = await store.queue.enqueue(conn, NewJob("q", "one", "k1"))
+        second = await store.queue.enqueue(conn, NewJob("q", "two", "k1"))
+        other = await store.queue.enqueue(conn, NewJob("q", "three", "k2"))
+    claimed = await store.queue.claim("q", "worker-a", 10, lease_seconds=30)
     assert [j.id for j in claimed] == [first, other]  # `second` waits for `first`
-    assert await store.claim_jobs("q", "worker-b", 10, lease_seconds=30) == []
-    await store.finish_job(claimed[0])
-    [next_job] = await store.claim_jobs("q", "worker-b", 10, lease_seconds=30)
+    assert await store.queue.claim("q", "worker-b", 10, lease_seconds=30) == []
+    await store.queue.finish(claimed[0])
+    [next_job] = await store.queue.claim("q", "worker-b", 10, lease_seconds=30)
     assert next_job.id == second
 
     # worker-a's lease on `other` expires; worker-b takes it; worker-a can no longer commit it.
     async with store.db.transaction() as conn:
         await conn.execute("UPDATE jobs SET lease_expires = 0 WHERE id = $1", other)
-    [stolen] = await store.claim_jobs("q", "worker-b", 10, lease_seconds=30)
+    [stolen] = await store.queue.claim("q", "worker-b", 10, lease_seconds=30)
     assert stolen.id == other and stolen.attempts == 2
     with pytest.raises(LeaseLost):
-        await store.finish_job(claimed[1])
-    await store.finish_job(stolen)
-    assert await store.retry_job(next_job, "boom", 0) == "queued"
-    assert await store.queue_depth("q") == 1
+        await store.queue.finish(claimed[1])
+    await store.queue.finish(stolen)
+    assert await store.queue.retry(next_job, "boom", 0) == "queued"
+    assert await store.queue.depth("q") == 1

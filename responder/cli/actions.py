@@ -14,6 +14,7 @@ from responder.cli._common import add_config_args, out, run_cli
 from responder.cli.incidents import open_cli_store
 from responder.sinks.render import ts
 from responder.store.actions import ActionStore
+from responder.views import decision_row
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,22 +28,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.set_defaults(func=list_command)
 
 
-def action_row(row: Any) -> dict[str, Any]:
-    fields = {k: row[k] for k in ("id", "incident_id", "rule", "step", "action", "target", "mode", "outcome",
-                                  "guard", "reason", "description", "actor", "created_at", "finished_at",
-                                  "approval_id", "approval_state")}
-    fields["params"] = json.loads(row["params"])
-    fields["output"] = json.loads(row["output"])
-    fields["verification"] = json.loads(row["verification"]) if row["verification"] else None
-    return fields
-
-
 @run_cli
 def list_command(args: argparse.Namespace) -> int:
     async def fetch() -> list[dict[str, Any]]:
         store = await open_cli_store(args)
         try:
-            return [action_row(r) for r in await ActionStore(store).recent(args.incident, args.limit)]
+            return [decision_row(r) for r in await ActionStore(store).recent(args.incident, args.limit)]
         finally:
             await store.close()
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from responder.cli._common import CliError, add_config_args, config_from_args, out, ruleset_from_config, run_cli
 from responder.intake import PayloadError
-from responder.preview import AlertPreview, preview, step_params
+from responder.preview import AlertPreview, preview, step_params, why_not
 from responder.replay import parse_payload
 from responder.store import StoreUnavailable, open_store
 
@@ -33,10 +33,7 @@ def show(p: AlertPreview) -> None:
             out.print(f"  [green]✓ {escape(verdict.rule.name)}[/] matches"
                       f"{' (continue: true)' if verdict.rule.continue_ else ''}")
             continue
-        why = [f"{m} (label is {json.dumps(p.alert.labels.get(m.name, ''))})" for m in verdict.failed]
-        if verdict.wrong_source:
-            why.insert(0, f"source {p.alert.source} not in {verdict.rule.sources}")
-        out.print(f"  [dim]✗ {escape(verdict.rule.name)}: {escape('; '.join(why))}[/]")
+        out.print(f"  [dim]✗ {escape(verdict.rule.name)}: {escape('; '.join(why_not(p.alert, verdict)))}[/]")
     if not p.rules:
         out.print("  [yellow]no rule matches: the incident would be recorded as unmatched[/]")
     for rule in p.rules:

@@ -13,8 +13,8 @@ from rich.panel import Panel
 from rich.table import Table
 
 from responder.cli._common import CliError, add_config_args, config_from_args, out, ruleset_from_config, run_cli
-from responder.collectors.base import Evidence
 from responder.config import Config
+from responder.evidence import Evidence
 from responder.intake import PayloadError
 from responder.plugins import UnknownPlugin
 from responder.replay import ReplayResult, only_alert, parse_payload, replaying, result_json, run_replay

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import abc
-import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from responder.evidence import EvidenceStatus
 from responder.models import Incident
 from responder.plugins import Registry
 from responder.targets import Targets
 
 P = TypeVar("P", bound=BaseModel)
-
-
-class EvidenceStatus(enum.StrEnum):
-    OK = "ok"
-    ERROR = "error"
-    TIMEOUT = "timeout"
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,28 +24,6 @@ class Finding:
     payload: dict[str, Any] = field(default_factory=dict)
     text: str = ""
     status: EvidenceStatus = EvidenceStatus.OK
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """A finding as stored and shown: redacted, timed and size-capped."""
-
-    step: str
-    collector: str
-    title: str
-    status: EvidenceStatus
-    duration_ms: float
-    payload: dict[str, Any]
-    text: str
-    full_text: str | None = None
-    truncated: bool = False
-    # Gathered once for several incidents (the same call within collectors.cache_ttl).
-    shared: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = self.status.value
-        return data
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from responder.collectors.base import Collector, CollectorContext, EvidenceStatus, Finding, registry
+from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.config import CommandsConfig, Duration
+from responder.evidence import EvidenceStatus
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_CHUNK = 65536

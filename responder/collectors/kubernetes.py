@@ -11,9 +11,10 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import Field, field_validator, model_validator
 
-from responder.collectors.base import Collector, CollectorContext, EvidenceStatus, Finding, registry
+from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams, age_seconds, human_seconds, iso, table
 from responder.config import Duration
+from responder.evidence import EvidenceStatus
 from responder.params import K8sName, K8sNamespace, LabelSelector
 
 REQUEST_TIMEOUT = 10

@@ -16,9 +16,10 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import Field
 
-from responder.collectors.base import Collector, CollectorContext, EvidenceStatus, Finding, registry
+from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams, human_seconds, table
 from responder.config import Duration, PostgresTarget
+from responder.evidence import EvidenceStatus
 
 APPLICATION_NAME = "alert-responder collector"
 CONNECT_TIMEOUT = 5.0

@@ -16,7 +16,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from responder.collectors.base import CollectorContext, Evidence, EvidenceStatus, Finding, registry
+from responder.collectors.base import CollectorContext, Finding, registry
+from responder.evidence import Evidence, EvidenceStatus
 from responder.metrics import Metrics
 from responder.redaction import Redactor
 from responder.rules.engine import RenderedStep

@@ -24,13 +24,17 @@ _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 def parse_time(value: str) -> float | None:
-    """RFC 3339 with up to nanoseconds; Go's zero time (year 1) means 'not set'."""
+    """RFC 3339 with up to nanoseconds; Go's zero time (year 1) means 'not set'. A time without a zone
+    is refused: read as local time it would mean something else on every host."""
     if not value or value.startswith("0001-01-01"):
         return None
     try:
-        return datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00"))).timestamp()
+        parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00")))
     except ValueError:
-        raise ValueError(f"not an RFC 3339 time: {value!r}") from None
+        raise ValueError(f"not an RFC 3339 time: {value[:64]!r}") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value[:64]!r} has no time zone (end it with Z or an offset such as +00:00)")
+    return parsed.timestamp()
 
 
 class WireAlert(BaseModel):
@@ -76,14 +80,18 @@ def decode_json(body: bytes) -> Any:
 def normalize(source: str, payload: WirePayload, *, extras: list[dict[str, Any]] | None = None) -> list[Alert]:
     alerts = []
     for index, wire in enumerate(payload.alerts):
-        try:
-            starts_at = parse_time(wire.startsAt)
-            ends_at = parse_time(wire.endsAt)
-        except ValueError as exc:
-            raise PayloadError(str(exc), f"alerts.{index}.startsAt") from None
+        times: dict[str, float | None] = {}
+        for name in ("startsAt", "endsAt"):
+            try:
+                times[name] = parse_time(getattr(wire, name))
+            except ValueError as exc:
+                raise PayloadError(str(exc), f"alerts.{index}.{name}") from None
+        starts_at, ends_at = times["startsAt"], times["endsAt"]
         if starts_at is None:
             raise PayloadError("startsAt is required", f"alerts.{index}.startsAt")
-        extra: dict[str, Any] = {"receiver": payload.receiver, "external_url": payload.externalURL}
+        # The group labels are what a silence from Slack matches: the group this notification stands for.
+        extra: dict[str, Any] = {"receiver": payload.receiver, "external_url": payload.externalURL,
+                                 "group_labels": payload.groupLabels}
         if extras:
             extra.update(extras[index])
         alerts.append(Alert(

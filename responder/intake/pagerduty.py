@@ -1,7 +1,7 @@
 """PagerDuty V3 webhooks (`event` envelope, signed with `X-PagerDuty-Signature`).
 
 PagerDuty expects a 2xx within seconds, retries 5xx/429/timeouts and may deliver an event twice, so
-requests are verified, stored once per event id (`X-Webhook-Id` / `event.id`) and answered at once.
+requests are verified, stored once per event id (`event.id`, inside the signed body) and answered at once.
 
 Mapping: an `incident.*` event whose data is the incident updates ONE incident keyed by the PagerDuty
 incident id and its `created_at`: `incident.triggered` opens it; an acknowledgement or escalation is a
@@ -99,7 +99,9 @@ class PagerDutyIntake(Intake):
             event = Envelope.model_validate(data).event
         except ValidationError as exc:
             raise PayloadError.from_validation(exc) from None
-        dedup = headers.get("X-Webhook-Id") or event.id
+        # The event id is inside the signed body; X-Webhook-Id is not signed, so a captured body sent again
+        # with a new (or no) header must still be the same delivery.
+        dedup = event.id
         kept = {k: headers[k] for k in ("X-Webhook-Id", "X-Webhook-Subscription", "User-Agent") if k in headers}
         alerts = [self._alert(event)] if _about_an_incident(event) else []
         return Delivery(self.name, body, alerts, dedup_key=dedup, headers=kept)
@@ -107,12 +109,15 @@ class PagerDutyIntake(Intake):
     def _alert(self, event: Event) -> Alert:
         try:
             incident = IncidentData.model_validate(event.data)
-            created = parse_time(incident.created_at)
-            occurred = parse_time(event.occurred_at)
         except ValidationError as exc:
             raise PayloadError.from_validation(exc, "event.data.") from None
-        except ValueError as exc:
-            raise PayloadError(str(exc), "event.data.created_at") from None
+        times: dict[str, float | None] = {}
+        for field, value in (("event.data.created_at", incident.created_at), ("event.occurred_at", event.occurred_at)):
+            try:
+                times[field] = parse_time(value)
+            except ValueError as exc:
+                raise PayloadError(str(exc), field) from None
+        created, occurred = times["event.data.created_at"], times["event.occurred_at"]
         if created is None or occurred is None:
             raise PayloadError("created_at and occurred_at are required", "event.data.created_at")
         resolved = event.event_type == "incident.resolved"

@@ -28,8 +28,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
-from responder.collectors.base import Evidence, EvidenceStatus
 from responder.config import parse_duration
+from responder.evidence import Evidence, EvidenceStatus
 from responder.models import Incident
 
 _OPERATORS = ("==", "!=", "<=", ">=", "=~", "<", ">")

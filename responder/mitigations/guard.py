@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from responder.collectors.base import Evidence
 from responder.config import MitigationsConfig
+from responder.evidence import Evidence
+from responder.jobs import VERIFY, VerifyRef
 from responder.metrics import Metrics
 from responder.mitigations.base import Action, ActionContext, registry
 from responder.mitigations.conditions import evaluate
@@ -29,8 +30,7 @@ from responder.mitigations.locks import LockUnavailable, TargetLocks
 from responder.models import Incident, IncidentStatus
 from responder.rules.engine import RenderedStep
 from responder.rules.model import MitigationSpec, Rule
-from responder.store.actions import MITIGATIONS_QUEUE, ActionStore, Limits
-from responder.store.store import NewJob
+from responder.store.actions import ActionStore, Limits
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
@@ -204,9 +204,10 @@ class Guard:
         await self.actions.finish(decision.action_id, decision.outcome, output=decision.output,
                                   reason=decision.reason)
         if decision.outcome == "executed" and spec is not None and spec.verify is not None:
-            await self.actions.schedule(
-                NewJob(MITIGATIONS_QUEUE, "verify", f"verify:{decision.action_id}", incident.id,
-                       {"action_id": decision.action_id, "rule": rule, "step": decision.step}),
+            await self.actions.store.queue.schedule(
+                VERIFY.new(f"verify:{decision.action_id}",
+                           VerifyRef(action_id=decision.action_id, rule=rule, step=decision.step),
+                           incident_id=incident.id),
                 delay=spec.verify.after,
             )
 

@@ -1,7 +1,9 @@
 """A pool of workers for one queue: claim, run with a timeout, finish or retry with backoff.
 
 Jobs are claimed from the store with a lease. A job that keeps failing is marked `failed` after its
-attempts run out and stops blocking the jobs queued behind it.
+attempts run out and stops blocking the jobs queued behind it. `run` and `heartbeat` are long-lived
+tasks of the daemon's supervisor: an unavailable store is waited out here, anything else unexpected
+(also from a job's own bookkeeping) ends the loop with its error, and the supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -9,35 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from responder.backoff import backoff_delay
+from responder.jobs import Handler, PermanentJobError, RetryLater
 from responder.metrics import Metrics
 from responder.models import Job
-from responder.store import LeaseLost, Store, StoreUnavailable
+from responder.store import JobQueue, LeaseLost, StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[Job], Awaitable[None]]
-
-
-class PermanentJobError(Exception):
-    """Retrying will not help (bad configuration, a permanent API error): fail the job now."""
-
-
-class RetryLater(Exception):
-    """Retry after a given delay (a rate limit's Retry-After), without counting as a failure pattern."""
-
-    def __init__(self, message: str, delay: float) -> None:
-        super().__init__(message)
-        self.delay = delay
-
-
-def backoff_delay(attempts: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with jitter, so retries of many jobs do not arrive together."""
-    base: float = min(maximum, initial * 2 ** max(0, attempts - 1))
-    return base * random.uniform(0.8, 1.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,20 +34,25 @@ class WorkerSettings:
 
 
 class QueueWorker:
-    def __init__(self, store: Store, queue: str, handler: Handler, settings: WorkerSettings, owner: str,
-                 metrics: Metrics, *, on_done: Callable[[], None] | None = None) -> None:
-        """`on_done` runs after each job that finished: it wakes the workers of the queues it fed, so
-        their new jobs start now rather than at their next poll."""
-        self.store = store
+    def __init__(self, jobs: JobQueue, queue: str, handler: Handler, settings: WorkerSettings, owner: str,
+                 metrics: Metrics, *, on_done: Callable[[], None] | None = None,
+                 before_claim: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`handler` runs one job (see JobTable.handler). `on_done` runs after each job that finished: it
+        wakes the workers of the queues it fed, so their new jobs start now rather than at their next poll.
+        `before_claim` is awaited before each claim: it lets more urgent work go first (IntakeFirst.turn)."""
+        self.jobs = jobs
         self.queue = queue
         self.handler = handler
         self.settings = settings
         self.owner = owner
         self.metrics = metrics
         self.on_done = on_done
+        self.before_claim = before_claim
         self._wake = asyncio.Event()
         self._stopping = False
         self._running: dict[asyncio.Task[None], int] = {}
+        # An error that escaped a job's own bookkeeping: `run` re-raises it for the supervisor.
+        self._crashed: BaseException | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -74,11 +62,17 @@ class QueueWorker:
 
     async def run(self) -> None:
         while not self._stopping:
+            if self._crashed is not None:
+                crashed, self._crashed = self._crashed, None
+                raise crashed
             free = self.settings.concurrency - len(self._running)
             jobs: list[Job] = []
             if free > 0:
+                if self.before_claim is not None:
+                    await self.before_claim()
+                    free = self.settings.concurrency - len(self._running)
                 try:
-                    jobs = await self.store.claim_jobs(self.queue, self.owner, free, self.settings.lease_seconds)
+                    jobs = await self.jobs.claim(self.queue, self.owner, free, self.settings.lease_seconds)
                 except StoreUnavailable as exc:
                     log.warning("queue %s: store unavailable while claiming: %s", self.queue, exc)
             for job in jobs:
@@ -95,12 +89,14 @@ class QueueWorker:
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
-                await self.store.extend_leases(list(self._running.values()), self.owner, self.settings.lease_seconds)
+                await self.jobs.heartbeat(list(self._running.values()), self.owner, self.settings.lease_seconds)
             except StoreUnavailable as exc:
                 log.warning("queue %s: could not renew leases: %s", self.queue, exc)
 
     def _job_finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            self._crashed = task.exception()
         self._wake.set()  # a free slot, and maybe the next job of the same ordering key
 
     async def _run_job(self, job: Job) -> None:
@@ -127,7 +123,7 @@ class QueueWorker:
 
     async def _give_back(self, job: Job, error: str, delay: float, *, permanent: bool = False) -> str:
         try:
-            status = await self.store.retry_job(job, error, delay, permanent=permanent)
+            status = await self.jobs.retry(job, error, delay, permanent=permanent)
         except StoreUnavailable:
             # The lease will expire and the job will run again: delayed, never lost.
             return "retried"
@@ -145,8 +141,10 @@ class QueueWorker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         try:
-            released = await self.store.release_jobs(self.owner)
+            released = await self.jobs.release(self.owner)
         except StoreUnavailable:
             released = 0
         if released:
             log.info("queue %s: handed %d unfinished job(s) back for the next start", self.queue, released)
+        if self._crashed is not None:  # a job's bookkeeping failed after the last claim: report it
+            raise self._crashed

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from responder.collectors import registry as collector_registry
 from responder.mitigations import registry as action_registry
 from responder.models import Alert
+from responder.params import render_as
 from responder.plugins import Registry
 from responder.rules.matchers import Matcher
 from responder.rules.model import MitigationSpec, Rule, StepSpec
@@ -101,7 +102,10 @@ def render_steps(rule: Rule, alert: Alert, members: Sequence[Alert] = ()
     def render_one(spec: StepSpec, step_id: str, model: type[BaseModel], context: dict[str, Any]
                    ) -> BaseModel | None:
         try:
-            return model.model_validate(render_value(spec.params, context))
+            # Each value is written in the way its parameter's type demands (see params.RenderAs).
+            params = {key: render_value(value, context, kind.escape if (kind := render_as(model, key)) else None)
+                      for key, value in spec.params.items()}
+            return model.model_validate(params)
         except TemplateError as exc:
             errors.append(StepError(step_id, str(exc)))
         except ValidationError as exc:

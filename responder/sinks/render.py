@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+
+from responder.events import IncidentEvent
 
 STATUS_MARK = {"ok": "✓", "error": "✗", "timeout": "⏱", "skipped": "-"}
 
@@ -14,35 +15,33 @@ def ts(value: float | None) -> str:
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def render_event(kind: str, payload: dict[str, Any]) -> str:
-    incident = payload["incident"]
-    labels = incident.get("labels", {})
-    head = f"[{kind}] incident #{incident['id']} {incident['alertname'] or '(no alertname)'}"
-    lines = [head, f"  labels: {', '.join(f'{k}={v}' for k, v in sorted(labels.items()))}"]
-    summary = incident.get("annotations", {}).get("summary")
+def render_event(kind: str, event: IncidentEvent) -> str:
+    incident = event.incident
+    head = f"[{kind}] incident #{incident.id} {incident.alertname or '(no alertname)'}"
+    lines = [head, f"  labels: {', '.join(f'{k}={v}' for k, v in sorted(incident.labels.items()))}"]
+    summary = incident.annotations.get("summary")
     if summary:
         lines.append(f"  summary: {summary}")
-    lines.append(f"  alerts: {incident.get('members_firing', 0)} firing of {incident.get('members_total', 0)}"
-                 f" (group {incident.get('group_key') or '-'})")
+    lines.append(f"  alerts: {incident.members_firing} firing of {incident.members_total}"
+                 f" (group {incident.group_key or '-'})")
     if kind == "incident.resolved":
-        lines.append(f"  resolved at {ts(incident.get('resolved_at'))}")
+        lines.append(f"  resolved at {ts(incident.resolved_at)}")
         return "\n".join(lines)
     if kind == "incident.members":
         return "\n".join(lines)
-    bundles = payload.get("bundles", [])
-    if not bundles:
+    if not event.bundles:
         lines.append("  no rule matched")
-    for bundle in bundles:
-        lines.append(f"  rule: {bundle['rule']}")
-        for error in bundle.get("errors", []):
+    for bundle in event.bundles:
+        lines.append(f"  rule: {bundle.rule}")
+        for error in bundle.errors:
             lines.append(f"    ! {error}")
-        for ev in bundle.get("evidence", []):
-            mark = STATUS_MARK.get(ev["status"], "?")
-            lines.append(f"    {mark} {ev['title']} ({ev['status']}, {ev['duration_ms']:.0f} ms)")
-            lines += [f"      {line}" for line in ev["text"].splitlines()[:40]]
-        for decision in bundle.get("decisions", []):
+        for ev in bundle.evidence:
+            mark = STATUS_MARK.get(ev.status.value, "?")
+            lines.append(f"    {mark} {ev.title} ({ev.status.value}, {ev.duration_ms:.0f} ms)")
+            lines += [f"      {line}" for line in ev.text.splitlines()[:40]]
+        for decision in bundle.decisions:
             lines.append(f"    → {decision['action']} on {decision['target']}: {decision['outcome']}"
                          f"{' (' + decision['reason'] + ')' if decision.get('reason') else ''}")
-        for item in bundle.get("checklist", []):
+        for item in bundle.checklist:
             lines.append(f"    [ ] {item}")
     return "\n".join(lines)

@@ -16,41 +16,69 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from responder.backoff import backoff_delay
 from responder.config import Config
+from responder.console.alertmanager import alertmanager_for
+from responder.events import IncidentEvent, Note
+from responder.jobs import INCIDENT_PROCESSED, INCIDENT_RESOLVED, JobKind, Payload
 from responder.metrics import Metrics
-from responder.models import Job
-from responder.pipeline.worker import backoff_delay
-from responder.sinks.base import Delivered, Sink, SinkError, registry
+from responder.models import Job, NewJob
+from responder.sinks.base import Delivered, Sink, SinkError, SinkHandler, registry
 from responder.sinks.slack_blocks import (
     Attachment,
     Member,
     Message,
+    cap_blocks,
     parent_message,
     phase_of,
     refire_message,
+    section,
     thread_messages,
 )
 from responder.sinks.slack_charts import series_png
-from responder.store import NewJob, Store
+from responder.sinks.slack_console import console_blocks, note_line, note_message
+from responder.store import Store
+from responder.store.console import ConsoleStore
 from responder.store.db import Connection
 from responder.store.slack_threads import LEAD, REFIRE, SlackThreads, Thread
 
 log = logging.getLogger(__name__)
 
-POST_PARENT, REPLY, UPLOAD, UPDATE = "slack.post_parent", "slack.reply", "slack.upload", "slack.update"
+QUEUE = "sink:slack"
+
+
+class ThreadRow(Payload):
+    thread_id: int
+
+
+class ReplyRow(ThreadRow):
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+class UploadRow(ThreadRow):
+    filename: str
+    title: str
+    content_b64: str
+
+
+POST_PARENT = JobKind("slack.post_parent", ThreadRow, queue=QUEUE)
+UPDATE = JobKind("slack.update", ThreadRow, queue=QUEUE)
+REPLY = JobKind("slack.reply", ReplyRow, queue=QUEUE)
+UPLOAD = JobKind("slack.upload", UploadRow, queue=QUEUE)
+R = TypeVar("R", bound=ThreadRow)
 METADATA_EVENT = "responder_message"
 # Slack answers these with HTTP 200 and ok=false, yet they pass: retry them like an outage.
 TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -90,7 +118,6 @@ class SlackSink(Sink):
         self._session: aiohttp.ClientSession | None = None
         self._threads: SlackThreads | None = None
         self._metrics: Metrics | None = None
-        self._gauges: asyncio.Task[None] | None = None
         # channel name -> id, learnt from Slack's answers (ids are what history lookups need)
         self._channel_ids: dict[str, str] = {}
 
@@ -106,13 +133,11 @@ class SlackSink(Sink):
                                       timeout=max(1, round(self.settings.timeout)))
         self._threads = SlackThreads(store)
         self._metrics = metrics
-        self._gauges = asyncio.create_task(self._watch_outbox(), name="slack-outbox-gauges")
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return {"slack-outbox-gauges": self._watch_outbox}
 
     async def close(self) -> None:
-        if self._gauges is not None:
-            self._gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gauges
         if self._session is not None:
             await self._session.close()
 
@@ -131,66 +156,104 @@ class SlackSink(Sink):
         assert self._metrics is not None, "the Slack sink is not started"
         return self._metrics
 
-    async def deliver(self, job: Job) -> Delivered:
-        if job.kind in ("incident.processed", "incident.members", "incident.resolved"):
-            return await self._expand(job)
-        thread = await self.threads.get(int(job.payload["thread_id"]))
-        if thread is None:
-            raise SinkError(f"slack thread {job.payload['thread_id']} does not exist", permanent=True)
-        try:
-            if job.kind == POST_PARENT:
-                return await self._post_parent(job, thread)
-            if thread.ts is None or thread.channel_id is None:
+    def outbox(self) -> list[tuple[JobKind[Any], SinkHandler[Any]]]:
+        return [(POST_PARENT, self._on_thread(self._post_parent, parent=False)),
+                (UPDATE, self._on_thread(self._update)),
+                (REPLY, self._on_thread(self._reply)),
+                (UPLOAD, self._on_thread(self._upload))]
+
+    def _on_thread(self, send: Callable[[Job, Thread, R], Awaitable[Delivered]], *, parent: bool = True
+                   ) -> SinkHandler[R]:
+        """An outbox row's call with its thread loaded; a permanent failure is recorded on the incident."""
+
+        async def run(job: Job, row: R) -> Delivered:
+            thread = await self.threads.get(row.thread_id)
+            if thread is None:
+                raise SinkError(f"slack thread {row.thread_id} does not exist", permanent=True)
+            if parent and (thread.ts is None or thread.channel_id is None):
                 # Its parent message failed for good (recorded on the incident); nothing to reply to.
                 raise SinkError(f"slack thread {thread.id} has no parent message", permanent=True)
-            if job.kind == UPDATE:
-                return await self._update(job, thread)
-            if job.kind == REPLY:
-                return await self._reply(job, thread)
-            if job.kind == UPLOAD:
-                return await self._upload(job, thread)
-        except SinkError as exc:
-            if exc.permanent and job.incident_id is not None and "has no parent message" not in str(exc):
-                await self.threads.record_error(job.incident_id, f"slack: {exc}")
-            raise
-        raise SinkError(f"unknown slack job kind {job.kind!r}", permanent=True)
+            try:
+                return await send(job, thread, row)
+            except SinkError as exc:
+                if exc.permanent and job.incident_id is not None:
+                    await self.threads.record_error(job.incident_id, f"slack: {exc}")
+                raise
+
+        return run
 
     # --- expanding an incident event into outbox rows --------------------------------------------
 
-    async def _expand(self, job: Job) -> Delivered:
+    async def deliver(self, job: Job, event: IncidentEvent) -> Delivered:
         assert job.incident_id is not None
         incident = await self.threads.store.get_incident(job.incident_id)
         if incident is None:
             raise SinkError(f"incident {job.incident_id} does not exist", permanent=True)
-        view: dict[str, Any] = job.payload["incident"]
-        bundles: list[dict[str, Any]] = job.payload.get("bundles", [])
+        # The message builders (slack_blocks) and the thread's stored facts work on the event's JSON form.
+        view: dict[str, Any] = event.incident.model_dump(mode="json")
+        bundles: list[dict[str, Any]] = [b.model_dump(mode="json") for b in event.bundles]
         channel = next((b["channel"] for b in bundles if b.get("channel")), None) or self.settings.default_channel
         thread, role = await self.threads.assign(incident, channel, self.settings.refire_window)
         facts: dict[str, Any] | None = None
         replies: list[Message] = []
-        if job.kind == "incident.processed" and role in (LEAD, REFIRE):
-            facts = {"incident": view, "phase": phase_of(bundles)}
+        if job.kind == INCIDENT_PROCESSED.name and role in (LEAD, REFIRE):
+            facts = {"incident": view, "phase": phase_of(bundles), "alertmanager": alertmanager_for(
+                self.config, incident.source, str(incident.extra.get("external_url") or ""),
+                next((b["alertmanager"] for b in bundles if b.get("alertmanager")), None))}
             if role == REFIRE:
                 replies.append(refire_message(view))
             replies += thread_messages(view, bundles)
             for bundle in bundles:
                 replies += await self._charts(incident.id, bundle)
-        elif job.kind == "incident.resolved" and thread.lead_incident_id == incident.id:
+        elif job.kind == INCIDENT_RESOLVED.name and thread.lead_incident_id == incident.id:
             facts = {**thread.facts, "incident": {**thread.facts.get("incident", view), **view}, "phase": "resolved"}
         rows = self._rows(job, thread, replies)
-        key = f"slack-thread:{thread.id}"
 
         async def writes(conn: Connection) -> None:
             if facts is not None:
                 await SlackThreads.set_facts(conn, thread.id, incident.id, facts)
-            if await SlackThreads.claim_parent(conn, thread.id):
-                await self.threads.store.enqueue(conn, self._row(job, thread, POST_PARENT, {}))
-            elif not await Store.queued(conn, self.queue, key, UPDATE):
-                await self.threads.store.enqueue(conn, self._row(job, thread, UPDATE, {}))
+            await self._queue_parent(conn, job, thread)
             for row in rows:
-                await self.threads.store.enqueue(conn, row)
+                await self.threads.store.queue.enqueue(conn, row)
 
         return Delivered({"thread": thread.id, "role": role, "messages": len(rows)}, writes=writes)
+
+    async def _queue_parent(self, conn: Connection, job: Job, thread: Thread) -> None:
+        """Queue the thread's parent message, or an edit of it unless one is already waiting."""
+        queue = self.threads.store.queue
+        if await SlackThreads.claim_parent(conn, thread.id):
+            await queue.enqueue(conn, self._row(job, POST_PARENT, ThreadRow(thread_id=thread.id)))
+        elif not await queue.queued(conn, self.queue, f"slack-thread:{thread.id}", UPDATE.name):
+            await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id)))
+
+    async def note(self, job: Job, note: Note) -> Delivered:
+        """A console press or a mitigation outcome: a reply in the incident's thread, and the parent edited
+        to show it (its phase, the latest outcome, acknowledgement and silence)."""
+        assert job.incident_id is not None
+        thread = await self.threads.of_incident(job.incident_id)
+        if thread is None or not thread.facts:
+            return Delivered({"skipped": "the incident has no Slack thread"})
+        mention = note.mention
+        if note.kind == "not_recovered" and mention is None:
+            severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
+            mention = self.settings.mentions.get(severity)
+        replies = [note_message(note, mention)]
+        for bundle in note.bundles:
+            as_json = bundle.model_dump(mode="json")
+            replies += thread_messages(thread.facts["incident"], [as_json])
+            replies += await self._charts(job.incident_id, as_json)
+        rows = self._rows(job, thread, replies)
+        facts = {**thread.facts, "latest": note_line(note)}
+        if note.phase is not None and thread.facts.get("phase") != "resolved":
+            facts["phase"] = note.phase
+
+        async def writes(conn: Connection) -> None:
+            await SlackThreads.set_facts(conn, thread.id, thread.lead_incident_id or job.incident_id or 0, facts)
+            await self._queue_parent(conn, job, thread)
+            for row in rows:
+                await self.threads.store.queue.enqueue(conn, row)
+
+        return Delivered({"thread": thread.id, "note": note.kind, "messages": len(rows)}, writes=writes)
 
     async def _charts(self, incident_id: int, bundle: dict[str, Any]) -> list[Message]:
         charts = []
@@ -204,18 +267,19 @@ class SlackSink(Sink):
                 charts.append(Message("", [], [Attachment(name, ev["title"], png)]))
         return charts
 
-    def _row(self, job: Job, thread: Thread, kind: str, payload: dict[str, Any]) -> NewJob:
-        return NewJob(self.queue, kind, f"slack-thread:{thread.id}", job.incident_id,
-                      {"thread_id": thread.id, **payload}, max_attempts=self.settings.max_attempts)
+    def _row(self, job: Job, kind: JobKind[R], row: R) -> NewJob:
+        return kind.new(f"slack-thread:{row.thread_id}", row, incident_id=job.incident_id,
+                        max_attempts=self.settings.max_attempts)
 
     def _rows(self, job: Job, thread: Thread, messages: list[Message]) -> list[NewJob]:
         rows = []
         for message in messages:
             if message.blocks:
-                rows.append(self._row(job, thread, REPLY, {"text": message.text, "blocks": message.blocks}))
-            rows += [self._row(job, thread, UPLOAD, {
-                "filename": a.filename, "title": a.title, "content_b64": base64.b64encode(a.content).decode(),
-            }) for a in message.attachments]
+                rows.append(self._row(job, REPLY, ReplyRow(thread_id=thread.id, text=message.text,
+                                                           blocks=message.blocks)))
+            rows += [self._row(job, UPLOAD, UploadRow(thread_id=thread.id, filename=a.filename, title=a.title,
+                                                      content_b64=base64.b64encode(a.content).decode()))
+                     for a in message.attachments]
         return rows
 
     # --- one Slack call per outbox row -----------------------------------------------------------
@@ -223,8 +287,30 @@ class SlackSink(Sink):
     async def _parent(self, thread: Thread) -> Message:
         members = await self.threads.members(thread.id)
         severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
-        return parent_message(thread.facts, [Member(m.alertname, m.status, m.labels) for m in members],
-                              self.settings.mentions.get(severity), self.settings.storm_list_lines)
+        incident_id = int(thread.facts["incident"]["id"])
+        state = await ConsoleStore(self.threads.store).state(incident_id)
+        # Once somebody acknowledged, the severity's group is not called again.
+        mention = None if state.acknowledged_by else self.settings.mentions.get(severity)
+        message = parent_message(thread.facts, [Member(m.alertname, m.status, m.labels) for m in members],
+                                 mention, self.settings.storm_list_lines)
+        message.blocks = cap_blocks(message.blocks + console_blocks(
+            incident_id, state, silenceable=bool(thread.facts.get("alertmanager")),
+            resolved=bool(members) and all(m.status == "resolved" for m in members),
+            latest=thread.facts.get("latest")))
+        return message
+
+    # --- what the console asks of Slack --------------------------------------------------------------
+
+    async def members_of(self, group: str) -> list[str]:
+        """The user ids in a Slack user group (usergroups.users.list)."""
+        async with asyncio.timeout(self.settings.timeout):
+            response = await self.client.usergroups_users_list(usergroup=group)
+        return [str(u) for u in response.get("users") or []]
+
+    async def tell(self, channel: str, user: str, text: str) -> None:
+        """An ephemeral message only `user` sees in `channel`."""
+        async with asyncio.timeout(self.settings.timeout):
+            await self.client.chat_postEphemeral(channel=channel, user=user, text=text, blocks=[section(text)])
 
     def _metadata(self, job: Job) -> dict[str, Any]:
         return {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": job.id, "incident_id": job.incident_id}}
@@ -237,7 +323,7 @@ class SlackSink(Sink):
                     and (metadata.get("event_payload") or {}).get("outbox_id") == job.id)
         return match
 
-    async def _post_parent(self, job: Job, thread: Thread) -> Delivered:
+    async def _post_parent(self, job: Job, thread: Thread, _: ThreadRow) -> Delivered:
         if thread.ts is not None and thread.channel_id is not None:
             return Delivered({"ts": thread.ts, "channel": thread.channel_id, "already": True})
         message = await self._parent(thread)
@@ -261,7 +347,7 @@ class SlackSink(Sink):
 
         return Delivered({"ts": ts, "channel": channel_id}, writes=writes)
 
-    async def _update(self, job: Job, thread: Thread) -> Delivered:
+    async def _update(self, job: Job, thread: Thread, _: ThreadRow) -> Delivered:
         assert thread.channel_id is not None and thread.ts is not None
         channel_id, ts = thread.channel_id, thread.ts
         message = await self._parent(thread)
@@ -269,7 +355,7 @@ class SlackSink(Sink):
             channel=channel_id, ts=ts, text=message.text, blocks=message.blocks), job.attempts)
         return Delivered({"ts": ts, "channel": channel_id})
 
-    async def _reply(self, job: Job, thread: Thread) -> Delivered:
+    async def _reply(self, job: Job, thread: Thread, row: ReplyRow) -> Delivered:
         assert thread.channel_id is not None and thread.ts is not None
         channel_id, thread_ts = thread.channel_id, thread.ts
         if job.attempts > 1:
@@ -278,14 +364,14 @@ class SlackSink(Sink):
             if found is not None:
                 return Delivered({"ts": found["ts"], "channel": channel_id, "found": True})
         response = await self._call("chat.postMessage", channel_id, lambda: self.client.chat_postMessage(
-            channel=channel_id, thread_ts=thread_ts, text=job.payload["text"], blocks=job.payload["blocks"],
+            channel=channel_id, thread_ts=thread_ts, text=row.text, blocks=row.blocks,
             metadata=self._metadata(job), unfurl_links=False, unfurl_media=False), job.attempts)
         return Delivered({"ts": response["ts"], "channel": channel_id})
 
-    async def _upload(self, job: Job, thread: Thread) -> Delivered:
+    async def _upload(self, job: Job, thread: Thread, row: UploadRow) -> Delivered:
         assert thread.channel_id is not None and thread.ts is not None
         channel_id, thread_ts = thread.channel_id, thread.ts
-        stem, dot, ext = str(job.payload["filename"]).rpartition(".")
+        stem, dot, ext = row.filename.rpartition(".")
         # The row id in the file name is how a second attempt recognises an upload that already landed.
         filename = f"{stem}-{job.id}{dot}{ext}" if dot else f"{ext}-{job.id}"
         if job.attempts > 1:
@@ -295,10 +381,10 @@ class SlackSink(Sink):
                 channel=channel_id, ts=thread_ts)
             if found is not None:
                 return Delivered({"ts": found["ts"], "channel": channel_id, "found": True})
-        content = base64.b64decode(job.payload["content_b64"])
+        content = base64.b64decode(row.content_b64)
         response = await self._call("files.upload_v2", channel_id, lambda: self.client.files_upload_v2(
             channel=channel_id, thread_ts=thread_ts, content=content, filename=filename,
-            title=job.payload["title"]), job.attempts)
+            title=row.title), job.attempts)
         return Delivered({"file": (response.get("file") or {}).get("id"), "channel": channel_id})
 
     async def _lookup(self, job: Job, method: str, match: Callable[[dict[str, Any]], bool],

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from responder.sinks.mrkdwn import code_block, escape, inline_code, link
 from responder.sinks.render import STATUS_MARK
 
 MAX_BLOCKS = 50
@@ -49,11 +50,6 @@ class Message:
     attachments: list[Attachment] = field(default_factory=list)
 
 
-def escape(text: str) -> str:
-    """Slack's mrkdwn control characters; everything else shows as written."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def fit(text: str, limit: int, marker: str = CUT) -> tuple[str, bool]:
     if len(text) <= limit:
         return text, False
@@ -66,8 +62,11 @@ def section(text: str, marker: str = CUT) -> dict[str, Any]:
 
 def code_section(text: str) -> tuple[dict[str, Any], bool]:
     """A code block in one section; True when it had to be cut."""
-    body, cut = fit(text.replace("```", "'''"), SECTION_CHARS - 8, TRUNCATED)
-    return {"type": "section", "text": {"type": "mrkdwn", "text": f"```\n{body}\n```"}}, cut
+    # Escaping lengthens the text: cut the raw text until the escaped block fits one section.
+    body, cut = fit(text, SECTION_CHARS - 8, TRUNCATED)
+    while len(block := code_block(body)) > SECTION_CHARS:
+        body, cut = fit(body, len(body) - (len(block) - SECTION_CHARS), TRUNCATED)
+    return {"type": "section", "text": {"type": "mrkdwn", "text": block}}, cut
 
 
 def context(*parts: str) -> dict[str, Any]:
@@ -143,7 +142,7 @@ def parent_message(facts: dict[str, Any], members: list[Member], mention: str | 
     annotations: dict[str, str] = incident.get("annotations", {})
     summary = annotations.get("summary", "")
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": fit(f"{label}: {name}", HEADER_CHARS)[0],
+        {"type": "header", "text": {"type": "plain_text", "text": fit(escape(f"{label}: {name}"), HEADER_CHARS)[0],
                                     "emoji": True}},
     ]
     lines = [f"{emoji} *{escape(summary)}*" if summary else f"{emoji} *{escape(name)}*"]
@@ -164,10 +163,10 @@ def parent_message(facts: dict[str, Any], members: list[Member], mention: str | 
     blocks.append(context(" · ".join(timeline)))
     links = [(incident.get("extra", {}).get("generator_url"), "Source"), (annotations.get("runbook_url"), "Runbook"),
              (silence_url(incident), "Silence")]
-    shown = [f"<{url}|{text}>" for url, text in links if url]
+    shown = [shown for url, text in links if (shown := link(url, text))]
     if shown:
         blocks.append(section(" · ".join(shown)))
-    text = f"{label}: {name}" + (f" — {summary}" if summary else "")
+    text = escape(f"{label}: {name}" + (f" — {summary}" if summary else ""))
     if mention:
         text += f" <!subteam^{mention}>"
         blocks.append(context(f"cc <!subteam^{mention}>"))
@@ -218,7 +217,8 @@ def evidence_kind(payload: dict[str, Any]) -> str:
 def evidence_message(ev: dict[str, Any], incident_id: int, rule: str) -> Message:
     mark = STATUS_MARK.get(ev["status"], "?")
     title = escape(ev["title"])
-    head = f"{mark} *{title}* · `{ev['collector']}` · {ev['status']} in {ev['duration_ms']:.0f} ms"
+    head = (f"{mark} *{title}* · {inline_code(str(ev['collector']))} · {escape(str(ev['status']))}"
+            f" in {ev['duration_ms']:.0f} ms")
     blocks: list[dict[str, Any]] = [section(head)]
     payload = ev.get("payload") or {}
     kind = evidence_kind(payload)
@@ -241,7 +241,7 @@ def evidence_message(ev: dict[str, Any], incident_id: int, rule: str) -> Message
     if (cut or ev.get("truncated") or ev.get("full_text")) and full:
         attachments.append(Attachment(f"incident-{incident_id}-{_slug(rule)}-{_slug(ev['step'])}.txt",
                                       f"{ev['title']} (full output)", full.encode()))
-    text = f"{mark} {ev['title']} ({ev['status']})"
+    text = escape(f"{mark} {ev['title']} ({ev['status']})")
     return Message(fit(text, SECTION_CHARS)[0], cap_blocks(blocks), attachments)
 
 
@@ -252,9 +252,9 @@ def _slug(value: str) -> str:
 def decision_message(decision: dict[str, Any]) -> Message:
     outcome = str(decision["outcome"])
     icon = OUTCOME_ICON.get(outcome, ":grey_question:")
-    head = f"{icon} *{escape(decision['action'])}* on `{escape(decision['target'])}` — *{outcome}*"
+    head = f"{icon} *{escape(decision['action'])}* on {inline_code(str(decision['target']))} — *{escape(outcome)}*"
     if decision.get("mode"):
-        head += f" ({decision['mode']})"
+        head += f" ({escape(str(decision['mode']))})"
     lines = [head]
     if decision.get("description"):
         lines.append(escape(str(decision["description"])))
@@ -274,18 +274,18 @@ def decision_message(decision: dict[str, Any]) -> Message:
             {"type": "button", "action_id": "deny", "style": "danger", "value": str(approval),
              "text": {"type": "plain_text", "text": "Deny"}},
         ]})
-    text = f"{decision['action']} on {decision['target']}: {outcome}"
+    text = escape(f"{decision['action']} on {decision['target']}: {outcome}")
     return Message(fit(text, SECTION_CHARS)[0], blocks)
 
 
 def checklist_message(rule: str, items: list[str]) -> Message:
-    lines = [f"*Checklist* (rule `{escape(rule)}`)", *(f"☐ {escape(item)}" for item in items)]
-    return Message(f"Checklist for {rule}", [section("\n".join(lines))])
+    lines = [f"*Checklist* (rule {inline_code(rule)})", *(f"☐ {escape(item)}" for item in items)]
+    return Message(escape(f"Checklist for {rule}"), [section("\n".join(lines))])
 
 
 def errors_message(rule: str, errors: list[str]) -> Message:
-    lines = [f":warning: *Steps of rule `{escape(rule)}` that could not run*", *(f"• {escape(e)}" for e in errors)]
-    return Message(f"Rule {rule}: {len(errors)} step error(s)", [section("\n".join(lines))])
+    lines = [f":warning: *Steps of rule {inline_code(rule)} that could not run*", *(f"• {escape(e)}" for e in errors)]
+    return Message(escape(f"Rule {rule}: {len(errors)} step error(s)"), [section("\n".join(lines))])
 
 
 def refire_message(incident: dict[str, Any]) -> Message:

@@ -1,6 +1,7 @@
-"""Durable state: payloads, alerts, incidents, the job queue, evidence and the action audit."""
+"""Durable state: payloads, alerts, incidents, evidence, the action audit, and the job queue."""
 
 from responder.store.db import StoreUnavailable
-from responder.store.store import PIPELINE_QUEUE, LeaseLost, NewJob, Store, open_store
+from responder.store.queue import JobQueue, LeaseLost
+from responder.store.store import Store, open_store
 
-__all__ = ["PIPELINE_QUEUE", "LeaseLost", "NewJob", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["JobQueue", "LeaseLost", "Store", "StoreUnavailable", "open_store"]

@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from responder.jobs import APPROVAL_EXECUTE, APPROVAL_EXPIRE, ApprovalRef
 from responder.store.db import Connection, Row
 from responder.store.intake_writer import dumps
-from responder.store.store import NewJob, Store
-
-MITIGATIONS_QUEUE = "mitigations"
+from responder.store.store import Store
 
 # Rows that mean "this target was (or is about to be) changed, or a person was asked": they hold the
 # cooldown. Budgets count the same rows minus the ones a person refused or nobody answered.
@@ -84,9 +83,9 @@ class ActionStore:
                     action_id, incident_id, now, now + approval_timeout,
                 ))
                 # Its own ordering key: the approval's execution must not queue behind this delayed job.
-                await self.store.enqueue(conn, NewJob(MITIGATIONS_QUEUE, "approval.expire", f"expiry:{approval_id}",
-                                                      incident_id, {"approval_id": approval_id}),
-                                         delay=approval_timeout)
+                await self.store.queue.enqueue(conn, APPROVAL_EXPIRE.new(
+                    f"expiry:{approval_id}", ApprovalRef(approval_id=approval_id), incident_id=incident_id),
+                    delay=approval_timeout)
         return Reservation(action_id, outcome, guard, fields["reason"], approval_id)
 
     async def check(self, rule: str, row: dict[str, Any], limits: Limits) -> tuple[str | None, str]:
@@ -146,10 +145,6 @@ class ActionStore:
                 action_id, outcome, dumps(output or {}), reason, guard, actor, time.time(),
             )
 
-    async def schedule(self, job: NewJob, delay: float) -> None:
-        async with self.db.transaction() as conn:
-            await self.store.enqueue(conn, job, delay=delay)
-
     async def get(self, action_id: int) -> Row | None:
         async with self.db.read() as conn:
             return await conn.fetchrow("SELECT * FROM actions WHERE id = $1", action_id)
@@ -165,32 +160,32 @@ class ActionStore:
 
     # --- approvals ------------------------------------------------------------------------------
 
-    async def decide(self, approval_id: int, approve: bool, actor: str) -> tuple[str, bool, str]:
-        """pending -> approved (queues the execution) or denied. Returns the approval's state after the
-        call, whether this call changed it, and the action's name; only a pending, unexpired approval
-        changes."""
+    async def decide_in(self, conn: Connection, approval_id: int, approve: bool, actor: str
+                        ) -> tuple[str, bool, str]:
+        """pending -> approved (queues the execution) or denied, within the caller's transaction. Returns
+        the approval's state after the call, whether this call changed it, and the action's name; only a
+        pending, unexpired approval changes."""
         now = time.time()
         state = "approved" if approve else "denied"
-        async with self.db.transaction() as conn:
-            row = await conn.fetchrow(
-                "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4"
-                " WHERE id = $1 AND state = 'pending' AND expires_at > $3 RETURNING action_id, incident_id",
-                approval_id, state, now, actor,
-            )
-            if row is None:
-                current = await conn.fetchrow(
+        row = await conn.fetchrow(
+            "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4"
+            " WHERE id = $1 AND state = 'pending' AND expires_at > $3 RETURNING action_id, incident_id",
+            approval_id, state, now, actor,
+        )
+        if row is None:
+            current = await conn.fetchrow(
                 "SELECT p.state, a.action FROM approvals p JOIN actions a ON a.id = p.action_id WHERE p.id = $1",
                 approval_id,
             )
-                return (str(current["state"]), False, str(current["action"])) if current else ("unknown", False, "")
-            action = await conn.fetchval(
-                "UPDATE actions SET outcome = $2, actor = $3, reason = $4, finished_at = $5 WHERE id = $1"
-                " RETURNING action",
-                row["action_id"], state, actor, f"{state} by {actor}", None if approve else now,
-            )
-            if approve:
-                await self.store.enqueue(conn, NewJob(MITIGATIONS_QUEUE, "approval.execute", f"approval:{approval_id}",
-                                                      row["incident_id"], {"approval_id": approval_id}))
+            return (str(current["state"]), False, str(current["action"])) if current else ("unknown", False, "")
+        action = await conn.fetchval(
+            "UPDATE actions SET outcome = $2, actor = $3, reason = $4, finished_at = $5 WHERE id = $1"
+            " RETURNING action",
+            row["action_id"], state, actor, f"{state} by {actor}", None if approve else now,
+        )
+        if approve:
+            await self.store.queue.enqueue(conn, APPROVAL_EXECUTE.new(
+                f"approval:{approval_id}", ApprovalRef(approval_id=approval_id), incident_id=row["incident_id"]))
         return state, True, str(action)
 
     async def expire(self, approval_id: int) -> str | None:

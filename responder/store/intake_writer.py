@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from responder.jobs import MEMBERS, PROCESS, RESOLVE, IncidentJob, JobKind
 from responder.models import Alert, AlertStatus, Delivery, DeliveryReceipt, Placement, common_labels
 from responder.store.db import Connection
 
@@ -101,12 +102,12 @@ async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: 
     changed = await _upsert_members(conn, groups, now) | await _resolve_members(conn, groups, now)
     resolved = await _count_members(conn, groups, now)
     placed_groups = [g for g in groups.values() if g.incident_id is not None]
-    await _enqueue(conn, [("process", g.incident_id, now + g.placement.group_wait) for g in placed_groups
+    await _enqueue(conn, [(PROCESS, g.incident_id, now + g.placement.group_wait) for g in placed_groups
                           if g.incident_id in opened]
-                   + [("resolve", i, now) for i in sorted(resolved)], max_attempts)
+                   + [(RESOLVE, i, now) for i in sorted(resolved)], max_attempts)
     # Member changes of an incident already processed: one `members` job each, unless one is already
     # waiting (it reads the newest state when it runs).
-    await _enqueue(conn, [("members", i, now) for i in sorted(changed - opened - resolved)], max_attempts,
+    await _enqueue(conn, [(MEMBERS, i, now) for i in sorted(changed - opened - resolved)], max_attempts,
                    unless_queued=True)
     await _link_alerts(conn, placed_groups)
 
@@ -332,14 +333,16 @@ async def _count_members(conn: Connection, groups: dict[str, _Group], now: float
     return resolved
 
 
-async def _enqueue(conn: Connection, jobs: Sequence[tuple[str, int | None, float]], max_attempts: int, *,
-                   unless_queued: bool = False) -> None:
+async def _enqueue(conn: Connection, jobs: Sequence[tuple[JobKind[IncidentJob], int | None, float]],
+                   max_attempts: int, *, unless_queued: bool = False) -> None:
+    """The incidents' jobs, as `kind.new` would queue them, in multi-row statements, each due at its time."""
     now = time.time()
+    payload = dumps(IncidentJob().model_dump(mode="json"))
     only = (" WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = v.column1 AND j.ordering_key = v.column3"
             " AND j.kind = v.column2 AND j.status = 'queued')") if unless_queued else " WHERE true"
     for part in chunks(jobs):
-        rows = [("pipeline", kind, f"incident:{incident_id}", incident_id, "{}", "queued", max_attempts, run_after,
-                 now) for kind, incident_id, run_after in part]
+        rows = [(kind.queue, kind.name, f"incident:{incident_id}", incident_id, payload, "queued", max_attempts,
+                 run_after, now) for kind, incident_id, run_after in part]
         source, args = conn.rows_source(rows, JOB_TYPES)
         await conn.execute(
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts, run_after,"

@@ -1,11 +1,9 @@
-"""The store: durable deliveries, incidents, the job queue, evidence and the action audit.
+"""The store: durable deliveries, incidents, evidence and the action audit, and the job queue
+(`store.queue`, responder/store/queue.py) that shares their database and transactions.
 
-Everything that must survive a crash goes through here, in transactions:
-- `record_delivery` commits the raw payload, its alerts, the incidents (alert groups) they open, join
-  or resolve and the jobs to process them, all at once; the webhook answers 2xx only after it returns.
-- the job queue hands each job to one worker at a time (leases, `FOR UPDATE SKIP LOCKED` on
-  PostgreSQL), keeps jobs of one `ordering_key` in order, and fences completion with the lease owner so
-  a worker that lost its lease cannot commit results twice.
+Everything that must survive a crash goes through here, in transactions: `record_delivery` commits the
+raw payload, its alerts, the incidents (alert groups) they open, join or resolve and the jobs to process
+them, all at once; the webhook answers 2xx only after it returns.
 """
 
 from __future__ import annotations
@@ -13,10 +11,10 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
+from responder.evidence import Evidence, EvidenceStatus
 from responder.models import (
     AlertStatus,
     Delivery,
@@ -24,7 +22,6 @@ from responder.models import (
     Grouping,
     Incident,
     IncidentStatus,
-    Job,
     Member,
     SourceGrouping,
 )
@@ -32,35 +29,10 @@ from responder.store.db import Connection, Database, Row, open_database
 from responder.store.group_commit import GroupCommit
 from responder.store.intake_writer import Placed, dumps, record_batch
 from responder.store.migrations import migrate
+from responder.store.queue import JobQueue
 
 
-class LeaseLost(Exception):
-    """The job's lease expired and another worker may own it now; its results are discarded."""
-
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    queue: str
-    kind: str
-    ordering_key: str
-    incident_id: int | None = None
-    payload: dict[str, Any] | None = None
-    # None: the store's default. Outbox rows for external APIs use many more, so an outage only delays them.
-    max_attempts: int | None = None
-
-
-PIPELINE_QUEUE = "pipeline"
-
-
-@dataclass(frozen=True, slots=True)
-class _Finish:
-    job: Job
-    result: dict[str, Any] | None
-    writes: Callable[[Connection], Awaitable[None]] | None
-    follow_ups: tuple[NewJob, ...]
-
-
-def _incident(row: Row) -> Incident:
+def incident_from_row(row: Row) -> Incident:
     return Incident(
         id=int(row["id"]),
         source=row["source"],
@@ -86,7 +58,7 @@ def _incident(row: Row) -> Incident:
     )
 
 
-def _member(row: Row) -> Member:
+def member_from_row(row: Row) -> Member:
     return Member(
         id=int(row["id"]),
         incident_id=int(row["incident_id"]),
@@ -100,33 +72,17 @@ def _member(row: Row) -> Member:
     )
 
 
-def _job(row: Row) -> Job:
-    return Job(
-        id=int(row["id"]),
-        queue=row["queue"],
-        kind=row["kind"],
-        ordering_key=row["ordering_key"],
-        incident_id=row["incident_id"],
-        payload=json.loads(row["payload"]),
-        attempts=int(row["attempts"]),
-        lease_owner=row["lease_owner"],
-        created_at=float(row["created_at"]),
-    )
-
-
 class Store:
     def __init__(self, db: Database, *, max_attempts: int = 5, grouping: Grouping | None = None) -> None:
         self.db = db
-        self.max_attempts = max_attempts
         # Which groups (incidents) an alert belongs to; without rules, the sender's own groups.
         self.grouping: Grouping = grouping or SourceGrouping()
         # SQLite has one writer anyway; PostgreSQL takes a few batches at once.
         writers = 1 if db.dialect == "sqlite" else 3
+        self.queue = JobQueue(db, max_attempts=max_attempts, writers=writers)
         self._intake: GroupCommit[Placed, DeliveryReceipt] = GroupCommit(
             "intake-writer", db, functools.partial(record_batch, max_attempts=max_attempts, dialect=db.dialect),
             writers=writers)
-        self._finishing: GroupCommit[_Finish, None] = GroupCommit(
-            "job-finisher", db, self._finish_batch, writers=writers)
 
     @property
     def dialect(self) -> str:
@@ -134,7 +90,7 @@ class Store:
 
     async def close(self) -> None:
         await self._intake.close()
-        await self._finishing.close()
+        await self.queue.close()
         await self.db.close()
 
     async def ping(self) -> None:
@@ -150,141 +106,12 @@ class Store:
         placements = [self.grouping.place(alert) for alert in delivery.alerts]
         return await self._intake.submit(Placed(delivery, placements))
 
-    # --- jobs -----------------------------------------------------------------------------------
-
-    async def enqueue(self, conn: Connection, job: NewJob, *, delay: float = 0.0) -> int:
-        now = time.time()
-        return int(await conn.fetchval(
-            "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts,"
-            " run_after, created_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) RETURNING id",
-            job.queue, job.kind, job.ordering_key, job.incident_id, dumps(job.payload or {}),
-            job.max_attempts or self.max_attempts, now + delay, now,
-        ))
-
-    @staticmethod
-    async def queued(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
-        """Whether a job of this kind is already waiting on the key: coalescing work that reads the newest
-        state when it runs (a parent edit, a refresh) needs only one."""
-        count = await conn.fetchval(
-            "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
-            queue, ordering_key, kind)
-        return int(count) > 0
-
-    async def claim_jobs(self, queue: str, owner: str, limit: int, lease_seconds: float) -> list[Job]:
-        """Take up to `limit` runnable jobs: queued and due, or running with an expired lease, and
-        never one whose `ordering_key` has an earlier job still unfinished."""
-        now = time.time()
-        lock = "FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgres" else ""
-        async with self.db.transaction() as conn:
-            rows = await conn.fetch(
-                "UPDATE jobs SET status = 'running', lease_owner = $2, lease_expires = $3,"
-                " attempts = attempts + 1 WHERE id IN ("
-                "  SELECT j.id FROM jobs j WHERE j.queue = $1 AND j.status IN ('queued', 'running')"
-                "  AND ((j.status = 'queued' AND j.run_after <= $4) OR (j.status = 'running' AND j.lease_expires < $4))"
-                # The oldest unfinished job of its ordering key, found by an index lookup per candidate
-                # (an anti-join here degrades to a scan of the whole backlog when statistics are stale).
-                "  AND j.id = (SELECT MIN(p.id) FROM jobs p WHERE p.queue = j.queue AND p.ordering_key = j.ordering_key"
-                "   AND p.status IN ('queued', 'running'))"
-                f"  ORDER BY j.id LIMIT $5 {lock}"
-                ") RETURNING *",
-                queue, owner, now + lease_seconds, now, limit,
-            )
-        return sorted((_job(r) for r in rows), key=lambda j: j.id)
-
-    async def finish_job(
-        self,
-        job: Job,
-        result: dict[str, Any] | None = None,
-        writes: Callable[[Connection], Awaitable[None]] | None = None,
-        follow_ups: Sequence[NewJob] = (),
-    ) -> None:
-        """Mark a job done together with its results, or not at all (LeaseLost). Jobs finishing at the
-        same time share a transaction (group commit); one that lost its lease is retried alone and fails."""
-        await self._finishing.submit(_Finish(job, result, writes, tuple(follow_ups)))
-
-    async def _finish_batch(self, conn: Connection, batch: Sequence[_Finish]) -> list[None]:
-        now = time.time()
-        for finish in batch:
-            job = finish.job
-            changed = await conn.execute(
-                "UPDATE jobs SET status = 'done', finished_at = $3, result = $4, last_error = NULL"
-                " WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-                job.id, job.lease_owner, now, dumps(finish.result or {}),
-            )
-            if changed != 1:
-                raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
-            if finish.writes is not None:
-                await finish.writes(conn)
-            for follow_up in finish.follow_ups:
-                await self.enqueue(conn, follow_up)
-        return [None] * len(batch)
-
-    async def extend_leases(self, job_ids: Sequence[int], owner: str, lease_seconds: float) -> int:
-        """Heartbeat: keep the lease on jobs still being worked on, so a long job is not taken twice."""
-        if not job_ids:
-            return 0
-        async with self.db.transaction() as conn:
-            extended = 0
-            for job_id in job_ids:
-                extended += await conn.execute(
-                    "UPDATE jobs SET lease_expires = $3 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-                    job_id, owner, time.time() + lease_seconds,
-                )
-            return extended
-
-    async def retry_job(self, job: Job, error: str, delay: float, *, permanent: bool = False) -> str:
-        """Give a failed attempt back to the queue, or mark the job failed when attempts run out."""
-        async with self.db.transaction() as conn:
-            status = await conn.fetchval(
-                "UPDATE jobs SET status = CASE WHEN $5 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,"
-                " run_after = $3, last_error = $4, lease_owner = NULL, lease_expires = NULL,"
-                " finished_at = CASE WHEN $5 OR attempts >= max_attempts"
-                " THEN CAST($6 AS DOUBLE PRECISION) ELSE NULL END"
-                " WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING status",
-                job.id, job.lease_owner, time.time() + delay, error[:4000], permanent, time.time(),
-            )
-        return str(status or "lost")
-
-    async def release_jobs(self, owner: str) -> int:
-        """Hand back, unconsumed, every job this owner still holds (graceful shutdown)."""
-        async with self.db.transaction() as conn:
-            return await conn.execute(
-                "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_owner = NULL,"
-                " lease_expires = NULL WHERE lease_owner = $1 AND status = 'running'",
-                owner,
-            )
-
-    async def recover_all_running(self) -> int:
-        """Embedded mode has one daemon per file: whatever was running when it died runs again now."""
-        async with self.db.transaction() as conn:
-            return await conn.execute(
-                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL"
-                " WHERE status = 'running'"
-            )
-
-    async def queue_depth(self, queue: str | None = None) -> int:
-        async with self.db.read() as conn:
-            if queue is None:
-                value = await conn.fetchval("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
-            else:
-                value = await conn.fetchval(
-                    "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND status IN ('queued', 'running')", queue
-                )
-        return int(value)
-
-    async def jobs(self, *, incident_id: int | None = None, queue: str | None = None) -> list[Row]:
-        async with self.db.read() as conn:
-            return await conn.fetch(
-                "SELECT * FROM jobs WHERE ($1 = 0 OR incident_id = $1) AND ($2 = '' OR queue = $2) ORDER BY id",
-                incident_id or 0, queue or "",
-            )
-
     # --- incidents ------------------------------------------------------------------------------
 
     async def get_incident(self, incident_id: int) -> Incident | None:
         async with self.db.read() as conn:
             row = await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
-        return _incident(row) if row else None
+        return incident_from_row(row) if row else None
 
     async def incidents_of_alert(self, source: str, fingerprint: str, starts_at: float) -> list[Incident]:
         """The incidents an alert is a member of (one per rule it matched)."""
@@ -294,7 +121,7 @@ class Store:
                 " WHERE m.source = $1 AND m.fingerprint = $2 AND m.starts_at = $3 ORDER BY i.id",
                 source, fingerprint, starts_at,
             )
-        return [_incident(r) for r in rows]
+        return [incident_from_row(r) for r in rows]
 
     async def members(self, incident_id: int, limit: int | None = None) -> list[Member]:
         """An incident's members, firing ones first, each group in the order they joined."""
@@ -304,7 +131,7 @@ class Store:
                 " ORDER BY CASE WHEN status = 'firing' THEN 0 ELSE 1 END, id LIMIT $2",
                 incident_id, limit if limit is not None else 1_000_000,
             )
-        return [_member(r) for r in rows]
+        return [member_from_row(r) for r in rows]
 
     async def linked_incidents(self, incident: Incident) -> list[Incident]:
         """The incident of the same group this one follows, and the one that followed it."""
@@ -313,7 +140,7 @@ class Store:
                 "SELECT * FROM incidents WHERE id = $1 OR previous_id = $2 ORDER BY id",
                 incident.previous_id or 0, incident.id,
             )
-        return [_incident(r) for r in rows]
+        return [incident_from_row(r) for r in rows]
 
     async def list_incidents(self, status: str | None = None, limit: int = 1000) -> list[Incident]:
         async with self.db.read() as conn:
@@ -321,7 +148,7 @@ class Store:
                 "SELECT * FROM incidents WHERE ($1 = '' OR status = $1) ORDER BY id DESC LIMIT $2",
                 status or "", limit,
             )
-        return [_incident(r) for r in rows]
+        return [incident_from_row(r) for r in rows]
 
     # --- raw payloads and alerts (replay) -------------------------------------------------------
 
@@ -349,25 +176,43 @@ class Store:
         incident_id: int,
         labels: dict[str, str],
         error: str | None,
-        evidence: Sequence[tuple[str, dict[str, Any]]],
-    ) -> None:
-        """Within a job's finishing transaction: the incident's evidence, as (rule name, row fields) pairs,
-        the labels its members share, and any step errors. Action decisions are not written here: the
-        guard stores each one before it acts."""
-        now = time.time()
+        evidence: Sequence[tuple[str, Evidence]],
+    ) -> list[int]:
+        """Within a job's finishing transaction: the labels the incident's members share, any step errors
+        and its evidence, as (rule name, evidence) pairs; returns the evidence rows' ids, in order. Action
+        decisions are not written here: the guard stores each one before it acts."""
         await conn.execute(
-            "UPDATE incidents SET error = $2, processed_at = $3, labels = $4 WHERE id = $1",
-            incident_id, error, now, dumps(labels),
+            "UPDATE incidents SET labels = $2, error = $3, processed_at = $4 WHERE id = $1",
+            incident_id, dumps(labels), error, time.time(),
         )
+        return await self.save_evidence(conn, incident_id, evidence)
+
+    @staticmethod
+    async def save_evidence(conn: Connection, incident_id: int, evidence: Sequence[tuple[str, Evidence]]) -> list[int]:
+        """Within a job's finishing transaction: evidence rows, as (rule name, evidence) pairs; their ids."""
+        now = time.time()
+        ids = []
         for rule_name, ev in evidence:
-            await conn.execute(
+            ids.append(int(await conn.fetchval(
                 "INSERT INTO evidence (incident_id, rule, step, collector, title, status, duration_ms, payload,"
                 " text, full_text, truncated, created_at, shared)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                incident_id, rule_name, ev["step"], ev["collector"], ev["title"], ev["status"],
-                float(ev["duration_ms"]), dumps(ev["payload"]), ev["text"], ev.get("full_text"),
-                int(bool(ev.get("truncated"))), now, int(bool(ev.get("shared"))),
-            )
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+                incident_id, rule_name, ev.step, ev.collector, ev.title, ev.status.value, float(ev.duration_ms),
+                dumps(ev.payload), ev.text, ev.full_text, int(ev.truncated), now, int(ev.shared),
+            )))
+        return ids
+
+    async def evidence_by_id(self, ids: Sequence[int]) -> dict[int, Evidence]:
+        """Stored evidence by row id."""
+        if not ids:
+            return {}
+        marks = ", ".join(f"${i + 1}" for i in range(len(ids)))
+        async with self.db.read() as conn:
+            rows = await conn.fetch(f"SELECT * FROM evidence WHERE id IN ({marks})", *ids)
+        return {int(r["id"]): Evidence(
+            step=r["step"], collector=r["collector"], title=r["title"], status=EvidenceStatus(r["status"]),
+            duration_ms=float(r["duration_ms"]), payload=json.loads(r["payload"]), text=r["text"],
+            full_text=r["full_text"], truncated=bool(r["truncated"]), shared=bool(r["shared"])) for r in rows}
 
     async def insert_action(self, conn: Connection, incident_id: int | None, rule: str,
                             action: dict[str, Any]) -> int:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from responder.collectors.base import CollectorContext, Evidence, registry
+from responder.collectors.base import CollectorContext, registry
 from responder.collectors.runner import EvidenceLimits, run_collectors
 from responder.config import Config, load_config, secret_values
+from responder.evidence import Evidence
 from responder.metrics import Metrics
 from responder.models import Incident, IncidentStatus
 from responder.redaction import Redactor

@@ -1,0 +1,90 @@
+"""Edge validation of a parsed delivery: sizes, counts, control characters and time bounds.
+
+Whatever passes here is stored, indexed, templated into rules and rendered in Slack and terminals, so the
+checks are about what those layers can take, not about any one vendor: a NUL that PostgreSQL refuses, a
+control or bidi character that rewrites a terminal line, a label too long for an index, a time no
+later step can format. Each refusal is a PayloadError (a 400) naming the field and the limit's key.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from responder.config import IntakeLimits
+from responder.intake.base import PayloadError
+from responder.models import Delivery
+
+# Identifiers (label names and values, fingerprints, URLs, ids): no control character at all (C0, DEL,
+# C1) and none of the bidi controls that make text display in another order than it is stored.
+_IDENTIFIER_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Free text (annotations) may keep tabs and line breaks, and the left-to-right / right-to-left marks.
+_TEXT_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Earliest accepted alert time: the epoch (anything earlier is a zero value or a mistake).
+EARLIEST = 0.0
+# Latest time anything may carry: 9999-12-31T23:59:59Z, the last one Python (and Slack) can format.
+LATEST = 253402300799.0
+
+
+def check_delivery(delivery: Delivery, limits: IntakeLimits, now: float | None = None) -> None:
+    """Raise PayloadError for the first field of `delivery` outside `limits`."""
+    if len(delivery.alerts) > limits.max_alerts:
+        raise PayloadError(f"{len(delivery.alerts)} alerts in one delivery; the limit is {limits.max_alerts}"
+                           " (server.limits.max_alerts)", "alerts")
+    if delivery.dedup_key is not None:
+        _check_string(delivery.dedup_key, "id", limits.max_name_bytes, "max_name_bytes")
+    latest = (time.time() if now is None else now) + limits.max_future
+    for index, alert in enumerate(delivery.alerts):
+        where = f"alerts.{index}"
+        _check_mapping(alert.labels, f"{where}.labels", limits.max_labels, "max_labels",
+                       limits.max_label_value_bytes, "max_label_value_bytes", limits)
+        _check_mapping(alert.annotations, f"{where}.annotations", limits.max_annotations, "max_annotations",
+                       limits.max_annotation_value_bytes, "max_annotation_value_bytes", limits, free_text=True)
+        _check_string(alert.fingerprint, f"{where}.fingerprint", limits.max_name_bytes, "max_name_bytes")
+        _check_string(alert.generator_url, f"{where}.generatorURL", limits.max_text_bytes, "max_text_bytes")
+        _check_string(alert.group_key, "groupKey", limits.max_text_bytes, "max_text_bytes")
+        _check_extra(alert.extra, where, limits)
+        # Written so that NaN fails too. A firing alert's endsAt may lie far ahead (when it would
+        # expire unless resent); it only has to stay a time every later step can format.
+        if not EARLIEST <= alert.starts_at <= latest:
+            raise PayloadError(f"time out of bounds: it must lie between 1970 and now plus {limits.max_future:g}s"
+                               " (server.limits.max_future)", f"{where}.startsAt")
+        if alert.ends_at is not None and not EARLIEST <= alert.ends_at <= LATEST:
+            raise PayloadError("time out of bounds: it must lie between 1970 and 9999", f"{where}.endsAt")
+
+
+def _check_mapping(values: Mapping[str, str], field: str, max_items: int, items_key: str, max_value: int,
+                   value_key: str, limits: IntakeLimits, *, free_text: bool = False) -> None:
+    if len(values) > max_items:
+        raise PayloadError(f"{len(values)} entries; the limit is {max_items} (server.limits.{items_key})", field)
+    for name, value in values.items():
+        _check_string(name, f"{field}.{_shown(name)}", limits.max_name_bytes, "max_name_bytes", what="name")
+        _check_string(value, f"{field}.{_shown(name)}", max_value, value_key, free_text=free_text)
+
+
+def _check_extra(extra: Mapping[str, Any], where: str, limits: IntakeLimits) -> None:
+    """Vendor extras kept with the alert (external URL, dashboard links, receiver ...): every string in them."""
+    for key, value in extra.items():
+        field = f"{where}.{_shown(str(key))}"
+        _check_string(str(key), field, limits.max_name_bytes, "max_name_bytes", what="name")
+        if isinstance(value, str):
+            _check_string(value, field, limits.max_text_bytes, "max_text_bytes")
+        elif isinstance(value, Mapping):
+            _check_extra(value, field, limits)
+
+
+def _check_string(value: str, field: str, max_bytes: int, limit_key: str, *, what: str = "value",
+                  free_text: bool = False) -> None:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise PayloadError(f"{what} is {size} bytes; the limit is {max_bytes} (server.limits.{limit_key})", field)
+    forbidden = (_TEXT_FORBIDDEN if free_text else _IDENTIFIER_FORBIDDEN).search(value)
+    if forbidden:
+        raise PayloadError(f"{what} contains the control character U+{ord(forbidden.group()):04X}", field)
+
+
+def _shown(name: str) -> str:
+    """A key as it can be printed in a field path, whatever it contains."""
+    return name if name.isprintable() and len(name) <= 64 else ascii(name[:64])

@@ -1,0 +1,95 @@
+"""The incident view's queries on both stores, and the console's session cookie (the browser tests in
+test_ui_browser.py cover the pages themselves)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from responder.config import ServerConfig, load_config
+from responder.redaction import Redactor
+from responder.replay import parse_payload
+from responder.store import Store
+from responder.store.history import History
+from responder.ui.auth import SESSION_SECONDS, UiAuth
+from responder.views import load_incident_view
+from tests.support.alerts import am_alert, am_payload
+
+
+async def open_incident(store: Store, name: str, source_labels: dict[str, str] | None = None) -> int:
+    body = json.dumps(am_payload(am_alert(name, labels=source_labels))).encode()
+    await store.record_delivery(parse_payload(load_config(None), body, "alertmanager"))
+    (incident,) = [i for i in await store.list_incidents() if i.alertname == name]
+    return incident.id
+
+
+async def test_incidents_filter_by_one_of_their_rules_literally(store: Store) -> None:
+    first = await open_incident(store, "First")
+    second = await open_incident(store, "Second")
+    third = await open_incident(store, "Third")
+    async with store.db.transaction() as conn:
+        await store.save_processing(conn, first, "db_errors,latency", None, [])
+        await store.save_processing(conn, second, "dbXerrors", None, [])
+        await store.save_processing(conn, third, "latency-p99", None, [])
+    history = History(store)
+
+    async def names(**filters: str) -> list[str]:
+        return [i.alertname for i in await history.incidents(**filters)]
+
+    # `_` is a LIKE wildcard: it must not match `dbXerrors`; `latency` must not match `latency-p99`.
+    assert await names(rule="db_errors") == ["First"]
+    assert await names(rule="latency") == ["First"]
+    assert await names(rule="%") == []
+    assert await names() == ["Third", "Second", "First"]
+    assert await names(status="resolved") == []
+    assert await names(source="grafana") == []
+    assert await names(source="alertmanager", status="open", rule="dbXerrors") == ["Second"]
+
+
+async def test_incident_view_is_redacted_and_tells_its_story(store: Store) -> None:
+    incident_id = await open_incident(store, "Leaky", {"dsn": "postgres://app:hunter2@db/app"})
+    async with store.db.transaction() as conn:
+        await store.save_processing(conn, incident_id, None, None, [])
+    view = await load_incident_view(store, incident_id, Redactor())
+    assert view is not None
+    assert view.incident.labels["dsn"] == "postgres://app:[REDACTED]@db/app"
+    assert [e.what for e in view.timeline()][-1] == "processed: no rule matched, 0 evidence item(s)"
+    assert json.dumps(view.as_json())  # the JSON form is plain JSON
+    assert await load_incident_view(store, incident_id + 1000, Redactor()) is None
+
+
+@pytest.fixture
+def auth(monkeypatch: pytest.MonkeyPatch) -> UiAuth:
+    monkeypatch.setenv("T_UI_TOKEN", "the-ui-token")
+    monkeypatch.setenv("T_API_TOKEN", "the-api-token")
+    return UiAuth(ServerConfig.model_validate({"ui_token": {"env": "T_UI_TOKEN"},
+                                               "api_token": {"env": "T_API_TOKEN"}}))
+
+
+def test_either_token_logs_in_and_sessions_expire(auth: UiAuth) -> None:
+    assert auth.valid_token("the-ui-token") == "the-ui-token"
+    assert auth.valid_token("the-api-token") == "the-api-token"
+    assert auth.valid_token("") is None and auth.valid_token("the-ui-token ") is None
+    cookie = auth.session_cookie("the-ui-token", now=1000.0)
+    assert "the-ui-token" not in cookie
+    assert auth.valid_session(cookie, now=1000.0 + SESSION_SECONDS - 1)
+    assert not auth.valid_session(cookie, now=1000.0 + SESSION_SECONDS + 1)
+    expires, _, signature = cookie.partition(".")
+    assert not auth.valid_session(f"{int(expires) + 3600}.{signature}", now=1000.0)
+    assert not auth.valid_session("garbage", now=1000.0)
+    assert auth.allowed({"Authorization": "Bearer the-api-token"}, {})
+    assert not auth.allowed({"Authorization": "Bearer nope"}, {"responder_ui": cookie})
+
+
+def test_rotating_the_token_ends_its_sessions(auth: UiAuth, monkeypatch: pytest.MonkeyPatch) -> None:
+    cookie = auth.session_cookie("the-ui-token")
+    assert auth.valid_session(cookie)
+    monkeypatch.setenv("T_UI_TOKEN", "a-new-ui-token")
+    assert not auth.valid_session(cookie)
+
+
+def test_no_token_configured_means_no_console() -> None:
+    auth = UiAuth(ServerConfig())
+    assert not auth.configured
+    assert not auth.allowed({}, {}) and not auth.allowed({"Authorization": "Bearer "}, {})
