@@ -114,6 +114,7 @@ def result_json(result: ReplayResult) -> dict[str, Any]:
     incident = result.incident
     return {
         "incident": {"fingerprint": incident.fingerprint, "alertname": incident.alertname, "rule": incident.rule,
+                     "group_key": incident.group_key, "members": incident.members_total,
                      "status": incident.status.value, "labels": incident.labels, "error": incident.error},
         "evidence": [{k: row[k] for k in ("rule", "step", "collector", "title", "status", "duration_ms", "text")}
                      for row in result.evidence],

@@ -37,7 +37,7 @@ def show(p: AlertPreview) -> None:
     if not p.rules:
         out.print("  [yellow]no rule matches: the incident would be recorded as unmatched[/]")
     for rule in p.rules:
-        out.print(f"\n  [bold]rule {escape(rule.rule)}[/]")
+        out.print(f"\n  [bold]rule {escape(rule.rule)}[/]  [dim]group {escape(rule.group_key)}[/]")
         for error in rule.errors:
             out.print(f"    [red]! {escape(error)}[/]")
         for step in rule.collectors:

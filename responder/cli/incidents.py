@@ -45,6 +45,10 @@ def incident_row(incident: Incident) -> dict[str, object]:
         "opened_at": incident.opened_at,
         "resolved_at": incident.resolved_at,
         "deliveries": incident.deliveries,
+        "group_key": incident.group_key,
+        "members_firing": incident.members_firing,
+        "members_total": incident.members_total,
+        "previous_id": incident.previous_id,
     }
 
 
@@ -61,10 +65,11 @@ def list_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([incident_row(i) for i in incidents], indent=2))
         return 0
-    table = Table("id", "alert", "rule", "status", "opened", "resolved", "deliveries", "fingerprint")
+    table = Table("id", "alert", "rule", "status", "alerts (firing/all)", "group", "opened", "resolved",
+                  "deliveries")
     for i in incidents:
-        table.add_row(str(i.id), i.alertname, i.rule or "-", i.status.value, ts(i.opened_at),
-                      ts(i.resolved_at), str(i.deliveries), i.fingerprint)
+        table.add_row(str(i.id), i.alertname, i.rule or "-", i.status.value, f"{i.members_firing}/{i.members_total}",
+                      i.group_key, ts(i.opened_at), ts(i.resolved_at), str(i.deliveries))
     out.print(table)
     out.print(f"{len(incidents)} incident(s)")
     return 0
