@@ -1,23 +1,32 @@
-"""Ingest benchmark: Alertmanager webhooks with 1 and 50 alerts per request, from wrk in a separate process,
-against the daemon on SQLite and on PostgreSQL, and against a bare aiohttp baseline that only parses the JSON.
+"""Ingest benchmark: Alertmanager webhooks with 1 or 50 alerts per request, from wrk in a separate process
+(1 thread, 32 connections), against the daemon on SQLite and on PostgreSQL, and against a bare aiohttp app that
+only parses the JSON, measured side by side in the same run so the ratio survives a noisy machine.
 
-    .venv/bin/python bench/ingest.py [--duration 15] [--connections 32] [--targets baseline,sqlite,postgres]
+    .venv/bin/python bench/ingest.py [--workload storm,distinct] [--alerts 1] [--duration 8]
+        [--targets baseline,sqlite,postgres] [--loop asyncio|uvloop] [--processes N] [--set KEY=VALUE ...]
 
-Prints a table and writes bench/results/ingest.json.
+Workloads (every request carries new alerts either way):
+  storm     each delivery belongs to one of 100 Alertmanager groups: most add members to an open incident;
+  distinct  each delivery is a new group: every request opens an incident.
+
+Prints a table and writes bench/results/NAME.json (NAME from --name, default ingest).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,10 +59,13 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return result
 
 
-def start_server(target: str, port: int, workdir: Path, *, pipeline_workers: int = 4, synchronous: str = "full"
+def start_server(target: str, port: int, workdir: Path, *, pipeline_workers: int = 4, synchronous: str = "full",
+                 loop: str = "asyncio", processes: int = 1, settings: Sequence[str] = ()
                  ) -> tuple[subprocess.Popen[bytes], str | None]:
+    """The bare app, or `responder serve` on a fresh SQLite file or PostgreSQL schema; `settings` are extra
+    config values as dotted KEY=VALUE (the value is YAML)."""
     if target == "baseline":
-        argv = [sys.executable, str(REPO / "bench" / "baseline_app.py"), "--port", str(port)]
+        argv = [sys.executable, str(REPO / "bench" / "baseline_app.py"), "--port", str(port), "--loop", loop]
         return subprocess.Popen(argv, env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), None
     schema = None
     if target == "sqlite":
@@ -61,21 +73,39 @@ def start_server(target: str, port: int, workdir: Path, *, pipeline_workers: int
     else:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         store = f"{PG}?schema={schema}"
-    config = workdir / "bench-config.yaml"
     rules = workdir / "rules"
     rules.mkdir(exist_ok=True)
-    config.write_text(
-        "intakes: {alertmanager: {auth: {unauthenticated: loopback}}}\n"
-        "sinks: {console: {enabled: false}}\n"
-        "logging: {level: warning}\n"
-        f"rules: {{dirs: [{rules}]}}\n"
-        f"store: {{pool_size: 20, sqlite_synchronous: {synchronous}}}\n"
-        f"pipeline: {{workers: {pipeline_workers}}}\n"
-    )
-    argv = [sys.executable, "-m", "responder", "serve", "--config", str(config), "--store", store,
+    config: dict[str, Any] = {
+        "intakes": {"alertmanager": {"auth": {"unauthenticated": "loopback"}}},
+        "sinks": {"console": {"enabled": False}},
+        "logging": {"level": "warning"},
+        "rules": {"dirs": [str(rules)]},
+        "store": {"pool_size": 20, "sqlite_synchronous": synchronous},
+        "pipeline": {"workers": pipeline_workers},
+        "server": {"event_loop": loop},
+    }
+    for setting in settings:
+        dotted, _, value = setting.partition("=")
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    path = workdir / "bench-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "responder", "serve", "--config", str(path), "--store", store,
             "--listen", f"127.0.0.1:{port}"]
+    if processes != 1:
+        argv += ["--processes", str(processes)]
     return subprocess.Popen(argv, env=env_with_repo(), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL), schema
+
+
+def stop_server(proc: subprocess.Popen[bytes], schema: str | None) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+    if schema:
+        drop_schema(schema)
 
 
 def drop_schema(schema: str) -> None:
@@ -89,60 +119,99 @@ def drop_schema(schema: str) -> None:
     asyncio.run(drop())
 
 
-def run(target: str, alerts: int, duration: int, connections: int, workdir: Path, **server: Any) -> dict[str, Any]:
+def process_tree(pid: int) -> list[int]:
+    """The process and its children (`serve --processes N` forks N workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [pid]
+    if children.exists():
+        for child in children.read_text().split():
+            found += process_tree(int(child))
+    return found
+
+
+def run_wrk(port: int, *, workload: str, alerts: int, duration: int, connections: int, threads: int = 1
+            ) -> dict[str, Any]:
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
+         str(REPO / "bench" / "post_alerts.lua"), f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=duration + 60,
+        env=env_with_repo({"ALERTS": str(alerts), "WORKLOAD": workload}),
+    ).stdout
+    return parse_wrk(out)
+
+
+def run(target: str, workload: str, alerts: int, duration: int, connections: int, workdir: Path, **server: Any
+        ) -> dict[str, Any]:
     port = free_port()
     proc, schema = start_server(target, port, workdir, **server)
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
-        cpu_before = cpu_seconds(proc.pid)
-        out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
-             str(REPO / "bench" / "post_alerts.lua"), f"http://127.0.0.1:{port}"],
-            capture_output=True, text=True, env=env_with_repo({"ALERTS": str(alerts)}), timeout=duration + 60,
-        ).stdout
-        result = parse_wrk(out)
+        pids = process_tree(proc.pid)
+        cpu_before = sum(cpu_seconds(p) for p in pids)
+        load_before = os.getloadavg()[0]
+        result = run_wrk(port, workload=workload, alerts=alerts, duration=duration, connections=connections)
         # Requests answered during the run: wrk's rate times the run time (its own total is not printed).
         result["cpu_ms_per_request"] = round(
-            1000 * (cpu_seconds(proc.pid) - cpu_before) / max(1.0, result["requests_per_s"] * duration), 3)
+            1000 * (sum(cpu_seconds(p) for p in pids) - cpu_before)
+            / max(1.0, result["requests_per_s"] * duration), 3)
+        result["load_average"] = round((load_before + os.getloadavg()[0]) / 2, 2)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if schema:
-            drop_schema(schema)
-    result.update(target=target, alerts_per_request=alerts, alerts_per_s=result["requests_per_s"] * alerts)
+        stop_server(proc, schema)
+    result.update(target=target, workload=workload, alerts_per_request=alerts,
+                  alerts_per_s=result["requests_per_s"] * alerts)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--workload", default="storm,distinct", help="storm and/or distinct, comma-separated")
+    parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--targets", default="baseline,sqlite,postgres")
-    parser.add_argument("--alerts", default="1,50", help="alerts per request, comma-separated")
+    parser.add_argument("--alerts", default="1", help="alerts per request, comma-separated (e.g. 1,50)")
     parser.add_argument("--pipeline-workers", type=int, default=4)
     parser.add_argument("--sqlite-synchronous", default="full", choices=["full", "normal"])
+    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
+                        help="the daemon's server.event_loop")
+    parser.add_argument("--baseline-loop", default="asyncio", choices=["asyncio", "uvloop"],
+                        help="the bare app's event loop (the issue's reference is plain asyncio)")
+    parser.add_argument("--processes", type=int, default=1, help="serve --processes for PostgreSQL")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value for the daemon, e.g. pipeline.intake_first_max_wait=0; repeatable")
     parser.add_argument("--name", default="ingest", help="results file name, bench/results/NAME.json")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for alerts in map(int, args.alerts.split(",")):
-            for target in args.targets.split(","):
-                results.append(run(target, alerts, args.duration, args.connections, Path(tmp),
-                                   pipeline_workers=args.pipeline_workers, synchronous=args.sqlite_synchronous))
-    baseline = {r["alerts_per_request"]: r["requests_per_s"] for r in results if r["target"] == "baseline"}
+        for workload in args.workload.split(","):
+            for alerts in map(int, args.alerts.split(",")):
+                for target in args.targets.split(","):
+                    server: dict[str, Any] = {"pipeline_workers": args.pipeline_workers,
+                                              "synchronous": args.sqlite_synchronous,
+                                              "loop": args.baseline_loop if target == "baseline" else args.loop,
+                                              "settings": args.set}
+                    if target == "postgres":
+                        server["processes"] = args.processes
+                    results.append(run(target, workload, alerts, args.duration, args.connections, Path(tmp),
+                                       **server))
+    # The ratio is to the bare app measured next to it (same workload and alerts per request, same minute).
+    baseline = {(r["workload"], r["alerts_per_request"]): r["requests_per_s"]
+                for r in results if r["target"] == "baseline"}
     for r in results:
-        base = baseline.get(r["alerts_per_request"])
+        base = baseline.get((r["workload"], r["alerts_per_request"]))
         r["ratio_to_baseline"] = round(r["requests_per_s"] / base, 3) if base else None
     print_table(
-        ["target", "alerts/req", "req/s", "alerts/s", "p50 ms", "p99 ms", "max ms", "errors", "x baseline",
-         "server CPU ms/req"],
-        [[r["target"], r["alerts_per_request"], f"{r['requests_per_s']:.0f}", f"{r['alerts_per_s']:.0f}",
-          r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["ratio_to_baseline"], r["cpu_ms_per_request"]]
+        ["workload", "target", "alerts/req", "req/s", "alerts/s", "p50 ms", "p99 ms", "max ms", "errors",
+         "x baseline", "server CPU ms/req", "load"],
+        [[r["workload"], r["target"], r["alerts_per_request"], f"{r['requests_per_s']:.0f}",
+          f"{r['alerts_per_s']:.0f}", r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["ratio_to_baseline"],
+          r["cpu_ms_per_request"], r["load_average"]]
          for r in results],
     )
     path = write_result(args.name, {"connections": args.connections, "duration_s": args.duration,
                                    "pipeline_workers": args.pipeline_workers,
-                                   "sqlite_synchronous": args.sqlite_synchronous,
+                                   "sqlite_synchronous": args.sqlite_synchronous, "loop": args.loop,
+                                   "baseline_loop": args.baseline_loop, "processes": args.processes,
+                                   "settings": args.set,
                                    "runs": results})
     print(f"results: {path}")
 

@@ -1,6 +1,7 @@
 """Profile the ingest path: the daemon under the same wrk load as bench/ingest.py, sampled by py-spy.
 
-    .venv/bin/python bench/profile_ingest.py [--target sqlite|postgres] [--alerts 1] [--duration 10]
+    .venv/bin/python bench/profile_ingest.py [--target sqlite|postgres] [--workload storm|distinct] [--alerts 1]
+        [--duration 10] [--loop asyncio|uvloop]
 
 Needs py-spy (`pip install py-spy`; sampling another process needs root or ptrace permission). Writes
 the collapsed stacks and a flame graph to bench/results/, prints the functions with the most samples
@@ -21,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, RESULTS, env_with_repo, free_port, print_table, wait_ready, write_result
-from bench.ingest import drop_schema, parse_wrk, start_server
+from bench.common import REPO, RESULTS, free_port, print_table, wait_ready, write_result
+from bench.ingest import run_wrk, start_server, stop_server
 
 
 def py_spy() -> str:
@@ -70,42 +71,37 @@ def summarize(collapsed: Path, top: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="postgres", choices=["sqlite", "postgres"])
+    parser.add_argument("--workload", default="storm", choices=["storm", "distinct"])
     parser.add_argument("--alerts", type=int, default=1)
+    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    name = f"profile-{args.target}-{args.alerts}"
+    name = f"profile-{args.target}-{args.workload}-{args.alerts}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     collapsed = RESULTS / f"{name}.txt"
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        proc, schema = start_server(args.target, port, Path(tmp))
+        proc, schema = start_server(args.target, port, Path(tmp), loop=args.loop)
         try:
             wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
             spy = subprocess.Popen([py_spy(), "record", "--pid", str(proc.pid), "--rate", "250", "--idle",
                                     "--duration", str(args.duration), "--format", "raw", "--output", str(collapsed)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            out = subprocess.run(
-                ["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s",
-                 str(REPO / "bench" / "post_alerts.lua"), f"http://127.0.0.1:{port}"],
-                capture_output=True, text=True, env=env_with_repo({"ALERTS": str(args.alerts)}),
-                timeout=args.duration + 60,
-            ).stdout
+            load = run_wrk(port, workload=args.workload, alerts=args.alerts, duration=args.duration,
+                           connections=args.connections)
             spy.wait(timeout=args.duration + 60)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            if schema:
-                drop_schema(schema)
-    load = parse_wrk(out)
+            stop_server(proc, schema)
     summary = summarize(collapsed, args.top)
-    print(f"{args.target}, {args.alerts} alert(s)/request: {load['requests_per_s']:.0f} req/s under the profiler,"
-          f" {summary['samples']} samples, event loop idle {summary['idle_share']:.0%}\n")
+    print(f"{args.target}, {args.workload}, {args.alerts} alert(s)/request: {load['requests_per_s']:.0f} req/s"
+          f" under the profiler, {summary['samples']} samples, event loop idle {summary['idle_share']:.0%}\n")
     print_table(["inclusive share", "function"], [[f"{s:.1%}", n] for n, s in summary["inclusive"]])
     print()
     print_table(["self share", "function"], [[f"{s:.1%}", n] for n, s in summary["self"]])
-    path = write_result(name, {"target": args.target, "alerts_per_request": args.alerts, "load": load, **summary})
+    path = write_result(name, {"target": args.target, "workload": args.workload, "alerts_per_request": args.alerts,
+                               "loop": args.loop, "load": load, **summary})
     print(f"results: {path}, stacks: {collapsed}")
 
 

@@ -21,13 +21,13 @@ from aiohttp import web
 from responder.collectors.runner import EvidenceLimits
 from responder.config import Config, secret_values
 from responder.evidence import Evidence
-from responder.intake import Intake
-from responder.intake import registry as intake_registry
+from responder.intake import build_intakes
 from responder.jobs import PIPELINE_QUEUE, JobTable
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
 from responder.mitigations.jobs import MitigationJobs
 from responder.mitigations.locks import LocalLocks, TargetLocks, open_locks
+from responder.pipeline.intake_first import IntakeFirst
 from responder.pipeline.process import IncidentProcessor
 from responder.pipeline.worker import QueueWorker, WorkerSettings
 from responder.redaction import Redactor
@@ -40,14 +40,6 @@ from responder.supervisor import RestartPolicy, Supervisor
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
-
-
-def build_intakes(config: Config) -> list[Intake]:
-    intakes = []
-    for name, intake_config in config.intakes.items():
-        if intake_config.enabled:
-            intakes.append(intake_registry.get(name)(intake_config))
-    return intakes
 
 
 def build_sinks(config: Config) -> list[Sink]:
@@ -64,6 +56,7 @@ class Daemon:
         self.sinks = build_sinks(config)
         self.redactor = Redactor(secret_values(config), config.redact)
         self.started = False
+        self.intake_first = IntakeFirst(config.pipeline.intake_first_max_wait)
         policy = config.supervisor
         self.supervisor = Supervisor(RestartPolicy(policy.restart_initial, policy.restart_max, policy.max_restarts,
                                                    policy.restart_window), self.metrics)
@@ -144,7 +137,8 @@ class Daemon:
         # The pipeline's and the mitigations' jobs end with sink events: wake the sink workers rather than
         # wait for their poll.
         self.workers = [QueueWorker(self.store.queue, queue, table.handler(queue), settings, self.owner, self.metrics,
-                                    on_done=None if queue in sink_queues else wake_sinks)
+                                    on_done=None if queue in sink_queues else wake_sinks,
+                                    before_claim=self.intake_first.turn if queue == PIPELINE_QUEUE else None)
                         for queue in table.queues()]
         for worker in self.workers:
             self.supervisor.start(f"worker:{worker.queue}", worker.run)
@@ -194,9 +188,12 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # Several processes of one daemon share the port; the kernel spreads connections across them.
+        site = web.TCPSite(runner, host, port, reuse_address=True,
+                           reuse_port=daemon.config.server.processes > 1)
         await site.start()
-        log.info("listening on http://%s:%d", host, port)
+        log.info("listening on http://%s:%d (pid %d, event loop %s)", host, port, os.getpid(),
+                 type(loop).__module__.split(".")[0])
         stopping = asyncio.create_task(stop.wait(), name="wait-for-signal")
         failing = asyncio.create_task(daemon.supervisor.failed.wait(), name="wait-for-failure")
         await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)

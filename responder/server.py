@@ -74,7 +74,8 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
         except PayloadError as exc:
             return problem(400, "invalid payload", exc.message, field=exc.field)
         try:
-            receipt = await daemon.store.record_delivery(delivery)
+            with daemon.intake_first.delivering():
+                receipt = await daemon.store.record_delivery(delivery)
         except StoreUnavailable as exc:
             log.warning("webhook %s refused with 503: %s", intake.name, exc)
             return store_unavailable("alerts were not stored; retry later")

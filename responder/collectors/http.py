@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import re
 import ssl
 import time
 from typing import Annotated, Any
@@ -12,24 +11,14 @@ from typing import Annotated, Any
 import aiohttp
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams
 from responder.config import Duration, HttpTarget
 from responder.evidence import EvidenceStatus
+from responder.params import UrlPath, under_base
 
-
-def _url_path(value: str) -> str:
-    path = value.split("?", 1)[0]
-    if value and (not re.fullmatch(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)+(\?[!-~]*)?", value)
-                  or ".." in path.split("/")):
-        raise ValueError(f"not an absolute URL path without '..': {value!r}")
-    return value
-
-
-# A URL path (and query) appended to the target's URL: no scheme, no host, no `..` segments.
-UrlPath = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_url_path)]
 Hostname = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$",
                                             max_length=253)]
 SHOWN_HEADERS = ["content-type", "server", "location", "retry-after", "cache-control", "x-request-id"]
@@ -56,7 +45,7 @@ class HttpCheck(Collector[HttpCheckParams]):
 
     async def collect(self, params: HttpCheckParams, ctx: CollectorContext) -> Finding:
         spec: HttpTarget = ctx.targets.spec("http", params.target)
-        url = spec.url.rstrip("/") + params.path if params.path else spec.url
+        url = under_base(spec.url, params.path)
         headers = {name: value.reveal() for name, ref in spec.headers.items() if (value := ref.resolve()) is not None}
         session = await ctx.targets.http()
         started = time.monotonic()
@@ -71,13 +60,13 @@ class HttpCheck(Collector[HttpCheckParams]):
                 shown = {name: resp.headers[name] for name in params.headers if name in resp.headers}
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return Finding(f"{params.method} {url} failed: {type(exc).__name__}", {
-                "url": url, "reachable": False, "healthy": False, "error": type(exc).__name__,
+                "url": str(url), "reachable": False, "healthy": False, "error": type(exc).__name__,
                 "latency_ms": round((time.monotonic() - started) * 1000, 1)},
                 f"{type(exc).__name__}: {exc}", EvidenceStatus.ERROR)
         snippet = body.decode("utf-8", errors="replace")
         expected = status in params.expect_status if params.expect_status else 200 <= status < 400
         healthy = expected and (params.expect_text is None or params.expect_text in snippet)
-        payload = {"url": url, "reachable": True, "status_code": status, "healthy": healthy,
+        payload = {"url": str(url), "reachable": True, "status_code": status, "healthy": healthy,
                    "latency_ms": round((first_byte - started) * 1000, 1), "headers": shown, "body_snippet": snippet}
         lines = [f"HTTP {status} in {payload['latency_ms']:g} ms", *(f"{k}: {v}" for k, v in shown.items()), "",
                  snippet]

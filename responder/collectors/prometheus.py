@@ -14,12 +14,13 @@ from responder.collectors.base import Collector, CollectorContext, Finding, regi
 from responder.collectors.common import TargetParams, table
 from responder.config import Duration, PrometheusTarget
 from responder.evidence import EvidenceStatus
+from responder.params import PromQLQuery
 
 MAX_POINTS = 11_000  # Prometheus' own limit per series for a range query
 
 
 class QueryParams(TargetParams):
-    query: str = Field(min_length=1, max_length=4000)
+    query: PromQLQuery
     timeout: Duration = Field(default=10.0, gt=0, le=120)
     # At most this many series are kept in the evidence (the rest are counted).
     max_series: int = Field(default=20, ge=1, le=500)

@@ -12,8 +12,9 @@ from pydantic import Field, StringConstraints
 from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams, table
 from responder.evidence import EvidenceStatus
+from responder.params import RedisGlob
 
-# A key name or glob from a rule: printable, no whitespace, bounded.
+# A key name from a rule: printable, no whitespace, bounded.
 RedisKey = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,256}$")]
 
 
@@ -154,7 +155,7 @@ class Queues(Collector[QueuesParams]):
 
 
 class ScanCountParams(TargetParams):
-    pattern: RedisKey
+    pattern: Annotated[RedisGlob, StringConstraints(pattern=r"^[!-~]{1,256}$")]
     # SCAN stops after this many keys: the count is then a lower bound (`complete: false`).
     max_keys: int = Field(default=10_000, ge=1, le=1_000_000)
     sample: int = Field(default=5, ge=0, le=50)

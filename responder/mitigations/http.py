@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from responder.mitigations.base import Action, ActionContext, registry
-from responder.params import TargetName
+from responder.params import TargetName, UrlPath, under_base
 
 
 class HttpParams(BaseModel):
@@ -20,18 +20,10 @@ class HttpParams(BaseModel):
 
     target: TargetName
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    path: str = Field(max_length=2048)
+    path: UrlPath
     json_body: dict[str, Any] | list[Any] | None = Field(default=None, alias="json")
     expect_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
     timeout: float = Field(default=10.0, gt=0, le=120)
-
-    @field_validator("path")
-    @classmethod
-    def _relative_path(cls, value: str) -> str:
-        if not value.startswith("/") or value.startswith("//") or ".." in value.split("/") or any(
-                c.isspace() or c in "#\\" for c in value):
-            raise ValueError("path must start with '/', stay under the target's URL and contain no spaces")
-        return value
 
 
 @registry.register
@@ -49,7 +41,7 @@ class HttpRequest(Action[HttpParams]):
     async def execute(self, params: HttpParams, ctx: ActionContext) -> dict[str, Any]:
         spec = ctx.targets.spec("http", params.target)
         headers = {name: s.reveal() for name, ref in spec.headers.items() if (s := ref.resolve()) is not None}
-        url = spec.url.rstrip("/") + params.path
+        url = under_base(spec.url, params.path)
         timeout = aiohttp.ClientTimeout(total=params.timeout)
         connector = aiohttp.TCPConnector(ssl=bool(spec.verify_tls))
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, session.request(

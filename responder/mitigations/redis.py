@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from responder.mitigations.base import Action, ActionContext, registry
-from responder.params import TargetName
+from responder.params import RedisGlob, TargetName
 
 _BATCH = 500
 
@@ -18,7 +18,7 @@ class DeleteKeysParams(BaseModel):
 
     target: TargetName
     # A glob pattern with a literal prefix of at least 3 characters: `cache:old:*`, never `*`.
-    pattern: str = Field(max_length=256)
+    pattern: RedisGlob
     max_keys: int = Field(default=1000, ge=1, le=100_000)
 
     @field_validator("pattern")

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from responder.collectors import registry as collector_registry
 from responder.mitigations import registry as action_registry
 from responder.models import Alert
+from responder.params import render_as
 from responder.plugins import Registry
 from responder.rules.matchers import Matcher
 from responder.rules.model import MitigationSpec, Rule, StepSpec
@@ -90,8 +91,10 @@ def render_steps(rule: Rule, alert: Alert) -> tuple[list[RenderedStep], list[Ren
         for index, spec in enumerate(steps):
             step_id = spec.step_id(index)
             try:
-                params = render_value(spec.params, context)
                 model: type[BaseModel] = registry.get(spec.type).params_model
+                # Each value is written in the way its parameter's type demands (see params.RenderAs).
+                params = {key: render_value(value, context, kind.escape if (kind := render_as(model, key)) else None)
+                          for key, value in spec.params.items()}
                 rendered.append(RenderedStep(step_id, spec.type, spec, model.model_validate(params)))
             except TemplateError as exc:
                 errors.append(StepError(step_id, str(exc)))

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from responder.params import RenderAs, promql_string
+
 _EXPR = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _LOOKUP = re.compile(r"^(labels|annotations|alert)\.([A-Za-z_][A-Za-z0-9_]*)$")
 _FILTER = re.compile(r"""^([a-z_]+)(?:\(\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\s*\))?$""")
@@ -21,11 +23,6 @@ class TemplateError(ValueError):
     pass
 
 
-def _promql_string(value: str) -> str:
-    """Escape for use inside a double-quoted PromQL string (label values from alerts)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _regex_escape(value: str) -> str:
     return re.escape(value)
 
@@ -33,7 +30,7 @@ def _regex_escape(value: str) -> str:
 _FILTERS: dict[str, Callable[[str], str]] = {
     "lower": str.lower,
     "upper": str.upper,
-    "promql": _promql_string,
+    "promql": promql_string,
     "regex_escape": _regex_escape,
 }
 
@@ -69,8 +66,9 @@ def _parse(expr: str) -> tuple[str, str, list[tuple[str, str | None]]]:
     return lookup.group(1), lookup.group(2), parsed
 
 
-def render(text: str, context: Mapping[str, Mapping[str, str]]) -> str:
-    """Render one template string; a missing label without default() is a TemplateError."""
+def render(text: str, context: Mapping[str, Mapping[str, str]], escape: Callable[[str], str] | None = None) -> str:
+    """Render one template string; a missing label without default() is a TemplateError. `escape`
+    (from the parameter's type) is applied to each substituted value, defaults included."""
 
     def substitute(m: re.Match[str]) -> str:
         scope, key, filters = _parse(m.group(1))
@@ -83,20 +81,62 @@ def render(text: str, context: Mapping[str, Mapping[str, str]]) -> str:
                 value = _FILTERS[name](value)
         if value is None:
             raise TemplateError(f"{scope}.{key} is not set on this alert (add | default(\"...\") if optional)")
-        return value
+        return escape(value) if escape is not None else value
 
     return _EXPR.sub(substitute, text)
 
 
-def render_value(value: Any, context: Mapping[str, Mapping[str, str]]) -> Any:
+def render_value(value: Any, context: Mapping[str, Mapping[str, str]],
+                 escape: Callable[[str], str] | None = None) -> Any:
     """Render every string in a parameter tree (dicts and lists included)."""
     if isinstance(value, str):
-        return render(value, context) if "{{" in value else value
+        return render(value, context, escape) if "{{" in value else value
     if isinstance(value, dict):
-        return {k: render_value(v, context) for k, v in value.items()}
+        return {k: render_value(v, context, escape) for k, v in value.items()}
     if isinstance(value, list):
-        return [render_value(v, context) for v in value]
+        return [render_value(v, context, escape) for v in value]
     return value
+
+
+def check_typed(text: str, kind: RenderAs) -> list[str]:
+    """Problems with the expressions of a template written into a typed parameter (see RenderAs):
+    each must end with the type's filter and, for a query, sit inside a quoted string literal."""
+    problems = []
+    quote: str | None = None
+    position = 0
+    for m in _EXPR.finditer(text):
+        quote = _quote_after(text[position:m.start()], quote)
+        position = m.end()
+        try:
+            _scope, _key, filters = _parse(m.group(1))
+        except TemplateError:
+            continue  # reported by check_template
+        names = [name for name, _arg in filters]
+        while names and names[-1] == "default":
+            names.pop()
+        expression = "{{" + m.group(1) + "}}"
+        if kind.filter is not None and (not names or names[-1] != kind.filter):
+            problems.append(f"{expression} in a {kind.kind} must end with '| {kind.filter}' (before any default)")
+        if kind.in_string_literal and quote not in ('"', "'"):
+            where = "a raw `...` string" if quote == "`" else "no string literal"
+            problems.append(f"{expression} sits in {where}: values from the alert may only appear inside"
+                            f" \"...\" or '...' in a {kind.kind}")
+    return problems
+
+
+def _quote_after(segment: str, quote: str | None) -> str | None:
+    """The string literal open at the end of `segment`, given the one open at its start."""
+    escaped = False
+    for char in segment:
+        if escaped:
+            escaped = False
+        elif quote in ('"', "'") and char == "\\":
+            escaped = True
+        elif quote is None and char in "\"'`":
+            quote = char
+        elif char == quote:
+            quote = None
+    return quote
 
 
 def check_value(value: Any) -> list[str]:

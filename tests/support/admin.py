@@ -22,8 +22,8 @@ class AdminEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.text()
-        self.calls.append({"method": request.method, "path": request.path_qs, "body": body,
-                           "authorization": request.headers.get("Authorization")})
+        self.calls.append({"method": request.method, "path": request.path_qs, "raw_path": request.raw_path,
+                           "body": body, "authorization": request.headers.get("Authorization")})
         await asyncio.sleep(self.delay)
         return web.json_response({"ok": self.status < 400}, status=self.status)
 

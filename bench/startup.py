@@ -1,0 +1,85 @@
+"""Start-up cost: time from `responder serve` being started to /readyz answering 200, and the idle
+daemon's resident memory, on SQLite and PostgreSQL.
+
+    .venv/bin/python bench/startup.py [--runs 5] [--targets sqlite,postgres] [--loop asyncio|uvloop]
+
+The daemon runs with the benchmark config of bench/ingest.py (no rules, console sink off) unless --config
+names another file. Ready is polled every 10 ms; RSS (VmRSS) is read after the daemon has been idle for
+--idle seconds. Prints the median and the worst run and writes bench/results/NAME.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import free_port, print_table, write_result
+from bench.ingest import start_server, stop_server
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def time_to_ready(url: str, started: float, proc: Any, timeout: float = 30) -> float:
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            time.sleep(0.01)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def one_run(target: str, workdir: Path, idle: float, loop: str) -> dict[str, float]:
+    port = free_port()
+    started = time.monotonic()
+    proc, schema = start_server(target, port, workdir, loop=loop)
+    try:
+        ready_s = time_to_ready(f"http://127.0.0.1:{port}/readyz", started, proc)
+        time.sleep(idle)
+        return {"ready_s": ready_s, "rss_mb": rss_mb(proc.pid)}
+    finally:
+        stop_server(proc, schema)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--targets", default="sqlite,postgres")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds idle before reading RSS")
+    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    parser.add_argument("--name", default="startup", help="results file name, bench/results/NAME.json")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in args.targets.split(","):
+            runs = [one_run(target, Path(tmp), args.idle, args.loop) for _ in range(args.runs)]
+            ready = [r["ready_s"] for r in runs]
+            rss = [r["rss_mb"] for r in runs]
+            results.append({"target": target, "runs": runs,
+                            "ready_s_median": round(statistics.median(ready), 3), "ready_s_max": round(max(ready), 3),
+                            "rss_mb_median": round(statistics.median(rss), 1), "rss_mb_max": round(max(rss), 1)})
+    print_table(["target", "ready s (median)", "ready s (max)", "idle RSS MB (median)", "idle RSS MB (max)"],
+                [[r["target"], r["ready_s_median"], r["ready_s_max"], r["rss_mb_median"], r["rss_mb_max"]]
+                 for r in results])
+    path = write_result(args.name, {"loop": args.loop, "idle_s": args.idle, "results": results})
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
