@@ -20,7 +20,7 @@ from responder.mitigations import registry as action_registry
 from responder.mitigations.conditions import parse_condition
 from responder.plugins import Registry, UnknownPlugin
 from responder.problems import Problem
-from responder.rules.engine import RuleSet
+from responder.rules.engine import RenderedStep, RuleSet
 from responder.rules.loader import load_rules
 from responder.rules.model import Rule, StepSpec
 from responder.rules.templating import is_templated
@@ -78,6 +78,15 @@ def step_target(step: StepSpec, registry: Registry[Any]) -> tuple[str, str] | No
     if not isinstance(name, str) or is_templated(name):
         return None
     return kind, name
+
+
+def rendered_target(config: Config, step: RenderedStep) -> tuple[str, str, bool] | None:
+    """(kind, name, configured?) of the target a rendered step will use; None when it uses none."""
+    kind = target_kind(step.type)
+    name = getattr(step.params, "target", None)
+    if kind is None or not isinstance(name, str):
+        return None
+    return kind, name, name in getattr(config.targets, kind)
 
 
 def _steps(rule: Rule) -> Iterator[tuple[str, StepSpec, Registry[Any]]]:

@@ -42,4 +42,5 @@ class Collector(abc.ABC, Generic[P]):
     async def collect(self, params: P, ctx: CollectorContext) -> Finding: ...
 
 
-registry: Registry[type[Collector[Any]]] = Registry("collector", "responder.collectors")
+registry: Registry[type[Collector[Any]]] = Registry("collector", "responder.collectors",
+                                                            machinery=("base", "common", "runner"))

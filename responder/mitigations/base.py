@@ -43,4 +43,5 @@ class Action(abc.ABC, Generic[P]):
         """Do it; returns what happened, for the audit."""
 
 
-registry: Registry[type[Action[Any]]] = Registry("action", "responder.mitigations")
+registry: Registry[type[Action[Any]]] = Registry(
+    "action", "responder.mitigations", machinery=("base", "approvals", "conditions", "guard", "jobs", "locks"))

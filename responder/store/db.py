@@ -15,11 +15,13 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-import aiosqlite
-import asyncpg
+# Each driver is imported when a store of its kind is opened: SQLite users never load asyncpg.
+if TYPE_CHECKING:
+    import aiosqlite
+    import asyncpg
 
 Row = Mapping[str, Any]
 Dialect = Literal["sqlite", "postgres"]
@@ -128,6 +130,8 @@ class SqliteDatabase(Database):
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteDatabase:
         path.parent.mkdir(parents=True, exist_ok=True)
+        import aiosqlite
+
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute("PRAGMA journal_mode=WAL")
@@ -165,14 +169,13 @@ class SqliteDatabase(Database):
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-)
+@functools.cache
+def _unavailable() -> tuple[type[BaseException], ...]:
+    """Errors meaning the server cannot be reached now (retry later), not that a statement is wrong."""
+    import asyncpg
+
+    return (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
 
 
 class _PostgresConnection(Connection):
@@ -208,6 +211,8 @@ class PostgresDatabase(Database):
         settings = {"search_path": schema} if schema else {}
         if schema:
             await _ensure_schema(dsn, schema, timeout)
+        import asyncpg
+
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -217,7 +222,7 @@ class PostgresDatabase(Database):
                 command_timeout=max(timeout, 30.0),
                 server_settings=settings,
             )
-        except _UNAVAILABLE as exc:
+        except _unavailable() as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
         return cls(pool, schema)
 
@@ -226,7 +231,7 @@ class PostgresDatabase(Database):
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 yield _PostgresConnection(conn)
-        except _UNAVAILABLE as exc:
+        except _unavailable() as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
 
     @asynccontextmanager
@@ -234,7 +239,7 @@ class PostgresDatabase(Database):
         try:
             async with self._pool.acquire() as conn:
                 yield _PostgresConnection(conn)
-        except _UNAVAILABLE as exc:
+        except _unavailable() as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -253,9 +258,11 @@ def split_schema(url: str) -> tuple[str, str | None]:
 
 
 async def _ensure_schema(dsn: str, schema: str, timeout: float) -> None:
+    import asyncpg
+
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout)
-    except _UNAVAILABLE as exc:
+    except _unavailable() as exc:
         raise StoreUnavailable(f"postgresql: {exc}") from exc
     try:
         # Replicas may start together; the advisory lock keeps CREATE SCHEMA from racing itself.
