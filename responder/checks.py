@@ -40,6 +40,15 @@ def cross_check(config: Config, rules: list[Rule], *, targets_known: bool = True
     for rule in rules:
         problems += _missing_targets(config.targets, rule, used, targets_known)
         problems += _when_steps(rule)
+        if rule.alertmanager is not None and targets_known and rule.alertmanager not in config.targets.alertmanager:
+            problems.append(_rule_problem(rule, "alertmanager", f"no alertmanager target named {rule.alertmanager!r}"))
+    # An Alertmanager target is also chosen at run time, by the externalURL of a delivery: never "unused".
+    used |= {("alertmanager", name) for name in config.targets.alertmanager}
+    if config.sinks.slack.permissions.approve is None and any(m.requires_approval for r in rules
+                                                               for m in r.mitigations):
+        problems.append(Problem(origin, None, "sinks.slack.permissions.approve",
+                                "rules ask for approvals but nobody may approve from Slack until this lists users"
+                                " or user groups", config.line("sinks.slack.permissions"), "warning"))
     if config.mitigations.redis is not None and config.mitigations.redis.target is not None:
         used.add(("redis", config.mitigations.redis.target))
     if targets_known:

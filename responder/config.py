@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from responder.problems import Problem, validation_messages
 from responder.yamlsource import YamlDocument, YamlError, parse_yaml
@@ -153,6 +162,9 @@ class IntakeAuthConfig(Strict):
 
 class IntakeConfig(Strict):
     enabled: bool = True
+    # The `targets.alertmanager` entry that sends to this intake (for silences from Slack); without it, the
+    # target whose url or external_url is the delivery's externalURL.
+    alertmanager: str | None = None
     auth: IntakeAuthConfig = IntakeAuthConfig()
     # Intake-specific settings (signing secrets, ...), validated by the intake class itself.
     options: dict[str, Any] = Field(default_factory=dict)
@@ -226,6 +238,9 @@ class StoreConfig(Strict):
 
 class PipelineConfig(Strict):
     workers: int = Field(default=4, ge=1, le=256)
+    # While webhooks wait for their commit, the pipeline waits up to this long before claiming more
+    # incidents, so a burst is acknowledged first (the jobs are durable and only start later); 0: never wait.
+    intake_first_max_wait: Duration = 0.1
     job_timeout: Duration = 120.0
     max_attempts: int = Field(default=5, ge=1)
     retry_initial: Duration = 1.0
@@ -260,6 +275,50 @@ class LoggingConfig(Strict):
     format: Literal["text", "json"] = "text"
 
 
+# Who may press which button in Slack. Slack user ids look like U0123ABCD (W... on Enterprise Grid),
+# user group ids like S0123ABCD.
+SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
+SLACK_GROUP = re.compile(r"^S[A-Z0-9]{2,}$")
+ACTION_KINDS = ("approve", "silence", "acknowledge", "rerun")
+
+
+def _slack_principal(value: str) -> str:
+    if not (SLACK_USER.match(value) or SLACK_GROUP.match(value)):
+        raise ValueError(f"{value!r} is neither a Slack user id (U0123ABCD, W0123ABCD)"
+                         " nor a user group id (S0123ABCD)")
+    return value
+
+
+SlackPrincipal = Annotated[str, AfterValidator(_slack_principal)]
+
+
+class SlackPermissions(Strict):
+    """Per action kind, the users and user groups allowed; None lets everyone in the channel click, except
+    for approve, where None means nobody (a production change needs a list written down)."""
+
+    approve: list[SlackPrincipal] | None = None
+    silence: list[SlackPrincipal] | None = None
+    acknowledge: list[SlackPrincipal] | None = None
+    rerun: list[SlackPrincipal] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_kinds(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [str(k) for k in data if k not in ACTION_KINDS]
+            if unknown:
+                raise ValueError(f"unknown action kind(s) {', '.join(map(repr, unknown))}"
+                                 f" (known: {', '.join(ACTION_KINDS)})")
+        return data
+
+    def allowed(self, kind: str) -> list[str] | None:
+        """The principals allowed for an action kind; None: everyone."""
+        listed: list[str] | None = getattr(self, kind)
+        if listed is None and kind == "approve":
+            return []
+        return listed
+
+
 class ConsoleSinkConfig(Strict):
     enabled: bool = True
 
@@ -284,6 +343,12 @@ class SlackSinkConfig(Strict):
     refire_window: Duration = 86400.0
     # Storm members are listed compactly in the parent message, up to this many lines.
     storm_list_lines: int = Field(default=20, ge=1, le=40)
+    # Who may approve, silence, acknowledge and re-run diagnostics from the thread (docs/slack.md).
+    permissions: SlackPermissions = SlackPermissions()
+    # User group memberships (usergroups.users.list) are asked again after this long.
+    membership_cache: Duration = 300.0
+    # "Re-run diagnostics" runs an incident's collectors at most once per this interval.
+    rerun_min_interval: Duration = 300.0
     # https://<workspace>.slack.com: lets the web console link straight to an incident's thread (without
     # it, the console links to the thread's channel).
     workspace_url: str | None = Field(default=None, pattern=r"^https://[A-Za-z0-9.-]+/?$")
@@ -344,12 +409,34 @@ class HttpTarget(Strict):
     verify_tls: bool = True
 
 
+class AlertmanagerAuth(Strict):
+    bearer_token: SecretRef | None = None
+    basic: BasicAuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AlertmanagerAuth:
+        if (self.bearer_token is None) == (self.basic is None):
+            raise ValueError("give exactly one of 'bearer_token' or 'basic'")
+        return self
+
+
+class AlertmanagerTarget(Strict):
+    # Where the daemon reaches Alertmanager's API v2.
+    url: str
+    # The externalURL Alertmanager puts in its webhooks, when it is not `url` (behind an ingress, a proxy).
+    external_url: str | None = None
+    auth: AlertmanagerAuth | None = None
+    timeout: Duration = 5.0
+    verify_tls: bool = True
+
+
 class TargetsConfig(Strict):
     kubernetes: dict[str, KubernetesTarget] = Field(default_factory=dict)
     postgres: dict[str, PostgresTarget] = Field(default_factory=dict)
     redis: dict[str, RedisTarget] = Field(default_factory=dict)
     prometheus: dict[str, PrometheusTarget] = Field(default_factory=dict)
     http: dict[str, HttpTarget] = Field(default_factory=dict)
+    alertmanager: dict[str, AlertmanagerTarget] = Field(default_factory=dict)
 
 
 class LockRedisConfig(Strict):
@@ -487,6 +574,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         problems.append(Problem(origin, None, "mitigations.redis.target",
                                 f"no redis target named {lock_redis.target!r}",
                                 config.line("mitigations.redis.target")))
+    for name, intake in config.intakes.items():
+        if intake.alertmanager is not None and intake.alertmanager not in config.targets.alertmanager:
+            key = f"intakes.{name}.alertmanager"
+            problems.append(Problem(origin, None, key, f"no alertmanager target named {intake.alertmanager!r}",
+                                    config.line(key)))
     problems += [Problem(origin, None, "server.processes", p, config.line("server.processes"))
                  for p in _processes_problems(config)]
     if problems:

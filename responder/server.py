@@ -16,15 +16,17 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from responder.console.clicks import BadInteraction, parse_press
 from responder.daemon import Daemon
 from responder.http_body import BodyTooLarge, read_body
 from responder.intake import Intake, PayloadError, Unauthorized
 from responder.intake.limits import check_delivery
-from responder.jobs import MITIGATIONS_QUEUE
-from responder.mitigations.approvals import BadInteraction, Rejected, handle_interaction
+from responder.jobs import CONSOLE_QUEUE
+from responder.mitigations.approvals import Rejected, verify_fresh
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
 from responder.store.actions import KILL_SWITCH
+from responder.store.console import ConsoleStore
 from responder.ui import setup_console
 
 log = logging.getLogger(__name__)
@@ -32,12 +34,21 @@ log = logging.getLogger(__name__)
 DAEMON = web.AppKey("daemon", Daemon)
 
 
-def problem(status: int, error: str, detail: str = "", **fields: Any) -> web.Response:
+# Seconds a sender is asked to wait when the store cannot commit; the store has already retried briefly.
+STORE_RETRY_AFTER = 5
+
+
+def problem(status: int, error: str, detail: str = "", *, headers: dict[str, str] | None = None,
+            **fields: Any) -> web.Response:
     body: dict[str, Any] = {"error": error}
     if detail:
         body["detail"] = detail
     body.update(fields)
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def store_unavailable(detail: str = "retry later") -> web.Response:
+    return problem(503, "store unavailable", detail, headers={"Retry-After": str(STORE_RETRY_AFTER)})
 
 
 def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -65,10 +76,11 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
         except PayloadError as exc:
             return problem(400, "invalid payload", exc.message, field=exc.field)
         try:
-            receipt = await daemon.store.record_delivery(delivery)
+            with daemon.intake_first.delivering():
+                receipt = await daemon.store.record_delivery(delivery)
         except StoreUnavailable as exc:
             log.warning("webhook %s refused with 503: %s", intake.name, exc)
-            return problem(503, "store unavailable", "alerts were not stored; retry later")
+            return store_unavailable("alerts were not stored; retry later")
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
         for (source, status), count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
             daemon.metrics.alerts_received.labels(source, status).inc(count)
@@ -86,14 +98,16 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
 
 
 async def slack_interactions(request: web.Request) -> web.Response:
-    """Approve / deny buttons. 401 for anything not freshly signed by Slack; a valid answer to an
-    approval that is no longer pending is acknowledged (200) and changes nothing."""
+    """A press of a console button (approve, deny, silence, acknowledge, re-run). 401 for anything not
+    freshly signed by Slack; otherwise the press is stored with its job and answered at once (Slack wants
+    an answer within 3 s); what it did is posted afterwards."""
     daemon = request.app[DAEMON]
     server = daemon.config.server
     try:
         body = await read_body(request, server.max_body_bytes, server.read_timeout)
-        answer, state, changed, action = await handle_interaction(daemon.config.mitigations.approvals, daemon.actions,
-                                                 request.headers, body)
+        await verify_fresh(daemon.config.mitigations.approvals, daemon.actions, request.headers, body)
+        press = parse_press(body)
+        click_id, new = await ConsoleStore(daemon.store).record_click(press.row())
     except Rejected as exc:
         return problem(401, "unauthorized", str(exc))
     except BadInteraction as exc:
@@ -103,15 +117,11 @@ async def slack_interactions(request: web.Request) -> web.Response:
     except TimeoutError:
         return problem(408, "request timeout", "the body did not arrive in time")
     except StoreUnavailable:
-        return problem(503, "store unavailable", "retry later")
-    if changed:
-        daemon.metrics.actions.labels(action, state, "approval").inc()
-        if state == "approved":
-            daemon.wake(MITIGATIONS_QUEUE)
-    log.info("approval %s: %s by %s%s", answer.approval_id, state, answer.actor, "" if changed else " (unchanged)")
-    text = (f"{state.capitalize()} by {answer.actor}" if changed
-            else f"Nothing changed: approval {answer.approval_id} is already {state}")
-    return web.json_response({"approval_id": answer.approval_id, "state": state, "changed": changed, "text": text})
+        return store_unavailable()
+    if new:
+        daemon.wake(CONSOLE_QUEUE)
+    log.info("slack click %s: %s by %s%s", click_id, press.button.action_id, press.user_id, "" if new else " (repeat)")
+    return web.json_response({"click_id": click_id, "queued": new})
 
 
 def api_caller(request: web.Request) -> str:
@@ -145,7 +155,7 @@ async def kill_switch(request: web.Request) -> web.Response:
             log.warning("kill switch turned %s by %s: %s", "ON" if enabled else "off", caller, reason)
         stored = await daemon.actions.kill_switch()
     except StoreUnavailable:
-        return problem(503, "store unavailable", "retry later")
+        return store_unavailable()
     return web.json_response({"enabled": stored is not None, **(stored or {})})
 
 

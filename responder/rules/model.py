@@ -75,6 +75,8 @@ class MitigationSpec(StepSpec):
 
 class SlackRoute(_Strict):
     channel: str | None = None
+    # The Slack user group (S0123ABCD) told when a mitigation of this rule did not help.
+    escalation: str | None = Field(default=None, pattern=r"^S[A-Z0-9]{2,}$")
 
 
 class Rule(_Strict):
@@ -89,6 +91,9 @@ class Rule(_Strict):
     checklist: list[str] = Field(default_factory=list)
     slack: SlackRoute = SlackRoute()
     mode: Literal["dry-run", "enforce"] | None = None
+    # The `targets.alertmanager` entry that sends this rule's alerts (silences from Slack go there); by
+    # default the intake's, or the one whose URL is the delivery's externalURL.
+    alertmanager: str | None = None
 
     _matchers: list[Matcher] = PrivateAttr(default_factory=list)
     # The file and place the rule was read from (None: built in code), for problems found later.
