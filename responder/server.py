@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -22,6 +23,7 @@ from responder.http_body import BodyTooLarge, read_body
 from responder.intake import Intake, PayloadError, Unauthorized
 from responder.intake.limits import check_delivery
 from responder.jobs import CONSOLE_QUEUE
+from responder.metrics import labelled
 from responder.mitigations.approvals import Rejected, verify_fresh
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
@@ -51,12 +53,19 @@ def store_unavailable(detail: str = "retry later") -> web.Response:
     return problem(503, "store unavailable", detail, headers={"Retry-After": str(STORE_RETRY_AFTER)})
 
 
+def json_body(body: dict[str, Any], status: int = 200) -> web.Response:
+    """A JSON response encoded by orjson: the webhook answer is on the hot path."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
 def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], Awaitable[web.Response]]:
     server = daemon.config.server
+    requests = labelled(daemon.metrics.webhook_requests)
+    received = labelled(daemon.metrics.alerts_received)
 
     async def handle(request: web.Request) -> web.Response:
         response = await _accept(request)
-        daemon.metrics.webhook_requests.labels(intake.name, str(response.status)).inc()
+        requests(intake.name, str(response.status)).inc()
         return response
 
     async def _accept(request: web.Request) -> web.Response:
@@ -82,11 +91,11 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
             log.warning("webhook %s refused with 503: %s", intake.name, exc)
             return store_unavailable("alerts were not stored; retry later")
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
-        for (source, status), count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
-            daemon.metrics.alerts_received.labels(source, status).inc(count)
+        for key, count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
+            received(*key).inc(count)
         if receipt.opened or receipt.resolved:
             daemon.wake_pipeline()
-        return web.json_response({
+        return json_body({
             "status": "duplicate" if receipt.duplicate else "accepted",
             "payload_id": receipt.payload_id,
             "alerts": receipt.alerts,

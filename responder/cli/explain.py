@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from responder.config import Config
     from responder.models import Incident
     from responder.preview import AlertPreview
-    from responder.rules.engine import RenderedStep
+    from responder.steps import RenderedStep
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,7 +77,7 @@ def show(p: AlertPreview, config: Config) -> None:
 def conditions_now(conditions: list[str], incident: Incident) -> list[tuple[str, str]]:
     """Each `when:` condition with what it says now. Conditions on evidence cannot be judged without the
     collectors (explain runs none): `replay` runs them."""
-    from responder.mitigations.conditions import evaluate, parse_condition
+    from responder.rules.conditions import evaluate, parse_condition
 
     states = []
     for text in conditions:
