@@ -8,9 +8,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from responder.collectors.base import CollectorContext
 from responder.collectors.runner import EvidenceLimits, run_collectors
@@ -29,6 +27,9 @@ from responder.rules.model import MitigationSpec, PrometheusCheck, VerifySpec
 from responder.store import Store
 from responder.store.actions import ActionStore
 from responder.store.db import Row
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,8 @@ def threshold_met(check: PrometheusCheck, value: float | None) -> tuple[bool, st
 
 async def query_prometheus(session: aiohttp.ClientSession, target: PrometheusTarget, query: str,
                            timeout: float = 10.0) -> float | None:
-    """The first value of an instant query, or None when it returns nothing (on the targets' shared session)."""
+    """The first value of an instant query, or None when it returns nothing (on the targets' shared
+    session)."""
     headers = {}
     token = target.bearer_token.resolve() if target.bearer_token is not None else None
     if token is not None:
