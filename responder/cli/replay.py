@@ -17,7 +17,15 @@ from responder.config import Config
 from responder.evidence import Evidence
 from responder.intake import PayloadError
 from responder.plugins import UnknownPlugin
-from responder.replay import ReplayResult, only_alert, parse_payload, replaying, result_json, run_replay
+from responder.replay import (
+    EnforceRefused,
+    ReplayResult,
+    only_alert,
+    parse_payload,
+    replaying,
+    result_json,
+    run_replay,
+)
 from responder.rules.engine import RuleSet
 from responder.sinks.render import STATUS_MARK
 from responder.store import StoreUnavailable, open_store
@@ -31,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_config_args(parser, rules=True)
     parser.add_argument("--source", choices=["alertmanager", "grafana", "pagerduty"], help="payload kind")
     parser.add_argument("--rule", metavar="NAME", help="run this rule whatever the matchers say")
-    parser.add_argument("--enforce", action="store_true", help="let mitigations act (the guards still apply)")
+    parser.add_argument("--enforce", action="store_true",
+                        help="let mitigations act; needs --record, so the live store's guards and audit apply")
     parser.add_argument("--post", action="store_true", help="also send the bundle to the configured sinks")
     parser.add_argument("--record", action="store_true",
                         help="replay into the configured store instead of a throwaway one")
@@ -122,6 +131,8 @@ def command(args: argparse.Namespace) -> int:
         results = asyncio.run(run())
     except TimeoutError:
         raise CliError("the replay did not finish within the job timeout") from None
+    except EnforceRefused as exc:
+        raise CliError(str(exc)) from None
     if args.json:
         json.dump([result_json(r) for r in results], sys.stdout, indent=2)
         print()
