@@ -3,7 +3,7 @@
 only parses the JSON, measured side by side in the same run so the ratio survives a noisy machine.
 
     .venv/bin/python bench/ingest.py [--workload storm,distinct] [--alerts 1] [--duration 8]
-        [--targets baseline,sqlite,postgres] [--loop asyncio|uvloop] [--processes N]
+        [--targets baseline,sqlite,postgres] [--loop asyncio|uvloop] [--processes N] [--set KEY=VALUE ...]
 
 Workloads (every request carries new alerts either way):
   storm     each delivery belongs to one of 100 Alertmanager groups: most add members to an open incident;
@@ -21,10 +21,12 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,7 +60,10 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 
 def start_server(target: str, port: int, workdir: Path, *, pipeline_workers: int = 4, synchronous: str = "full",
-                 loop: str = "asyncio", processes: int = 1) -> tuple[subprocess.Popen[bytes], str | None]:
+                 loop: str = "asyncio", processes: int = 1, settings: Sequence[str] = ()
+                 ) -> tuple[subprocess.Popen[bytes], str | None]:
+    """The bare app, or `responder serve` on a fresh SQLite file or PostgreSQL schema; `settings` are extra
+    config values as dotted KEY=VALUE (the value is YAML)."""
     if target == "baseline":
         argv = [sys.executable, str(REPO / "bench" / "baseline_app.py"), "--port", str(port), "--loop", loop]
         return subprocess.Popen(argv, env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), None
@@ -68,19 +73,27 @@ def start_server(target: str, port: int, workdir: Path, *, pipeline_workers: int
     else:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         store = f"{PG}?schema={schema}"
-    config = workdir / "bench-config.yaml"
     rules = workdir / "rules"
     rules.mkdir(exist_ok=True)
-    config.write_text(
-        "intakes: {alertmanager: {auth: {unauthenticated: loopback}}}\n"
-        "sinks: {console: {enabled: false}}\n"
-        "logging: {level: warning}\n"
-        f"rules: {{dirs: [{rules}]}}\n"
-        f"store: {{pool_size: 20, sqlite_synchronous: {synchronous}}}\n"
-        f"pipeline: {{workers: {pipeline_workers}}}\n"
-        f"server: {{event_loop: {loop}}}\n"
-    )
-    argv = [sys.executable, "-m", "responder", "serve", "--config", str(config), "--store", store,
+    config: dict[str, Any] = {
+        "intakes": {"alertmanager": {"auth": {"unauthenticated": "loopback"}}},
+        "sinks": {"console": {"enabled": False}},
+        "logging": {"level": "warning"},
+        "rules": {"dirs": [str(rules)]},
+        "store": {"pool_size": 20, "sqlite_synchronous": synchronous},
+        "pipeline": {"workers": pipeline_workers},
+        "server": {"event_loop": loop},
+    }
+    for setting in settings:
+        dotted, _, value = setting.partition("=")
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    path = workdir / "bench-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "responder", "serve", "--config", str(path), "--store", store,
             "--listen", f"127.0.0.1:{port}"]
     if processes != 1:
         argv += ["--processes", str(processes)]
@@ -163,6 +176,8 @@ def main() -> None:
     parser.add_argument("--baseline-loop", default="asyncio", choices=["asyncio", "uvloop"],
                         help="the bare app's event loop (the issue's reference is plain asyncio)")
     parser.add_argument("--processes", type=int, default=1, help="serve --processes for PostgreSQL")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value for the daemon, e.g. pipeline.intake_first_max_wait=0; repeatable")
     parser.add_argument("--name", default="ingest", help="results file name, bench/results/NAME.json")
     args = parser.parse_args()
     results = []
@@ -172,7 +187,8 @@ def main() -> None:
                 for target in args.targets.split(","):
                     server: dict[str, Any] = {"pipeline_workers": args.pipeline_workers,
                                               "synchronous": args.sqlite_synchronous,
-                                              "loop": args.baseline_loop if target == "baseline" else args.loop}
+                                              "loop": args.baseline_loop if target == "baseline" else args.loop,
+                                              "settings": args.set}
                     if target == "postgres":
                         server["processes"] = args.processes
                     results.append(run(target, workload, alerts, args.duration, args.connections, Path(tmp),
@@ -195,6 +211,7 @@ def main() -> None:
                                    "pipeline_workers": args.pipeline_workers,
                                    "sqlite_synchronous": args.sqlite_synchronous, "loop": args.loop,
                                    "baseline_loop": args.baseline_loop, "processes": args.processes,
+                                   "settings": args.set,
                                    "runs": results})
     print(f"results: {path}")
 

@@ -10,9 +10,21 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+
+from responder.problems import Problem, validation_messages
+from responder.yamlsource import YamlDocument, YamlError, parse_yaml
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -37,11 +49,16 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class ConfigError(Exception):
-    """A configuration problem, already phrased for a person: file, key, what is wrong."""
+    """Configuration problems, each with file, line and key, already phrased for a person."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
+    def __init__(self, problems: list[Problem], partial: Config | None = None,
+                 broken: frozenset[str] = frozenset()) -> None:
+        super().__init__("\n".join(map(str, problems)))
         self.problems = problems
+        # What could be read despite the problems, so `check` can go on to the rules: the valid
+        # top-level sections, with defaults for the `broken` ones.
+        self.partial = partial
+        self.broken = broken
 
 
 class Strict(BaseModel):
@@ -71,15 +88,35 @@ class SecretRef(Strict):
 
     env: str | None = None
     file: Path | None = None
+    # A value written in the config itself; only `PlainUrlOrSecret` makes one, from a URL without a password.
+    _plain: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
+        if (self.env is None) == (self.file is None) and self._plain is None:
             raise ValueError("give exactly one of 'env' or 'file'")
         return self
 
+    @classmethod
+    def plain(cls, value: str) -> SecretRef:
+        ref = cls.model_construct()
+        ref._plain = value
+        return ref
+
+    @property
+    def is_plain(self) -> bool:
+        return self._plain is not None
+
+    def describe(self) -> str:
+        """Where the value comes from, for messages (never the value)."""
+        if self._plain is not None:
+            return "the config"
+        return f"variable {self.env}" if self.env is not None else f"file {self.file}"
+
     def resolve(self) -> Secret | None:
         """The secret, or None when the variable is unset or empty. A missing file is an error."""
+        if self._plain is not None:
+            return Secret(self._plain, "the config")
         if self.env is not None:
             value = os.environ.get(self.env, "")
             return Secret(value, f"env {self.env}") if value else None
@@ -89,6 +126,23 @@ class SecretRef(Strict):
         except OSError as exc:
             raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
         return Secret(value, f"file {self.file}") if value else None
+
+
+def _url_without_password(value: Any) -> Any:
+    """A URL written as plain text is fine when it holds no password (`redis://127.0.0.1:6379/0`)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        password = urlsplit(value).password
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if password:
+        raise ValueError("this URL carries a password: write {env: NAME} (or {file: PATH}) and put the URL there")
+    return SecretRef.plain(value)
+
+
+# A connection URL: plain text when it carries no password, else a secret reference.
+PlainUrlOrSecret = Annotated[SecretRef, BeforeValidator(_url_without_password)]
 
 
 class BasicAuthConfig(Strict):
@@ -108,6 +162,9 @@ class IntakeAuthConfig(Strict):
 
 class IntakeConfig(Strict):
     enabled: bool = True
+    # The `targets.alertmanager` entry that sends to this intake (for silences from Slack); without it, the
+    # target whose url or external_url is the delivery's externalURL.
+    alertmanager: str | None = None
     auth: IntakeAuthConfig = IntakeAuthConfig()
     # Intake-specific settings (signing secrets, ...), validated by the intake class itself.
     options: dict[str, Any] = Field(default_factory=dict)
@@ -191,6 +248,9 @@ class StoreConfig(Strict):
 
 class PipelineConfig(Strict):
     workers: int = Field(default=4, ge=1, le=256)
+    # While webhooks wait for their commit, the pipeline waits up to this long before claiming more
+    # incidents, so a burst is acknowledged first (the jobs are durable and only start later); 0: never wait.
+    intake_first_max_wait: Duration = 0.1
     job_timeout: Duration = 120.0
     max_attempts: int = Field(default=5, ge=1)
     retry_initial: Duration = 1.0
@@ -225,6 +285,50 @@ class LoggingConfig(Strict):
     format: Literal["text", "json"] = "text"
 
 
+# Who may press which button in Slack. Slack user ids look like U0123ABCD (W... on Enterprise Grid),
+# user group ids like S0123ABCD.
+SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
+SLACK_GROUP = re.compile(r"^S[A-Z0-9]{2,}$")
+ACTION_KINDS = ("approve", "silence", "acknowledge", "rerun")
+
+
+def _slack_principal(value: str) -> str:
+    if not (SLACK_USER.match(value) or SLACK_GROUP.match(value)):
+        raise ValueError(f"{value!r} is neither a Slack user id (U0123ABCD, W0123ABCD)"
+                         " nor a user group id (S0123ABCD)")
+    return value
+
+
+SlackPrincipal = Annotated[str, AfterValidator(_slack_principal)]
+
+
+class SlackPermissions(Strict):
+    """Per action kind, the users and user groups allowed; None lets everyone in the channel click, except
+    for approve, where None means nobody (a production change needs a list written down)."""
+
+    approve: list[SlackPrincipal] | None = None
+    silence: list[SlackPrincipal] | None = None
+    acknowledge: list[SlackPrincipal] | None = None
+    rerun: list[SlackPrincipal] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_kinds(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [str(k) for k in data if k not in ACTION_KINDS]
+            if unknown:
+                raise ValueError(f"unknown action kind(s) {', '.join(map(repr, unknown))}"
+                                 f" (known: {', '.join(ACTION_KINDS)})")
+        return data
+
+    def allowed(self, kind: str) -> list[str] | None:
+        """The principals allowed for an action kind; None: everyone."""
+        listed: list[str] | None = getattr(self, kind)
+        if listed is None and kind == "approve":
+            return []
+        return listed
+
+
 class ConsoleSinkConfig(Strict):
     enabled: bool = True
 
@@ -249,6 +353,12 @@ class SlackSinkConfig(Strict):
     refire_window: Duration = 86400.0
     # Storm members are listed compactly in the parent message, up to this many lines.
     storm_list_lines: int = Field(default=20, ge=1, le=40)
+    # Who may approve, silence, acknowledge and re-run diagnostics from the thread (docs/slack.md).
+    permissions: SlackPermissions = SlackPermissions()
+    # User group memberships (usergroups.users.list) are asked again after this long.
+    membership_cache: Duration = 300.0
+    # "Re-run diagnostics" runs an incident's collectors at most once per this interval.
+    rerun_min_interval: Duration = 300.0
     # https://<workspace>.slack.com: lets the web console link straight to an incident's thread (without
     # it, the console links to the thread's channel).
     workspace_url: str | None = Field(default=None, pattern=r"^https://[A-Za-z0-9.-]+/?$")
@@ -290,12 +400,12 @@ class KubernetesTarget(Strict):
 
 
 class PostgresTarget(Strict):
-    dsn: SecretRef
+    dsn: PlainUrlOrSecret
     statement_timeout: Duration = 5.0
 
 
 class RedisTarget(Strict):
-    url: SecretRef
+    url: PlainUrlOrSecret
 
 
 class PrometheusTarget(Strict):
@@ -309,18 +419,40 @@ class HttpTarget(Strict):
     verify_tls: bool = True
 
 
+class AlertmanagerAuth(Strict):
+    bearer_token: SecretRef | None = None
+    basic: BasicAuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AlertmanagerAuth:
+        if (self.bearer_token is None) == (self.basic is None):
+            raise ValueError("give exactly one of 'bearer_token' or 'basic'")
+        return self
+
+
+class AlertmanagerTarget(Strict):
+    # Where the daemon reaches Alertmanager's API v2.
+    url: str
+    # The externalURL Alertmanager puts in its webhooks, when it is not `url` (behind an ingress, a proxy).
+    external_url: str | None = None
+    auth: AlertmanagerAuth | None = None
+    timeout: Duration = 5.0
+    verify_tls: bool = True
+
+
 class TargetsConfig(Strict):
     kubernetes: dict[str, KubernetesTarget] = Field(default_factory=dict)
     postgres: dict[str, PostgresTarget] = Field(default_factory=dict)
     redis: dict[str, RedisTarget] = Field(default_factory=dict)
     prometheus: dict[str, PrometheusTarget] = Field(default_factory=dict)
     http: dict[str, HttpTarget] = Field(default_factory=dict)
+    alertmanager: dict[str, AlertmanagerTarget] = Field(default_factory=dict)
 
 
 class LockRedisConfig(Strict):
     """Where target locks live when several replicas share the work: a Redis URL or a Redis target."""
 
-    url: SecretRef | None = None
+    url: PlainUrlOrSecret | None = None
     target: str | None = None
     key_prefix: str = "responder:"
     timeout: Duration = 2.0
@@ -388,6 +520,12 @@ class Config(Strict):
 
     # Where the file was read from; relative paths in it are relative to its folder.
     source: Path | None = Field(default=None, exclude=True)
+    # The parsed file, so problems found later (by `check`) can name the line of a key.
+    _document: YamlDocument | None = PrivateAttr(default=None)
+
+    def line(self, key: str) -> int | None:
+        """The line of a dotted key in the config file (None: not written there)."""
+        return self._document.line(key.split(".")) if self._document is not None else None
 
     def base_dir(self) -> Path:
         return self.source.parent if self.source else Path.cwd()
@@ -405,30 +543,29 @@ class Config(Strict):
         return url
 
 
-def format_validation_error(origin: str, exc: ValidationError) -> list[str]:
-    problems = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        problems.append(f"{origin}: {key}: {msg}")
-    return problems
+def format_validation_error(origin: str, exc: ValidationError, model: type[BaseModel],
+                            document: YamlDocument | None = None, prefix: tuple[Any, ...] = ()) -> list[Problem]:
+    """One problem per pydantic error: file, line (when the YAML says), dotted key, message."""
+    return [Problem(origin, None, ".".join(str(p) for p in loc) or "(top level)", message,
+                    document.line((*prefix, *loc)) if document else None)
+            for loc, message in validation_messages(exc, model)]
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read, merge command-line overrides into, and validate a config file (None: all defaults)."""
     raw: dict[str, Any] = {}
     origin = str(path) if path else "(defaults)"
+    document: YamlDocument | None = None
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            document = parse_yaml(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ConfigError([f"{origin}: cannot read: {exc.strerror}"]) from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{origin}: not valid YAML: {exc}"]) from exc
-        if loaded is None:
-            loaded = {}
+            raise ConfigError([Problem(origin, None, "", f"cannot read: {exc.strerror}")]) from exc
+        except YamlError as exc:
+            raise ConfigError([Problem(origin, None, "", f"not valid YAML: {exc.message}", exc.line)]) from exc
+        loaded = document.data if document.data is not None else {}
         if not isinstance(loaded, dict):
-            raise ConfigError([f"{origin}: the top level must be a mapping"])
+            raise ConfigError([Problem(origin, None, "", "the top level must be a mapping", 1)])
         raw = loaded
     for dotted, value in (overrides or {}).items():
         node = raw
@@ -439,16 +576,45 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(origin, exc)) from exc
+        partial, broken = _partial_config(raw, path, document)
+        raise ConfigError(format_validation_error(origin, exc, Config, document), partial, broken) from exc
     config = config.model_copy(update={"source": path.resolve() if path else None})
-    problems = [f"{origin}: {key}: {msg}" for key, msg in _unreadable_secrets(config)]
+    config._document = document
+    problems = [Problem(origin, None, key, msg, config.line(key)) for key, msg in _unreadable_secrets(config)]
     lock_redis = config.mitigations.redis
     if lock_redis is not None and lock_redis.target is not None and lock_redis.target not in config.targets.redis:
-        problems.append(f"{origin}: mitigations.redis.target: no redis target named {lock_redis.target!r}")
-    problems += [f"{origin}: server.processes: {p}" for p in _processes_problems(config)]
+        problems.append(Problem(origin, None, "mitigations.redis.target",
+                                f"no redis target named {lock_redis.target!r}",
+                                config.line("mitigations.redis.target")))
+    for name, intake in config.intakes.items():
+        if intake.alertmanager is not None and intake.alertmanager not in config.targets.alertmanager:
+            key = f"intakes.{name}.alertmanager"
+            problems.append(Problem(origin, None, key, f"no alertmanager target named {intake.alertmanager!r}",
+                                    config.line(key)))
+    problems += [Problem(origin, None, "server.processes", p, config.line("server.processes"))
+                 for p in _processes_problems(config)]
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, config)
     return config
+
+
+def _partial_config(raw: dict[str, Any], path: Path | None,
+                    document: YamlDocument | None) -> tuple[Config, frozenset[str]]:
+    """The sections that are valid on their own (defaults for the others), and the names of the others."""
+    good: dict[str, Any] = {}
+    broken = []
+    for name in raw:
+        if name not in Config.model_fields:
+            continue
+        try:
+            Config.model_validate({name: raw[name]})
+        except ValidationError:
+            broken.append(name)
+        else:
+            good[name] = raw[name]
+    config = Config.model_validate(good).model_copy(update={"source": path.resolve() if path else None})
+    config._document = document
+    return config, frozenset(broken)
 
 
 def _processes_problems(config: Config) -> list[str]:
@@ -495,7 +661,7 @@ def secret_values(config: Config) -> list[str]:
     """Every resolved secret value, so redaction can remove them from evidence."""
     values = []
     for _, ref in iter_secret_refs(config):
-        secret = ref.resolve()
+        secret = None if ref.is_plain else ref.resolve()  # a plain URL is no secret, and evidence may name it
         if secret is not None and len(secret.reveal()) >= 4:
             values.append(secret.reveal())
     return values

@@ -20,35 +20,30 @@ from aiohttp import web
 
 from responder.collectors.runner import EvidenceLimits
 from responder.config import Config, secret_values
+from responder.console.jobs import ConsoleJobs
+from responder.console.permissions import Permissions
 from responder.evidence import Evidence
 from responder.http_guard import ConnectionGuard, GuardedSite
-from responder.intake import Intake
-from responder.intake import registry as intake_registry
+from responder.intake import build_intakes
 from responder.jobs import PIPELINE_QUEUE, JobTable
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
 from responder.mitigations.jobs import MitigationJobs
 from responder.mitigations.locks import LocalLocks, TargetLocks, open_locks
+from responder.pipeline.intake_first import IntakeFirst
 from responder.pipeline.process import IncidentProcessor
 from responder.pipeline.worker import QueueWorker, WorkerSettings
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet
 from responder.sinks import Sink
 from responder.sinks import registry as sink_registry
+from responder.sinks.slack import SlackSink
 from responder.store import Store, StoreUnavailable, open_store
 from responder.store.actions import ActionStore
 from responder.supervisor import RestartPolicy, Supervisor
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
-
-
-def build_intakes(config: Config) -> list[Intake]:
-    intakes = []
-    for name, intake_config in config.intakes.items():
-        if intake_config.enabled:
-            intakes.append(intake_registry.get(name)(intake_config))
-    return intakes
 
 
 def build_sinks(config: Config) -> list[Sink]:
@@ -65,6 +60,7 @@ class Daemon:
         self.sinks = build_sinks(config)
         self.redactor = Redactor(secret_values(config), config.redact)
         self.started = False
+        self.intake_first = IntakeFirst(config.pipeline.intake_first_max_wait)
         policy = config.supervisor
         self.supervisor = Supervisor(RestartPolicy(policy.restart_initial, policy.restart_max, policy.max_restarts,
                                                    policy.restart_window), self.metrics)
@@ -130,10 +126,12 @@ class Daemon:
             limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks],
             on_evidence=self.on_evidence,
         )
-        mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor)
+        mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor,
+                                         [s.queue for s in self.sinks])
         table = JobTable()
         processor.register(table)
         mitigation_jobs.register(table)
+        self._console().register(table)
         for sink in self.sinks:
             sink.register(table, self.store)
         table.check()
@@ -142,10 +140,11 @@ class Daemon:
         def wake_sinks() -> None:
             self.wake(*sink_queues)
 
-        # The pipeline's and the mitigations' jobs end with sink events: wake the sink workers rather than
-        # wait for their poll.
+        # The pipeline's, the mitigations' and the console's jobs end with sink events: wake the sink
+        # workers rather than wait for their poll.
         self.workers = [QueueWorker(self.store.queue, queue, table.handler(queue), settings, self.owner, self.metrics,
-                                    on_done=None if queue in sink_queues else wake_sinks)
+                                    on_done=None if queue in sink_queues else wake_sinks,
+                                    before_claim=self.intake_first.turn if queue == PIPELINE_QUEUE else None)
                         for queue in table.queues()]
         for worker in self.workers:
             self.supervisor.start(f"worker:{worker.queue}", worker.run)
@@ -169,6 +168,16 @@ class Daemon:
                     self.supervisor.errors.append(outcome)
             await self.supervisor.stop()
 
+    def _console(self) -> ConsoleJobs:
+        """The console's jobs, asking Slack through the Slack sink's client (user groups, ephemeral answers)."""
+        settings = self.config.sinks.slack
+        slack = next((s for s in self.sinks if isinstance(s, SlackSink)), None)
+        members_of = slack.members_of if slack is not None else _no_slack
+        permissions = Permissions(settings.permissions, members_of, settings.membership_cache)
+        return ConsoleJobs(self.config, self.store, self.ruleset, self.targets, permissions,
+                           [s.queue for s in self.sinks], self.wake, tell=slack.tell if slack is not None else None,
+                           metrics=self.metrics)
+
     async def _watch_queue_depth(self) -> None:
         while True:
             try:
@@ -176,6 +185,10 @@ class Daemon:
             except StoreUnavailable as exc:
                 log.debug("queue depth unavailable: %s", exc)
             await asyncio.sleep(5)
+
+
+async def _no_slack(group: str) -> list[str]:
+    raise LookupError("the Slack sink is off (sinks.slack.token), so user groups cannot be looked up")
 
 
 class DaemonFailed(Exception):

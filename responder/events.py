@@ -58,9 +58,30 @@ class Bundle(BaseModel):
     errors: list[str] = Field(default_factory=list)
     checklist: list[str] = Field(default_factory=list)
     channel: str | None = None
+    # The rule's `alertmanager` target, where silences from Slack go.
+    alertmanager: str | None = None
 
 
 class IncidentEvent(BaseModel):
     model_config = LENIENT
     incident: IncidentView
+    bundles: list[Bundle] = Field(default_factory=list)
+
+
+class Note(BaseModel):
+    """Something that happened to an incident after its thread started: a press of a console button, a
+    mitigation's outcome, re-run diagnostics. `text` is plain text (sinks escape it); `by` is the Slack
+    user id of the person who did it."""
+
+    model_config = LENIENT
+    kind: str
+    text: str
+    by: str | None = None
+    detail: str = ""
+    output: dict[str, Any] = Field(default_factory=dict)
+    # A Slack user group to tell (the rule's escalation group when a mitigation did not help).
+    mention: str | None = None
+    # The phase the incident's parent message shows from now on (see sinks/slack_blocks.PHASES).
+    phase: str | None = None
+    # Re-run diagnostics and verifications: the evidence gathered, by rule.
     bundles: list[Bundle] = Field(default_factory=list)

@@ -18,11 +18,12 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from responder.events import IncidentEvent
+from responder.events import IncidentEvent, Note
 from responder.models import Job, NewJob
 
 PIPELINE_QUEUE = "pipeline"
 MITIGATIONS_QUEUE = "mitigations"
+CONSOLE_QUEUE = "console"
 
 
 class PermanentJobError(Exception):
@@ -157,3 +158,20 @@ VERIFY = JobKind("verify", VerifyRef, queue=MITIGATIONS_QUEUE)
 # Sink events: one row per sink queue, in the transaction that records the change.
 INCIDENT_PROCESSED = JobKind("incident.processed", IncidentEvent)
 INCIDENT_RESOLVED = JobKind("incident.resolved", IncidentEvent)
+# Told to every sink after the thread started (responder/console, mitigation outcomes).
+INCIDENT_NOTE = JobKind("incident.note", Note)
+
+
+class ClickRef(Payload):
+    """A press of a console button, stored in `slack_clicks`."""
+
+    click_id: int
+
+
+class RefreshJob(Payload):
+    # The Slack user who asked for it.
+    requested_by: str | None = None
+
+
+CLICK = JobKind("slack.click", ClickRef, queue=CONSOLE_QUEUE)
+REFRESH = JobKind("refresh", RefreshJob, queue=PIPELINE_QUEUE)

@@ -179,7 +179,7 @@ def load_test_file(path: Path) -> TestFile:
     try:
         return TestFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except ValidationError as exc:
-        raise ValueError("\n".join(format_validation_error(str(path), exc))) from None
+        raise ValueError("\n".join(map(str, format_validation_error(str(path), exc, TestFile)))) from None
 
 
 async def run_files(config: Config, paths: list[Path]) -> list[CaseResult]:

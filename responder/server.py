@@ -16,16 +16,18 @@ from typing import Any
 from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from responder.console.clicks import BadInteraction, parse_press
 from responder.daemon import Daemon
 from responder.http_body import BodyTooLarge, ClientGone, TooManyUnverified, UnverifiedBodies, read_body
 from responder.intake import Intake, PayloadError, Unauthorized
 from responder.intake.auth import constant_time_equal
 from responder.intake.limits import check_delivery
-from responder.jobs import MITIGATIONS_QUEUE
-from responder.mitigations.approvals import BadInteraction, Rejected, check_headers, handle_interaction
+from responder.jobs import CONSOLE_QUEUE
+from responder.mitigations.approvals import Rejected, check_headers, verify_fresh
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
 from responder.store.actions import KILL_SWITCH
+from responder.store.console import ConsoleStore
 from responder.ui import setup_console
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,8 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
         except PayloadError as exc:
             return problem(400, "invalid payload", exc.message, field=exc.field)
         try:
-            receipt = await daemon.store.record_delivery(delivery)
+            with daemon.intake_first.delivering():
+                receipt = await daemon.store.record_delivery(delivery)
         except StoreUnavailable as exc:
             log.warning("webhook %s refused with 503: %s", intake.name, exc)
             return problem(503, "store unavailable", "alerts were not stored; retry later")
@@ -120,15 +123,18 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
 
 
 async def slack_interactions(request: web.Request) -> web.Response:
-    """Approve / deny buttons. 401 for anything not freshly signed by Slack; a valid answer to an
-    approval that is no longer pending is acknowledged (200) and changes nothing."""
+    """A press of a console button (approve, deny, silence, acknowledge, re-run). 401 for anything not
+    freshly signed by Slack; otherwise the press is stored with its job and answered at once (Slack wants
+    an answer within 3 s); what it did is posted afterwards."""
     daemon = request.app[DAEMON]
     server = daemon.config.server
     approvals = daemon.config.mitigations.approvals
     try:
         check_headers(approvals, request.headers, time.time())
         body = await read_request_body(request, approvals.max_body_bytes, server.read_timeout, verified=False)
-        answer, state, changed, action = await handle_interaction(approvals, daemon.actions, request.headers, body)
+        await verify_fresh(approvals, daemon.actions, request.headers, body)
+        press = parse_press(body)
+        click_id, new = await ConsoleStore(daemon.store).record_click(press.row())
     except Rejected as exc:
         return problem(401, "unauthorized", str(exc))
     except BadInteraction as exc:
@@ -137,14 +143,10 @@ async def slack_interactions(request: web.Request) -> web.Response:
         return body_problem(exc, approvals.max_body_bytes)
     except StoreUnavailable:
         return problem(503, "store unavailable", "retry later")
-    if changed:
-        daemon.metrics.actions.labels(action, state, "approval").inc()
-        if state == "approved":
-            daemon.wake(MITIGATIONS_QUEUE)
-    log.info("approval %s: %s by %s%s", answer.approval_id, state, answer.actor, "" if changed else " (unchanged)")
-    text = (f"{state.capitalize()} by {answer.actor}" if changed
-            else f"Nothing changed: approval {answer.approval_id} is already {state}")
-    return web.json_response({"approval_id": answer.approval_id, "state": state, "changed": changed, "text": text})
+    if new:
+        daemon.wake(CONSOLE_QUEUE)
+    log.info("slack click %s: %s by %s%s", click_id, press.button.action_id, press.user_id, "" if new else " (repeat)")
+    return web.json_response({"click_id": click_id, "queued": new})
 
 
 def api_caller(request: web.Request) -> str:

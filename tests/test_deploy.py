@@ -352,6 +352,18 @@ def test_prometheus_rule_is_valid_and_watches_the_responders_own_metrics(tmp_pat
     assert not unknown, f"alerts on metrics the daemon does not export: {unknown}"
 
 
+def test_grafana_dashboard_configmap_is_optional_and_carries_the_deploy_dashboard() -> None:
+    assert not [d for d in manifests() if d["metadata"]["name"] == f"{FULLNAME}-dashboard"]
+    values = {"grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                                   "annotations": {"grafana_folder": "Platform"}}}
+    config_map = one(manifests(values), "ConfigMap", f"{FULLNAME}-dashboard")
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Platform"}
+    shipped = json.loads(config_map["data"]["alert-responder.json"])
+    assert shipped == json.loads((ROOT / "deploy" / "grafana" / "alert-responder.json").read_text())
+
+
 # ---- Dockerfile ---------------------------------------------------------------------------------------
 
 

@@ -4,21 +4,16 @@ replayed requests are refused; an unanswered approval expires and nothing runs."
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
 from tests.support.admin import AdminEndpoint, admin_endpoint
+from tests.support.slack_clicks import SECRET, click, handled, press, signed
 from tests.test_mitigations_guard import alerts as api_alerts
 from tests.test_mitigations_guard import audit, config_for, post_burst, wait_processed
-
-SECRET = "slack-signing-secret-0123"
 
 
 @pytest.fixture(autouse=True)
@@ -26,25 +21,12 @@ def signing_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
 
 
-def interaction(approval_id: int, action_id: str = "approve") -> bytes:
-    payload = {"type": "block_actions", "user": {"id": "U123", "username": "alice"},
-               "actions": [{"action_id": action_id, "value": str(approval_id)}]}
-    return urlencode({"payload": json.dumps(payload)}).encode()
-
-
-def signed(body: bytes, *, timestamp: float | None = None, secret: str = SECRET) -> dict[str, str]:
-    ts = str(int(timestamp if timestamp is not None else time.time()))
-    digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
-    # Lower-case names, as HTTP/2 proxies deliver them: header names are case-insensitive.
-    return {"x-slack-request-timestamp": ts, "x-slack-signature": f"v0={digest}",
-            "Content-Type": "application/x-www-form-urlencoded"}
-
-
 async def start(daemon_client: Any, store_url: str, tmp_path: Path, endpoint: AdminEndpoint,
                 timeout: str = "10m") -> tuple[Any, Any]:
     rules = tmp_path / "rules"
     config = config_for(store_url, tmp_path, endpoint, **{"mitigations.approvals": {
-        "timeout": timeout, "slack_signing_secret": {"env": "SLACK_SIGNING_SECRET"}}})
+        "timeout": timeout, "slack_signing_secret": {"env": "SLACK_SIGNING_SECRET"}},
+        "sinks.slack.permissions": {"approve": ["U123"]}})
     text = (rules / "rules.yaml").read_text().replace("mode: enforce", "mode: enforce\n        requires_approval: true")
     (rules / "rules.yaml").write_text(text)
     return await daemon_client(config)
@@ -79,7 +61,7 @@ async def test_signed_approval_executes_once_and_forgeries_are_refused(
             approval_id = int(await conn.fetchval("SELECT id FROM approvals WHERE action_id = $1", pending["id"]))
         assert endpoint.calls == []
 
-        body = interaction(approval_id)
+        body = press("approve", approval_id)
         forged = await client.post("/slack/interactions", data=body, headers=signed(body, secret="wrong-secret"))
         stale = await client.post("/slack/interactions", data=body, headers=signed(body, timestamp=time.time() - 600))
         unsigned = await client.post("/slack/interactions", data=body)
@@ -87,16 +69,24 @@ async def test_signed_approval_executes_once_and_forgeries_are_refused(
         await asyncio.sleep(0.3)
         assert endpoint.calls == []
 
+        # Somebody not in sinks.slack.permissions.approve: refused, and the refusal is in the audit.
+        outsider = await click(client, "approve", approval_id, user="U999", username="mallory")
+        assert (await handled(daemon, outsider["click_id"]))["outcome"] == "refused"
+
         headers = signed(body)
         ok = await client.post("/slack/interactions", data=body, headers=headers)
-        assert ok.status == 200 and (await ok.json())["state"] == "approved"
+        assert ok.status == 200 and (await ok.json())["queued"] is True
+        first = (await ok.json())["click_id"]
         replay = await client.post("/slack/interactions", data=body, headers=headers)
         assert replay.status == 401 and "replay" in (await replay.json())["detail"]
-        # A second, genuinely new click on the same approval changes nothing.
-        again = await client.post("/slack/interactions", data=body, headers=signed(body, timestamp=time.time() + 1))
-        assert again.status == 200 and (await again.json())["changed"] is False
+        # Slack retrying the same press (signed anew) is the same click; a second press changes nothing.
+        retry = await client.post("/slack/interactions", data=body, headers=signed(body, timestamp=time.time() + 1))
+        assert retry.status == 200 and await retry.json() == {"click_id": first, "queued": False}
+        again = await click(client, "approve", approval_id)
 
         executed = await wait_outcome(daemon, pending["id"], "executed")
+        assert (await handled(daemon, first))["outcome"] == "done"
+        assert (await handled(daemon, again["click_id"]))["outcome"] == "unchanged"
         await asyncio.sleep(0.3)
     assert executed["actor"] == "slack:U123 (alice)"
     assert len(endpoint.calls) == 1
@@ -108,10 +98,8 @@ async def test_denied_approval_runs_nothing(daemon_client: Any, store_url: str, 
         await post_burst(client, api_alerts(1))
         await wait_processed(daemon, 1)
         approval_id = await pending_approval(daemon)
-        body = interaction(approval_id, "deny")
-        resp = await client.post("/slack/interactions", data=body, headers=signed(body))
-        assert resp.status == 200 and (await resp.json())["state"] == "denied"
-        await asyncio.sleep(0.3)
+        denied = await click(client, "deny", approval_id)
+        assert (await handled(daemon, denied["click_id"]))["outcome"] == "done"
         metrics = await (await client.get("/metrics")).text()
         assert 'responder_actions_total{action="http.request",guard="",outcome="pending"} 1.0' in metrics
         assert 'responder_actions_total{action="http.request",guard="approval",outcome="denied"} 1.0' in metrics
@@ -127,10 +115,9 @@ async def test_unanswered_approval_expires(daemon_client: Any, store_url: str, t
         await wait_processed(daemon, 1)
         approval_id = await pending_approval(daemon)
         row = await wait_outcome(daemon, (await audit(daemon))[0]["id"], "expired")
-        body = interaction(approval_id)
-        late = await client.post("/slack/interactions", data=body, headers=signed(body))
-        assert late.status == 200 and (await late.json()) | {"text": ""} == {
-            "approval_id": approval_id, "state": "expired", "changed": False, "text": ""}
+        late = await click(client, "approve", approval_id)
+        row_late = await handled(daemon, late["click_id"])
+        assert (row_late["outcome"], row_late["detail"]) == ("unchanged", f"approval {approval_id} is expired")
         await asyncio.sleep(0.3)
     assert (row["guard"], row["reason"]) == ("approval", "nobody answered in time")
     assert endpoint.calls == []

@@ -72,4 +72,4 @@ rules:
 """)
     assert cli_main(["check", "--rules", str(rules)]) == 1
     err = capsys.readouterr().err
-    assert "db.yaml: rule 'db-idle': mitigations.0.when.0:" in err and "evidence.sessions.rows" in err
+    assert "db.yaml:7: rule 'db-idle': mitigations.0.when.0:" in err and "evidence.sessions.rows" in err

@@ -158,13 +158,13 @@ def test_check_reports_every_problem_with_file_rule_and_key(tmp_path: Path) -> N
                             capture_output=True, text=True, env=daemon_env({"COLUMNS": "300"}), cwd=REPO, timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert any(f"{rule_file}: rule 'bad-matcher': match: bad regular expression" in e for e in errors), errors
-    assert any(f"{rule_file}: rule 'unknown-collector': collectors.0.type: unknown collector "
+    assert any(f"{rule_file}:4: rule 'bad-matcher': match: bad regular expression" in e for e in errors), errors
+    assert any(f"{rule_file}:8: rule 'unknown-collector': collectors.0.type: unknown collector "
                "'kubernetes.crystal_ball'" in e for e in errors), errors
-    assert any(f"{rule_file}: rule 'bad-template': collectors.0.params: unsupported template expression" in e
+    assert any(f"{rule_file}:13: rule 'bad-template': collectors.0.params: unsupported template expression" in e
                for e in errors), errors
-    assert any(f"{rule_file}: rule 'bad-param': collectors.0.params.seconds:" in e for e in errors), errors
-    assert "4 problem(s) found" in result.stderr
+    assert any(f"{rule_file}:18: rule 'bad-param': collectors.0.params.seconds:" in e for e in errors), errors
+    assert "4 error(s)" in result.stderr
 
 
 def test_check_names_the_config_key(tmp_path: Path) -> None:
@@ -173,8 +173,8 @@ def test_check_names_the_config_key(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "responder", "check", "--config", str(config)],
                             capture_output=True, text=True, env=daemon_env({"COLUMNS": "300"}), cwd=REPO, timeout=60)
     assert result.returncode == 1
-    assert f"{config}: server: listen must be HOST:PORT" in result.stderr
-    assert f"{config}: pipeline.workers:" in result.stderr
+    assert f"{config}:1: server: listen must be HOST:PORT" in result.stderr
+    assert f"{config}:2: pipeline.workers:" in result.stderr
 
 
 def test_example_config_passes_check_and_warns_about_unauthenticated_intake() -> None:

@@ -74,8 +74,8 @@ def test_security_rules_never_act() -> None:
 
 
 def test_missing_targets_are_step_errors_not_a_crash(tmp_path: Path) -> None:
-    """The example config defines no targets: the database rule still runs, and every step says which
-    target is missing."""
+    """A config without targets (which `check` refuses): the database rule still runs, and every step says
+    which target is missing."""
     payload = {"version": "4", "status": "firing", "receiver": "responder", "groupKey": "{}:{}",
                "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
                "alerts": [{"status": "firing", "labels": {"alertname": "database_connections_critical"},
@@ -83,7 +83,9 @@ def test_missing_targets_are_step_errors_not_a_crash(tmp_path: Path) -> None:
                            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": "f1"}]}
     alert = tmp_path / "alert.json"
     alert.write_text(json.dumps(payload))
-    result = responder("replay", str(alert), "--config", "config.example.yaml", "--json")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"rules: {{dirs: [{REPO / 'rules'}]}}\n")
+    result = responder("replay", str(alert), "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     [bundle] = json.loads(result.stdout)
     assert bundle["incident"]["rule"] == "database-connections"

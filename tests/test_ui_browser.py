@@ -8,32 +8,28 @@ refreshes the committed copies in docs/ui/ that docs/ui.md shows.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import yaml
 
-from tests.fakes.slack_api import FakeSlack
 from tests.support.alerts import am_alert, am_payload
-from tests.support.processes import REPO, ManagedProcess, responder_daemon, wait_http
-from tests.support.prometheus import Prometheus
-from tests.support.services import free_port, require
+from tests.support.live_daemon import SLACK_WORKSPACE, LiveDaemon, live_daemon
+from tests.support.processes import REPO
+from tests.support.services import require
 from tests.support.vendors import grafana_payload
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    JavascriptException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -44,8 +40,6 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 UI_TOKEN = "ui-token-for-the-browser-test"
-SLACK_TOKEN = "xoxb-ui-browser-test"
-WORKSPACE = "https://acme.slack.com"
 ARTIFACTS = REPO / "tests" / "artifacts" / "ui"
 DOCS_SHOTS = REPO / "docs" / "ui"
 HOSTILE = '"><img src=x onerror="document.title=\'pwned\'"><script>document.title=\'pwned\'</script>'
@@ -67,129 +61,40 @@ RULES = {"rules": [{
     "checklist": ["Check the dashboards of {{ labels.namespace }}", "Tell the owning team"],
 }]}
 
-T = TypeVar("T")
-
-
-class BackgroundLoop:
-    """An event loop in a thread for the async test services (the Slack fake, Prometheus' start-up), so
-    the browser tests themselves stay synchronous, as Selenium is."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="ui-test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@dataclass
-class Console:
-    url: str
-    daemon: ManagedProcess
-    slack: FakeSlack
-    prometheus_url: str
-
-    def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body: dict[str, Any] = json.loads(response.read())
-            return body
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        request = urllib.request.Request(self.url + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def wait_processed(self, count: int, timeout: float = 30) -> None:
-        """Until `count` incidents have their evidence and their Slack thread."""
-        deadline = time.monotonic() + timeout
-        while True:
-            status, html = self.get("/ui/incidents", {"Authorization": f"Bearer {UI_TOKEN}"})
-            rows = html.count('class="incident ')
-            parents = len(self.slack.parents("#incidents"))
-            if status == 200 and rows >= count and parents >= count:
-                return
-            assert time.monotonic() < deadline, f"{rows} incident(s), {parents} Slack thread(s)\n{self.daemon.output()}"
-            time.sleep(0.2)
-
-
-def write_config(workdir: Path, port: int, prometheus_url: str, slack: FakeSlack) -> Path:
-    rules = workdir / "rules"
-    rules.mkdir(parents=True, exist_ok=True)
-    (rules / "rules.yaml").write_text(yaml.safe_dump(RULES))
-    config = {
-        "server": {"ui_token": {"env": "RESPONDER_UI_TOKEN"}},
-        "store": {"url": f"sqlite:///{workdir / 'responder.db'}", "poll_interval": 0.05},
-        "rules": {"dirs": [str(rules)]},
-        "intakes": {"alertmanager": {"auth": {"unauthenticated": "loopback"}},
-                    "grafana": {"auth": {"unauthenticated": "loopback"}}},
-        "targets": {"prometheus": {"main": {"url": prometheus_url}},
-                    "http": {"self": {"url": f"http://127.0.0.1:{port}"}}},
-        "sinks": {"console": {"enabled": False},
-                  "slack": {"token": {"env": "RESPONDER_SLACK_TOKEN"}, "api_url": slack.api_url,
-                            "default_channel": "#incidents", "rate_per_channel": 50, "timeout": "2s",
-                            "workspace_url": WORKSPACE}},
-    }
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def wait_processed(console: LiveDaemon, count: int, timeout: float = 30) -> None:
+    """Until `count` incidents have their evidence and their Slack thread."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, html = console.get("/ui/incidents", {"Authorization": f"Bearer {UI_TOKEN}"})
+        rows = html.count('class="incident ')
+        parents = len(console.slack.parents("#incidents"))
+        if status == 200 and rows >= count and parents >= count:
+            return
+        assert time.monotonic() < deadline, f"{rows} incident(s), {parents} Slack thread(s)\n{console.process.output()}"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    workdir = tmp_path_factory.mktemp("ui")
-    port = free_port()
-    background = BackgroundLoop()
-    slack = background.run(FakeSlack(SLACK_TOKEN).__aenter__())
-    prometheus = Prometheus(workdir / "prometheus", scrape=[f"127.0.0.1:{port}"])
-    try:
-        background.run(prometheus.__aenter__())
-        config = write_config(workdir, port, prometheus.url, slack)
-        daemon = responder_daemon(config, port, workdir / "daemon.log", extra_env={
-            "RESPONDER_UI_TOKEN": UI_TOKEN, "RESPONDER_SLACK_TOKEN": SLACK_TOKEN}).start()
-        try:
-            background.run(wait_http(f"http://127.0.0.1:{port}/readyz", timeout=30, proc=daemon))
-            yield Console(f"http://127.0.0.1:{port}", daemon, slack, prometheus.url)
-        finally:
-            daemon.stop()
-    finally:
-        background.run(prometheus.__aexit__(None, None, None))
-        background.run(slack.__aexit__(None, None, None))
-        background.close()
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
+    with live_daemon(tmp_path_factory.mktemp("ui"), RULES, server={"ui_token": {"env": "RESPONDER_UI_TOKEN"}},
+                     env={"RESPONDER_UI_TOKEN": UI_TOKEN}) as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="module")
-def incidents(console: Console) -> dict[str, int]:
+def incidents(console: LiveDaemon) -> dict[str, int]:
     """Real data: an incident with a chart, decisions and a Slack thread; a resolved one from Grafana; one
     whose labels and annotations are hostile markup. Returns incident ids by name."""
     # A few scrapes of the daemon first, so the range query has points to chart.
     console.post("/webhooks/alertmanager", am_payload(am_alert("Warmup")))
-    query = urllib.parse.quote('count_over_time(scrape_duration_seconds{job="test"}[1m])')
-    deadline = time.monotonic() + 30
-    while True:
-        with urllib.request.urlopen(f"{console.prometheus_url}/api/v1/query?query={query}", timeout=5) as response:
-            result = json.loads(response.read())["data"]["result"]
-        if result and float(result[0]["value"][1]) >= 3:
-            break
-        assert time.monotonic() < deadline, "Prometheus did not scrape the daemon"
-        time.sleep(0.5)
+    console.wait_scraped('count_over_time(scrape_duration_seconds{job="test"}[1m])', 3)
     console.post("/webhooks/alertmanager", am_payload(am_alert("WebErrors", labels={"job": "test"})))
     console.post("/webhooks/grafana", grafana_payload("firing", pod="api-1"))
     console.post("/webhooks/grafana", grafana_payload("resolved", pod="api-1"))
     console.post("/webhooks/alertmanager", am_payload(am_alert("Hostile", labels={"service": HOSTILE},
                                                                annotations={"summary": HOSTILE,
                                                                             "runbook_url": "javascript:alert(1)"})))
-    console.wait_processed(4)
+    wait_processed(console, 4)
     status, html = console.get("/ui/incidents", {"Authorization": f"Bearer {UI_TOKEN}"})
     assert status == 200
     ids = {}
@@ -232,15 +137,18 @@ def screenshot(driver: WebDriver, name: str) -> Path:
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 15) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=[StaleElementReferenceException, JavascriptException]).until(condition)
 
 
 def rows(driver: WebDriver) -> list[str]:
-    return [r.find_element(By.CSS_SELECTOR, "td.alertname").text
-            for r in driver.find_elements(By.CSS_SELECTOR, "#incidents tr.incident")]
+    """The listed alert names, read in one script call: the page may reload itself between two reads."""
+    names: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#incidents tr.incident td.alertname'), td => td.innerText)")
+    return names
 
 
-def login(driver: WebDriver, console: Console, token: str = UI_TOKEN) -> None:
+def login(driver: WebDriver, console: LiveDaemon, token: str = UI_TOKEN) -> None:
     driver.get(console.url + "/ui/login")
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
@@ -249,7 +157,7 @@ def login(driver: WebDriver, console: Console, token: str = UI_TOKEN) -> None:
 # ---- tests, in the order a person would meet the console ----------------------------------------------
 
 
-def test_without_a_token_nothing_is_shown(console: Console, incidents: dict[str, int], browser: WebDriver) -> None:
+def test_without_a_token_nothing_is_shown(console: LiveDaemon, incidents: dict[str, int], browser: WebDriver) -> None:
     for path in ("/ui/incidents", f"/ui/incidents/{incidents['WebErrors']}", "/ui/actions", "/ui/explain"):
         status, html = console.get(path)
         assert status == 401, path
@@ -266,7 +174,7 @@ def test_without_a_token_nothing_is_shown(console: Console, incidents: dict[str,
     screenshot(browser, "login")
 
 
-def test_login_sets_a_strict_http_only_cookie_without_the_token(console: Console, browser: WebDriver) -> None:
+def test_login_sets_a_strict_http_only_cookie_without_the_token(console: LiveDaemon, browser: WebDriver) -> None:
     login(browser, console)
     wait_for(browser, lambda d: d.find_elements(By.ID, "incidents"))
     (cookie,) = browser.get_cookies()
@@ -275,7 +183,7 @@ def test_login_sets_a_strict_http_only_cookie_without_the_token(console: Console
     assert browser.execute_script("return document.cookie") == ""
 
 
-def test_incidents_list_shows_every_incident_and_filters(console: Console, incidents: dict[str, int],
+def test_incidents_list_shows_every_incident_and_filters(console: LiveDaemon, incidents: dict[str, int],
                                                           browser: WebDriver) -> None:
     browser.get(console.url + "/ui/incidents")
     assert set(rows(browser)) >= {"WebErrors", "HighCPU", "Warmup"}
@@ -299,7 +207,7 @@ def test_incidents_list_shows_every_incident_and_filters(console: Console, incid
     assert rows(browser) == ["HighCPU"]
 
 
-def test_incidents_list_refreshes_itself(console: Console, incidents: dict[str, int], browser: WebDriver) -> None:
+def test_incidents_list_refreshes_itself(console: LiveDaemon, incidents: dict[str, int], browser: WebDriver) -> None:
     browser.get(console.url + "/ui/incidents?refresh=2")
     assert "LateArrival" not in rows(browser)
     console.post("/webhooks/alertmanager", am_payload(am_alert("LateArrival")))
@@ -310,7 +218,7 @@ def test_incidents_list_refreshes_itself(console: Console, incidents: dict[str, 
 
 
 def test_incident_page_shows_evidence_chart_decisions_checklist_timeline_and_slack(
-        console: Console, incidents: dict[str, int], browser: WebDriver) -> None:
+        console: LiveDaemon, incidents: dict[str, int], browser: WebDriver) -> None:
     browser.get(f"{console.url}/ui/incidents/{incidents['WebErrors']}")
     assert browser.find_element(By.ID, "incident-rule").text == "web-errors"
     chart = browser.find_element(By.CSS_SELECTOR, "article[data-step=scrapes] img.chart")
@@ -327,11 +235,11 @@ def test_incident_page_shows_evidence_chart_decisions_checklist_timeline_and_sla
     assert "opened" in timeline and "processed: matched web-errors" in timeline and "sink:slack" in timeline
     link = browser.find_element(By.ID, "slack-link").get_attribute("href") or ""
     (parent,) = [m for m in console.slack.parents("#incidents") if "WebErrors" in m.text]
-    assert link == f"{WORKSPACE}/archives/{console.slack.channel_id('#incidents')}/p{parent.ts.replace('.', '')}"
+    assert link == f"{SLACK_WORKSPACE}/archives/{console.slack.channel_id('#incidents')}/p{parent.ts.replace('.', '')}"
     screenshot(browser, "incident")
 
 
-def test_hostile_labels_render_as_text(console: Console, incidents: dict[str, int], browser: WebDriver) -> None:
+def test_hostile_labels_render_as_text(console: LiveDaemon, incidents: dict[str, int], browser: WebDriver) -> None:
     for path in ("/ui/incidents", f"/ui/incidents/{incidents['Hostile']}"):
         browser.get(console.url + path)
         assert browser.title != "pwned"
@@ -342,7 +250,7 @@ def test_hostile_labels_render_as_text(console: Console, incidents: dict[str, in
     screenshot(browser, "hostile")
 
 
-def test_actions_audit_filters_by_outcome(console: Console, incidents: dict[str, int], browser: WebDriver) -> None:
+def test_actions_audit_filters_by_outcome(console: LiveDaemon, incidents: dict[str, int], browser: WebDriver) -> None:
     browser.get(console.url + "/ui/actions")
     table = browser.find_element(By.ID, "actions").text
     assert "flush" in table and "never" in table
@@ -354,7 +262,7 @@ def test_actions_audit_filters_by_outcome(console: Console, incidents: dict[str,
     assert "never" in table and "flush" not in table
 
 
-def test_explain_shows_the_matching_rule_and_the_guards(console: Console, browser: WebDriver) -> None:
+def test_explain_shows_the_matching_rule_and_the_guards(console: LiveDaemon, browser: WebDriver) -> None:
     browser.get(console.url + "/ui/explain")
     payload = json.dumps(am_payload(am_alert("WebErrors", labels={"job": "test"})), indent=2)
     box = browser.find_element(By.ID, "explain-payload")
@@ -371,7 +279,7 @@ def test_explain_shows_the_matching_rule_and_the_guards(console: Console, browse
     assert wait_for(browser, lambda d: d.find_elements(By.ID, "explain-error"))
 
 
-def test_logging_out_ends_the_session(console: Console, browser: WebDriver) -> None:
+def test_logging_out_ends_the_session(console: LiveDaemon, browser: WebDriver) -> None:
     browser.get(console.url + "/ui/incidents")
     browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
     wait_for(browser, lambda d: d.find_elements(By.ID, "login-form"))

@@ -8,12 +8,15 @@ import importlib
 import pkgutil
 import sys
 
+from responder import __version__
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="responder",
         description="Receives alerts, gathers evidence, applies guarded fixes, posts one thread per incident.",
     )
+    parser.add_argument("--version", action="version", version=f"responder {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not module.name.startswith("_"):

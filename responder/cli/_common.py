@@ -31,16 +31,21 @@ def add_config_args(parser: argparse.ArgumentParser, *, rules: bool = False, sto
         parser.add_argument("--store", metavar="URL", help="store URL (sqlite:///PATH or postgresql://...)")
 
 
-def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
-    overrides: dict[str, Any] = dict(extra)
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys set on the command line (--rules, --store)."""
+    overrides: dict[str, Any] = {}
     if getattr(args, "rules", None):
         overrides["rules.dirs"] = [str(p.resolve()) for p in args.rules]
     if getattr(args, "store", None):
         overrides["store.url"] = args.store
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, {**config_overrides(args), **extra})
     except ConfigError as exc:
-        raise CliError("\n".join(exc.problems)) from None
+        raise CliError("\n".join(map(str, exc.problems))) from None
     load_plugins(config)
     return config
 

@@ -17,7 +17,8 @@ from responder.cli._common import (
     run_cli,
 )
 from responder.config import Config
-from responder.daemon import Daemon, DaemonFailed, build_intakes, serve
+from responder.daemon import Daemon, DaemonFailed, serve
+from responder.intake import build_intakes
 from responder.logs import setup_logging
 from responder.processes import run_processes
 from responder.rules.engine import RuleSet

@@ -89,7 +89,9 @@ def normalize(source: str, payload: WirePayload, *, extras: list[dict[str, Any]]
         starts_at, ends_at = times["startsAt"], times["endsAt"]
         if starts_at is None:
             raise PayloadError("startsAt is required", f"alerts.{index}.startsAt")
-        extra: dict[str, Any] = {"receiver": payload.receiver, "external_url": payload.externalURL}
+        # The group labels are what a silence from Slack matches: the group this notification stands for.
+        extra: dict[str, Any] = {"receiver": payload.receiver, "external_url": payload.externalURL,
+                                 "group_labels": payload.groupLabels}
         if extras:
             extra.update(extras[index])
         alerts.append(Alert(

@@ -1,20 +1,17 @@
-"""Approvals from Slack: verify the request really comes from Slack, then approve or deny once.
+"""Requests from Slack's buttons (approvals and the rest of the console): verify they really come from Slack.
 
 Slack signs every interaction: `X-Slack-Signature: v0=HMAC_SHA256(secret, "v0:{timestamp}:{body}")` with
 `X-Slack-Request-Timestamp`. A request is refused (401) when the signature is wrong, the timestamp is
-outside the allowed window, or the same signed request was already accepted (a replay).
-The buttons are `action_id` `approve` / `deny` with `value` the approval id.
+outside the allowed window, or the same signed request was already accepted (a replay). What a button
+does is responder/console's business.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import parse_qs
 
 from responder.config import ApprovalsConfig, Secret
 from responder.intake.auth import constant_time_equal, is_hex_sha256
@@ -23,17 +20,6 @@ from responder.store.actions import ActionStore
 
 class Rejected(Exception):
     """The request is not a genuine, fresh Slack request."""
-
-
-class BadInteraction(ValueError):
-    """Genuine, but not an approval we understand."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    approval_id: int
-    approve: bool
-    actor: str
 
 
 def check_headers(config: ApprovalsConfig, headers: Mapping[str, str], now: float) -> Secret:
@@ -65,34 +51,10 @@ def verify_signature(config: ApprovalsConfig, headers: Mapping[str, str], body: 
     return signature
 
 
-def parse_interaction(body: bytes) -> Answer:
-    try:
-        payload = json.loads(parse_qs(body.decode("utf-8"), strict_parsing=True)["payload"][0])
-        action = payload["actions"][0]
-        user = payload["user"]
-        action_id, value = action["action_id"], action["value"]
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise BadInteraction(f"not a Slack block action payload: {type(exc).__name__}: {exc}") from None
-    if action_id not in ("approve", "deny"):
-        raise BadInteraction(f"unknown action_id {action_id!r}: expected 'approve' or 'deny'")
-    if not isinstance(value, str) or not (value.isascii() and value.isdigit() and len(value) <= 18):
-        raise BadInteraction(f"the button value must be an approval id, got {str(value)[:40]!r}")
-    if not isinstance(user, dict):
-        raise BadInteraction("the payload's user is not an object")
-    actor = f"slack:{str(user.get('id', '?'))[:64]}"
-    if user.get("username"):
-        actor += f" ({str(user['username'])[:64]})"
-    return Answer(int(value), action_id == "approve", actor)
-
-
-async def handle_interaction(config: ApprovalsConfig, actions: ActionStore, headers: Mapping[str, str],
-                             body: bytes) -> tuple[Answer, str, bool, str]:
-    """Verify, parse and apply one interaction: (the answer, the approval's state afterwards, whether
-    this answer changed it, the action's name)."""
+async def verify_fresh(config: ApprovalsConfig, actions: ActionStore, headers: Mapping[str, str],
+                       body: bytes) -> None:
+    """Raises Rejected unless the request is signed by Slack, fresh, and not seen before."""
     signature = verify_signature(config, headers, body, time.time())
     # Kept twice the window: a replay older than that fails the timestamp check anyway.
     if not await actions.remember_signature(signature, keep_seconds=2 * config.max_clock_skew):
         raise Rejected("this request was already received (replay)")
-    answer = parse_interaction(body)
-    state, changed, action = await actions.decide(answer.approval_id, answer.approve, answer.actor)
-    return answer, state, changed, action

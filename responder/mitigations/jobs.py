@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,9 @@ import aiohttp
 from responder.collectors.base import CollectorContext
 from responder.collectors.runner import EvidenceLimits, run_collectors
 from responder.config import PrometheusTarget
-from responder.jobs import APPROVAL_EXECUTE, APPROVAL_EXPIRE, VERIFY, ApprovalRef, JobTable, VerifyRef
+from responder.events import Bundle, Note
+from responder.evidence import Evidence
+from responder.jobs import APPROVAL_EXECUTE, APPROVAL_EXPIRE, INCIDENT_NOTE, VERIFY, ApprovalRef, JobTable, VerifyRef
 from responder.mitigations.base import registry
 from responder.mitigations.conditions import evaluate
 from responder.mitigations.guard import Decision, Guard
@@ -47,6 +50,8 @@ class MitigationJobs:
     ruleset: RuleSet
     limits: EvidenceLimits
     redactor: Redactor
+    # Where each outcome is told (an `incident.note` per sink), committed with the job's completion.
+    sink_queues: Sequence[str] = ()
 
     def register(self, table: JobTable) -> None:
         table.add(APPROVAL_EXPIRE, self.expire)
@@ -57,18 +62,26 @@ class MitigationJobs:
         action = await self.actions.expire(ref.approval_id)
         if action is not None and self.guard.metrics is not None:
             self.guard.metrics.actions.labels(action, "expired", "approval").inc()
-        await self.store.queue.finish(job, result={"expired": action is not None})
+        notes = [Note(kind="expired", text=f"{action} expired: nobody answered in time", phase="firing")] \
+            if action is not None else []
+        await self._finish(job, {"expired": action is not None}, notes)
 
     async def execute(self, job: Job, ref: ApprovalRef) -> None:
-        await self.store.queue.finish(job, result=await self.execute_approved(ref.approval_id))
+        await self._finish(job, *await self.execute_approved(ref.approval_id))
 
     async def verify(self, job: Job, ref: VerifyRef) -> None:
-        await self.store.queue.finish(job, result=await self.verify_action(ref.action_id))
+        await self._finish(job, *await self.verify_action(ref.action_id))
 
-    async def execute_approved(self, approval_id: int) -> dict[str, Any]:
+    async def _finish(self, job: Job, result: dict[str, Any], notes: list[Note]) -> None:
+        """Complete the job, with its outcome told to every sink in the same transaction."""
+        follow_ups = [INCIDENT_NOTE.new(f"incident:{job.incident_id}", note, incident_id=job.incident_id, queue=queue)
+                      for note in notes for queue in self.sink_queues] if job.incident_id is not None else []
+        await self.store.queue.finish(job, result=result, follow_ups=follow_ups)
+
+    async def execute_approved(self, approval_id: int) -> tuple[dict[str, Any], list[Note]]:
         row = await self.actions.start_approved(approval_id)
         if row is None:  # not approved, or already started by an earlier run of this job
-            return {"executed": False}
+            return {"executed": False}, []
         try:
             action = registry.get(row["action"])()
             params = action.params_model.model_validate(json.loads(row["params"]))
@@ -98,38 +111,51 @@ class MitigationJobs:
             decision.outcome, decision.guard, decision.reason = "skipped", guard, refusal
             await self.actions.finish(decision.action_id or 0, "skipped", reason=refusal, guard=guard)
         self.guard.count(decision)
-        return {"executed": decision.outcome == "executed", "outcome": decision.outcome}
+        note = Note(kind=decision.outcome, text=f"{decision.action} on {decision.target}: {decision.outcome}",
+                    detail=decision.reason, output=decision.output,
+                    phase="mitigating" if decision.outcome == "executed" else "firing")
+        return {"executed": decision.outcome == "executed", "outcome": decision.outcome}, [note]
 
-    async def verify_action(self, action_id: int) -> dict[str, Any]:
+    async def verify_action(self, action_id: int) -> tuple[dict[str, Any], list[Note]]:
         row = await self.actions.get(action_id)
         spec = find_spec(self.ruleset, row["rule"], row["step"]) if row is not None else None
         if row is None or spec is None or spec.verify is None or row["incident_id"] is None:
-            return {"verified": False, "note": "the action or its rule's verify check no longer exists"}
+            return {"verified": False, "note": "the action or its rule's verify check no longer exists"}, []
         incident = await self.store.get_incident(int(row["incident_id"]))
         assert incident is not None
+        evidence: list[Evidence] = []
         try:
-            recovered, detail = await self._check(spec.verify, row, incident)
+            recovered, detail, evidence = await self._check(spec.verify, row, incident)
         except Exception as exc:  # a check that cannot run cannot say the action helped
             recovered, detail = False, f"the check failed: {type(exc).__name__}: {exc}"
         await self.actions.record_verification(action_id, recovered, detail)
         log.info("verification of action %s: %s (%s)", action_id, "recovered" if recovered else "NOT recovered",
                  detail, extra={"incident": incident.id})
-        return {"recovered": recovered, "detail": detail}
+        rule = next((r for r in self.ruleset.rules if r.name == row["rule"]), None)
+        what = f"{row['action']} on {row['target']}"
+        # The verifying evidence travels inline: it is not stored as the incident's evidence.
+        bundles = [Bundle(rule=row["rule"], evidence=evidence)] if evidence else []
+        note = Note(kind="recovered", text=f"Verified: {what} helped", detail=detail, bundles=bundles) \
+            if recovered else Note(kind="not_recovered", text=f"Not recovered after {what}: escalating",
+                                   detail=detail, phase="firing", bundles=bundles,
+                                   mention=rule.slack.escalation if rule is not None else None)
+        return {"recovered": recovered, "detail": detail}, [note]
 
-    async def _check(self, verify: VerifySpec, row: Row, incident: Incident) -> tuple[bool, str]:
+    async def _check(self, verify: VerifySpec, row: Row, incident: Incident) -> tuple[bool, str, list[Evidence]]:
+        """Whether the incident recovered, why, and the evidence a collector check gathered."""
         if verify.prometheus is not None:
             target: PrometheusTarget = self.guard.targets.spec("prometheus", verify.prometheus.target)
             value = await query_prometheus(target, verify.prometheus.query)
-            return threshold_met(verify.prometheus, value)
+            return (*threshold_met(verify.prometheus, value), [])
         rule = next(r for r in self.ruleset.rules if r.name == row["rule"])
         collectors, _, _ = render_steps(rule, incident.as_alert())
         steps = [s for s in collectors if s.id == verify.collector]
         if not steps:
-            return False, f"collector step {verify.collector!r} could not be rendered for this incident"
+            return False, f"collector step {verify.collector!r} could not be rendered for this incident", []
         evidence = await run_collectors(steps, CollectorContext(incident, self.guard.targets), limits=self.limits,
                                         redactor=self.redactor)
         holds, why = evaluate(verify.when, incident, evidence)
-        return holds, "all verify conditions hold" if holds else why
+        return holds, "all verify conditions hold" if holds else why, list(evidence)
 
 
 def threshold_met(check: PrometheusCheck, value: float | None) -> tuple[bool, str]:

@@ -15,9 +15,20 @@ from dataclasses import dataclass
 
 from responder.collectors.base import CollectorContext
 from responder.collectors.runner import EvidenceLimits, run_collectors
-from responder.events import Bundle, IncidentEvent, IncidentView
+from responder.events import Bundle, IncidentEvent, IncidentView, Note
 from responder.evidence import Evidence
-from responder.jobs import INCIDENT_PROCESSED, INCIDENT_RESOLVED, PROCESS, RESOLVE, IncidentJob, JobKind, JobTable
+from responder.jobs import (
+    INCIDENT_NOTE,
+    INCIDENT_PROCESSED,
+    INCIDENT_RESOLVED,
+    PROCESS,
+    REFRESH,
+    RESOLVE,
+    IncidentJob,
+    JobKind,
+    JobTable,
+    RefreshJob,
+)
 from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
 from responder.models import Incident, Job, NewJob
@@ -46,6 +57,7 @@ class IncidentProcessor:
     def register(self, table: JobTable) -> None:
         table.add(PROCESS, self.process)
         table.add(RESOLVE, self.resolve)
+        table.add(REFRESH, self.refresh)
 
     async def _incident(self, job: Job) -> Incident:
         incident = await self.store.get_incident(job.incident_id) if job.incident_id is not None else None
@@ -73,6 +85,7 @@ class IncidentProcessor:
                 errors=[str(e) for e in errors],
                 checklist=list(rule.checklist),
                 channel=rule.slack.channel,
+                alertmanager=rule.alertmanager,
             ), evidence))
         return bundles
 
@@ -107,6 +120,34 @@ class IncidentProcessor:
         self.metrics.pipeline_duration.observe(time.monotonic() - started)
         log.info("incident %s (%s) processed: rules=%s evidence=%d", incident.id, incident.alertname,
                  rule_names, gathered, extra={"incident": incident.id})
+
+    async def refresh(self, job: Job, request: RefreshJob) -> None:
+        """Re-run diagnostics (a console button): the matched rules' collectors run again, and nothing else
+        (no mitigation is decided twice); the new evidence is stored and told to the thread."""
+        incident = await self._incident(job)
+        alert = incident.as_alert()
+        gathered: list[tuple[str, list[Evidence]]] = []
+        for rule in self.ruleset.match(alert):
+            collectors, _, _ = render_steps(rule, alert)
+            gathered.append((rule.name, await run_collectors(
+                collectors, CollectorContext(incident, self.targets), limits=self.limits, redactor=self.redactor,
+                metrics=self.metrics)))
+        count = sum(len(evidence) for _, evidence in gathered)
+
+        async def writes(conn: Connection) -> None:
+            ids = await self.store.save_evidence(conn, incident.id,
+                                                 [(r, ev) for r, evidence in gathered for ev in evidence])
+            bundles = []
+            for rule, evidence in gathered:
+                mine, ids = ids[:len(evidence)], ids[len(evidence):]
+                bundles.append(Bundle(rule=rule, evidence_ids=mine))
+            note = Note(kind="rerun", text=f"Diagnostics re-run: {count} result(s)", by=request.requested_by,
+                        bundles=bundles)
+            for queue in self.sink_queues:
+                await self.store.queue.enqueue(conn, INCIDENT_NOTE.new(f"incident:{incident.id}", note,
+                                                                       incident_id=incident.id, queue=queue))
+
+        await self.store.queue.finish(job, result={"evidence": count}, writes=writes)
 
     async def resolve(self, job: Job, _: IncidentJob) -> None:
         incident = await self._incident(job)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from responder.backoff import backoff_delay
@@ -35,9 +35,11 @@ class WorkerSettings:
 
 class QueueWorker:
     def __init__(self, jobs: JobQueue, queue: str, handler: Handler, settings: WorkerSettings, owner: str,
-                 metrics: Metrics, *, on_done: Callable[[], None] | None = None) -> None:
+                 metrics: Metrics, *, on_done: Callable[[], None] | None = None,
+                 before_claim: Callable[[], Awaitable[None]] | None = None) -> None:
         """`handler` runs one job (see JobTable.handler). `on_done` runs after each job that finished: it
-        wakes the workers of the queues it fed, so their new jobs start now rather than at their next poll."""
+        wakes the workers of the queues it fed, so their new jobs start now rather than at their next poll.
+        `before_claim` is awaited before each claim: it lets more urgent work go first (IntakeFirst.turn)."""
         self.jobs = jobs
         self.queue = queue
         self.handler = handler
@@ -45,6 +47,7 @@ class QueueWorker:
         self.owner = owner
         self.metrics = metrics
         self.on_done = on_done
+        self.before_claim = before_claim
         self._wake = asyncio.Event()
         self._stopping = False
         self._running: dict[asyncio.Task[None], int] = {}
@@ -65,6 +68,9 @@ class QueueWorker:
             free = self.settings.concurrency - len(self._running)
             jobs: list[Job] = []
             if free > 0:
+                if self.before_claim is not None:
+                    await self.before_claim()
+                    free = self.settings.concurrency - len(self._running)
                 try:
                     jobs = await self.jobs.claim(self.queue, self.owner, free, self.settings.lease_seconds)
                 except StoreUnavailable as exc:

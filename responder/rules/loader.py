@@ -6,34 +6,23 @@ file, rule and key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from responder.collectors import registry as collector_registry
 from responder.mitigations import registry as action_registry
 from responder.params import render_as
 from responder.plugins import Registry, UnknownPlugin
+from responder.problems import Problem, dotted, validation_messages
 from responder.rules.matchers import MatcherError
 from responder.rules.model import Rule, StepSpec
 from responder.rules.templating import check_typed, check_value, is_templated
+from responder.yamlsource import Located, YamlDocument, YamlError, parse_yaml
 
-
-@dataclass(frozen=True, slots=True)
-class RuleProblem:
-    file: Path
-    rule: str | None
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}"
-        if self.rule:
-            where += f": rule {self.rule!r}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+# Rule problems are ordinary problems whose `rule` is set.
+RuleProblem = Problem
 
 
 def rule_files(dirs: list[Path]) -> list[Path]:
@@ -54,7 +43,7 @@ def load_rules(dirs: list[Path]) -> tuple[list[Rule], list[RuleProblem]]:
     seen: dict[str, Path] = {}
     for directory in dirs:
         if not directory.exists():
-            problems.append(RuleProblem(directory, None, "", "rule directory does not exist"))
+            problems.append(Problem(str(directory), None, "", "rule directory does not exist"))
     for path in rule_files([d for d in dirs if d.exists()]):
         for rule, rule_problems in _load_file(path):
             problems += rule_problems
@@ -62,7 +51,7 @@ def load_rules(dirs: list[Path]) -> tuple[list[Rule], list[RuleProblem]]:
                 continue
             if rule.name in seen:
                 message = f"duplicate rule name (also in {seen[rule.name]})"
-                problems.append(RuleProblem(path, rule.name, "name", message))
+                problems.append(Problem(str(path), rule.name, "name", message))
                 continue
             seen[rule.name] = path
             if not rule_problems:
@@ -70,33 +59,43 @@ def load_rules(dirs: list[Path]) -> tuple[list[Rule], list[RuleProblem]]:
     return rules, problems
 
 
-def _load_file(path: Path) -> list[tuple[Rule | None, list[RuleProblem]]]:
+def _load_file(path: Path) -> list[tuple[Rule | None, list[Problem]]]:
+    origin = str(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        return [(None, [RuleProblem(path, None, "", f"cannot read rules: {exc}")])]
-    if document is None:
+        document = parse_yaml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [(None, [Problem(origin, None, "", f"cannot read rules: {exc.strerror}")])]
+    except YamlError as exc:
+        return [(None, [Problem(origin, None, "", f"not valid YAML: {exc.message}", exc.line)])]
+    if document.data is None:
         return []
-    if not isinstance(document, dict) or not isinstance(document.get("rules"), list):
-        return [(None, [RuleProblem(path, None, "rules", "a rule file is a mapping with a 'rules:' list")])]
-    return [_load_rule(path, index, raw) for index, raw in enumerate(document["rules"])]
+    if not isinstance(document.data, dict) or not isinstance(document.data.get("rules"), list):
+        return [(None, [Problem(origin, None, "rules", "a rule file is a mapping with a 'rules:' list", 1)])]
+    return [_load_rule(origin, document, index, raw) for index, raw in enumerate(document.data["rules"])]
 
 
-def _load_rule(path: Path, index: int, raw: Any) -> tuple[Rule | None, list[RuleProblem]]:
+def _load_rule(origin: str, document: YamlDocument, index: int, raw: Any) -> tuple[Rule | None, list[Problem]]:
     name = raw.get("name") if isinstance(raw, dict) else None
     label = str(name) if name else f"#{index}"
+
+    located = Located(origin, document, ("rules", index))
+
+    def problem(key: str, message: str) -> Problem:
+        return Problem(origin, label, key, message, located.line(key))
+
     try:
         rule = Rule.model_validate(raw)
     except MatcherError as exc:
-        return None, [RuleProblem(path, label, "match", str(exc))]
+        return None, [problem("match", str(exc))]
     except ValidationError as exc:
-        return None, [RuleProblem(path, label, _loc(err["loc"]), _msg(err)) for err in exc.errors()]
+        return None, [problem(dotted(loc), message) for loc, message in validation_messages(exc, Rule)]
+    rule.read_from(located)
     problems = []
     for section, steps, registry in (("collectors", rule.collectors, collector_registry),
                                      ("mitigations", rule.mitigations, action_registry)):
         for i, step in enumerate(steps):
             for key, message in validate_step(step, registry):
-                problems.append(RuleProblem(path, rule.name, f"{section}.{i}.{key}", message))
+                problems.append(problem(f"{section}.{i}.{key}", message))
     return rule, problems
 
 
@@ -111,19 +110,19 @@ def validate_step(step: StepSpec, registry: Registry[Any]) -> list[tuple[str, st
     try:
         model.model_validate(step.params)
     except ValidationError as exc:
-        for err in exc.errors():
-            top = err["loc"][0] if err["loc"] else None
+        for loc, message in validation_messages(exc, model):
+            top = loc[0] if loc else None
             if isinstance(top, str) and _templated(step.params.get(top)):
                 continue
-            problems.append((f"params.{_loc(err['loc'])}", _msg(err)))
+            problems.append((f"params.{dotted(loc)}", message))
     for key, value in step.params.items():
         kind = render_as(model, key)
         if kind is not None and isinstance(value, str) and is_templated(value):
             problems += [(f"params.{key}", message) for message in check_typed(value, kind)]
     for name, info in model.model_fields.items():
+        value = step.params.get(name)
         # A field marked `fixed` (an executable, a command's flags) must be written in the rule itself.
-        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("fixed") \
-                and _templated(step.params.get(name)):
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("fixed") and _templated(value):
             problems.append((f"params.{name}", "must be written literally in the rule, not rendered from the alert"))
     return problems
 
@@ -134,11 +133,3 @@ def _templated(value: Any) -> bool:
     if isinstance(value, list):
         return any(_templated(v) for v in value)
     return is_templated(value)
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def _msg(err: Any) -> str:
-    return str(err["msg"]).removeprefix("Value error, ")

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from responder.config import Duration
 from responder.mitigations.conditions import ConditionText
 from responder.rules.matchers import Matcher, parse_matchers
+from responder.yamlsource import Located
 
 
 class _Strict(BaseModel):
@@ -74,6 +75,8 @@ class MitigationSpec(StepSpec):
 
 class SlackRoute(_Strict):
     channel: str | None = None
+    # The Slack user group (S0123ABCD) told when a mitigation of this rule did not help.
+    escalation: str | None = Field(default=None, pattern=r"^S[A-Z0-9]{2,}$")
 
 
 class Rule(_Strict):
@@ -88,8 +91,13 @@ class Rule(_Strict):
     checklist: list[str] = Field(default_factory=list)
     slack: SlackRoute = SlackRoute()
     mode: Literal["dry-run", "enforce"] | None = None
+    # The `targets.alertmanager` entry that sends this rule's alerts (silences from Slack go there); by
+    # default the intake's, or the one whose URL is the delivery's externalURL.
+    alertmanager: str | None = None
 
     _matchers: list[Matcher] = PrivateAttr(default_factory=list)
+    # The file and place the rule was read from (None: built in code), for problems found later.
+    _located: Located | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -110,6 +118,13 @@ class Rule(_Strict):
     @property
     def matchers(self) -> list[Matcher]:
         return self._matchers
+
+    @property
+    def located(self) -> Located | None:
+        return self._located
+
+    def read_from(self, located: Located) -> None:
+        self._located = located
 
     def matches(self, source: str, labels: dict[str, str]) -> bool:
         return (not self.sources or source in self.sources) and all(m.matches(labels) for m in self._matchers)

@@ -12,8 +12,16 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel
 
 from responder.config import Config
-from responder.events import IncidentEvent
-from responder.jobs import INCIDENT_PROCESSED, INCIDENT_RESOLVED, JobKind, JobTable, PermanentJobError, RetryLater
+from responder.events import Bundle, IncidentEvent, Note
+from responder.jobs import (
+    INCIDENT_NOTE,
+    INCIDENT_PROCESSED,
+    INCIDENT_RESOLVED,
+    JobKind,
+    JobTable,
+    PermanentJobError,
+    RetryLater,
+)
 from responder.metrics import Metrics
 from responder.models import Job, NewJob
 from responder.plugins import Registry
@@ -70,6 +78,11 @@ class Sink(abc.ABC):
     async def deliver(self, job: Job, event: IncidentEvent) -> Delivered:
         """Deliver one incident event (`job.kind`: incident.processed or incident.resolved), its evidence loaded."""
 
+    async def note(self, job: Job, note: Note) -> Delivered:
+        """Tell something that happened after the incident's first event (a console press, an action's
+        outcome); sinks without a place for it ignore it."""
+        return Delivered({"ignored": True})
+
     def outbox(self) -> list[tuple[JobKind[Any], SinkHandler[Any]]]:
         """The further kinds this sink queues on its own queue, with their handlers."""
         return []
@@ -82,23 +95,28 @@ class Sink(abc.ABC):
         """Bind this sink's kinds on its queue: incident events and its outbox rows."""
 
         async def event(job: Job, payload: IncidentEvent) -> Delivered:
-            return await self.deliver(job, await load_evidence(store, payload))
+            return await self.deliver(job, payload.model_copy(
+                update={"bundles": await load_evidence(store, payload.bundles)}))
+
+        async def note(job: Job, payload: Note) -> Delivered:
+            return await self.note(job, payload.model_copy(
+                update={"bundles": await load_evidence(store, payload.bundles)}))
 
         for kind in (INCIDENT_PROCESSED, INCIDENT_RESOLVED):
             table.add(kind, finishing(store, event), queue=self.queue)
+        table.add(INCIDENT_NOTE, finishing(store, note), queue=self.queue)
         for kind, handler in self.outbox():
             table.add(kind, finishing(store, handler), queue=self.queue)
 
 
-async def load_evidence(store: Store, event: IncidentEvent) -> IncidentEvent:
-    """The event with each bundle's referenced evidence rows read back from the store."""
-    ids = [i for bundle in event.bundles for i in bundle.evidence_ids]
+async def load_evidence(store: Store, bundles: list[Bundle]) -> list[Bundle]:
+    """The bundles with their referenced evidence rows read back from the store."""
+    ids = [i for bundle in bundles for i in bundle.evidence_ids]
     if not ids:
-        return event
+        return bundles
     stored = await store.evidence_by_id(ids)
-    bundles = [b.model_copy(update={"evidence": [*b.evidence, *(stored[i] for i in b.evidence_ids if i in stored)]})
-               for b in event.bundles]
-    return event.model_copy(update={"bundles": bundles})
+    return [b.model_copy(update={"evidence": [*b.evidence, *(stored[i] for i in b.evidence_ids if i in stored)]})
+            for b in bundles]
 
 
 def finishing(store: Store, handler: SinkHandler[P]) -> Callable[[Job, P], Awaitable[None]]:

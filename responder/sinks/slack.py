@@ -30,7 +30,8 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from responder.backoff import backoff_delay
 from responder.config import Config
-from responder.events import IncidentEvent
+from responder.console.alertmanager import alertmanager_for
+from responder.events import IncidentEvent, Note
 from responder.jobs import INCIDENT_PROCESSED, INCIDENT_RESOLVED, JobKind, Payload
 from responder.metrics import Metrics
 from responder.models import Job, NewJob
@@ -39,13 +40,17 @@ from responder.sinks.slack_blocks import (
     Attachment,
     Member,
     Message,
+    cap_blocks,
     parent_message,
     phase_of,
     refire_message,
+    section,
     thread_messages,
 )
 from responder.sinks.slack_charts import series_png
+from responder.sinks.slack_console import console_blocks, note_line, note_message
 from responder.store import Store
+from responder.store.console import ConsoleStore
 from responder.store.db import Connection
 from responder.store.slack_threads import LEAD, REFIRE, SlackThreads, Thread
 
@@ -192,7 +197,9 @@ class SlackSink(Sink):
         facts: dict[str, Any] | None = None
         replies: list[Message] = []
         if job.kind == INCIDENT_PROCESSED.name and role in (LEAD, REFIRE):
-            facts = {"incident": view, "phase": phase_of(bundles)}
+            facts = {"incident": view, "phase": phase_of(bundles), "alertmanager": alertmanager_for(
+                self.config, incident.source, str(incident.extra.get("external_url") or ""),
+                next((b["alertmanager"] for b in bundles if b.get("alertmanager")), None))}
             if role == REFIRE:
                 replies.append(refire_message(view))
             replies += thread_messages(view, bundles)
@@ -201,20 +208,52 @@ class SlackSink(Sink):
         elif job.kind == INCIDENT_RESOLVED.name and thread.lead_incident_id == incident.id:
             facts = {**thread.facts, "incident": {**thread.facts.get("incident", view), **view}, "phase": "resolved"}
         rows = self._rows(job, thread, replies)
-        key = f"slack-thread:{thread.id}"
 
         async def writes(conn: Connection) -> None:
             if facts is not None:
                 await SlackThreads.set_facts(conn, thread.id, incident.id, facts)
-            queue = self.threads.store.queue
-            if await SlackThreads.claim_parent(conn, thread.id):
-                await queue.enqueue(conn, self._row(job, POST_PARENT, ThreadRow(thread_id=thread.id)))
-            elif not await SlackThreads.update_queued(conn, self.queue, key, UPDATE.name):
-                await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id)))
+            await self._queue_parent(conn, job, thread)
             for row in rows:
-                await queue.enqueue(conn, row)
+                await self.threads.store.queue.enqueue(conn, row)
 
         return Delivered({"thread": thread.id, "role": role, "messages": len(rows)}, writes=writes)
+
+    async def _queue_parent(self, conn: Connection, job: Job, thread: Thread) -> None:
+        """Queue the thread's parent message, or an edit of it unless one is already waiting."""
+        queue = self.threads.store.queue
+        if await SlackThreads.claim_parent(conn, thread.id):
+            await queue.enqueue(conn, self._row(job, POST_PARENT, ThreadRow(thread_id=thread.id)))
+        elif not await SlackThreads.update_queued(conn, self.queue, f"slack-thread:{thread.id}", UPDATE.name):
+            await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id)))
+
+    async def note(self, job: Job, note: Note) -> Delivered:
+        """A console press or a mitigation outcome: a reply in the incident's thread, and the parent edited
+        to show it (its phase, the latest outcome, acknowledgement and silence)."""
+        assert job.incident_id is not None
+        thread = await self.threads.of_incident(job.incident_id)
+        if thread is None or not thread.facts:
+            return Delivered({"skipped": "the incident has no Slack thread"})
+        mention = note.mention
+        if note.kind == "not_recovered" and mention is None:
+            severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
+            mention = self.settings.mentions.get(severity)
+        replies = [note_message(note, mention)]
+        for bundle in note.bundles:
+            as_json = bundle.model_dump(mode="json")
+            replies += thread_messages(thread.facts["incident"], [as_json])
+            replies += await self._charts(job.incident_id, as_json)
+        rows = self._rows(job, thread, replies)
+        facts = {**thread.facts, "latest": note_line(note)}
+        if note.phase is not None and thread.facts.get("phase") != "resolved":
+            facts["phase"] = note.phase
+
+        async def writes(conn: Connection) -> None:
+            await SlackThreads.set_facts(conn, thread.id, thread.lead_incident_id or job.incident_id or 0, facts)
+            await self._queue_parent(conn, job, thread)
+            for row in rows:
+                await self.threads.store.queue.enqueue(conn, row)
+
+        return Delivered({"thread": thread.id, "note": note.kind, "messages": len(rows)}, writes=writes)
 
     async def _charts(self, incident_id: int, bundle: dict[str, Any]) -> list[Message]:
         charts = []
@@ -248,8 +287,30 @@ class SlackSink(Sink):
     async def _parent(self, thread: Thread) -> Message:
         members = await self.threads.members(thread.id)
         severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
-        return parent_message(thread.facts, [Member(m.alertname, m.status, m.labels) for m in members],
-                              self.settings.mentions.get(severity), self.settings.storm_list_lines)
+        incident_id = int(thread.facts["incident"]["id"])
+        state = await ConsoleStore(self.threads.store).state(incident_id)
+        # Once somebody acknowledged, the severity's group is not called again.
+        mention = None if state.acknowledged_by else self.settings.mentions.get(severity)
+        message = parent_message(thread.facts, [Member(m.alertname, m.status, m.labels) for m in members],
+                                 mention, self.settings.storm_list_lines)
+        message.blocks = cap_blocks(message.blocks + console_blocks(
+            incident_id, state, silenceable=bool(thread.facts.get("alertmanager")),
+            resolved=bool(members) and all(m.status == "resolved" for m in members),
+            latest=thread.facts.get("latest")))
+        return message
+
+    # --- what the console asks of Slack --------------------------------------------------------------
+
+    async def members_of(self, group: str) -> list[str]:
+        """The user ids in a Slack user group (usergroups.users.list)."""
+        async with asyncio.timeout(self.settings.timeout):
+            response = await self.client.usergroups_users_list(usergroup=group)
+        return [str(u) for u in response.get("users") or []]
+
+    async def tell(self, channel: str, user: str, text: str) -> None:
+        """An ephemeral message only `user` sees in `channel`."""
+        async with asyncio.timeout(self.settings.timeout):
+            await self.client.chat_postEphemeral(channel=channel, user=user, text=text, blocks=[section(text)])
 
     def _metadata(self, job: Job) -> dict[str, Any]:
         return {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": job.id, "incident_id": job.incident_id}}

@@ -160,32 +160,32 @@ class ActionStore:
 
     # --- approvals ------------------------------------------------------------------------------
 
-    async def decide(self, approval_id: int, approve: bool, actor: str) -> tuple[str, bool, str]:
-        """pending -> approved (queues the execution) or denied. Returns the approval's state after the
-        call, whether this call changed it, and the action's name; only a pending, unexpired approval
-        changes."""
+    async def decide_in(self, conn: Connection, approval_id: int, approve: bool, actor: str
+                        ) -> tuple[str, bool, str]:
+        """pending -> approved (queues the execution) or denied, within the caller's transaction. Returns
+        the approval's state after the call, whether this call changed it, and the action's name; only a
+        pending, unexpired approval changes."""
         now = time.time()
         state = "approved" if approve else "denied"
-        async with self.db.transaction() as conn:
-            row = await conn.fetchrow(
-                "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4"
-                " WHERE id = $1 AND state = 'pending' AND expires_at > $3 RETURNING action_id, incident_id",
-                approval_id, state, now, actor,
-            )
-            if row is None:
-                current = await conn.fetchrow(
+        row = await conn.fetchrow(
+            "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4"
+            " WHERE id = $1 AND state = 'pending' AND expires_at > $3 RETURNING action_id, incident_id",
+            approval_id, state, now, actor,
+        )
+        if row is None:
+            current = await conn.fetchrow(
                 "SELECT p.state, a.action FROM approvals p JOIN actions a ON a.id = p.action_id WHERE p.id = $1",
                 approval_id,
             )
-                return (str(current["state"]), False, str(current["action"])) if current else ("unknown", False, "")
-            action = await conn.fetchval(
-                "UPDATE actions SET outcome = $2, actor = $3, reason = $4, finished_at = $5 WHERE id = $1"
-                " RETURNING action",
-                row["action_id"], state, actor, f"{state} by {actor}", None if approve else now,
-            )
-            if approve:
-                await self.store.queue.enqueue(conn, APPROVAL_EXECUTE.new(
-                    f"approval:{approval_id}", ApprovalRef(approval_id=approval_id), incident_id=row["incident_id"]))
+            return (str(current["state"]), False, str(current["action"])) if current else ("unknown", False, "")
+        action = await conn.fetchval(
+            "UPDATE actions SET outcome = $2, actor = $3, reason = $4, finished_at = $5 WHERE id = $1"
+            " RETURNING action",
+            row["action_id"], state, actor, f"{state} by {actor}", None if approve else now,
+        )
+        if approve:
+            await self.store.queue.enqueue(conn, APPROVAL_EXECUTE.new(
+                f"approval:{approval_id}", ApprovalRef(approval_id=approval_id), incident_id=row["incident_id"]))
         return state, True, str(action)
 
     async def expire(self, approval_id: int) -> str | None:

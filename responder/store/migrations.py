@@ -198,6 +198,55 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX slack_thread_incidents_thread ON slack_thread_incidents (thread_id);
         """,
     ),
+    (
+        4,
+        "slack console: clicks (the audit), acknowledgements, re-runs, silences",
+        """
+        -- Every button press, stored before Slack is answered (a Slack retry of one press is stored once).
+        CREATE TABLE slack_clicks (
+            id {pk},
+            click_key TEXT NOT NULL,
+            button TEXT NOT NULL,
+            permission TEXT NOT NULL,
+            value TEXT NOT NULL,
+            incident_id BIGINT REFERENCES incidents (id),
+            user_id TEXT NOT NULL,
+            user_name TEXT NOT NULL,
+            channel_id TEXT,
+            message_ts TEXT,
+            team_domain TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            created_at DOUBLE PRECISION NOT NULL,
+            finished_at DOUBLE PRECISION
+        );
+        CREATE UNIQUE INDEX slack_clicks_key ON slack_clicks (click_key);
+        CREATE INDEX slack_clicks_incident ON slack_clicks (incident_id);
+
+        CREATE TABLE incident_console (
+            incident_id BIGINT PRIMARY KEY REFERENCES incidents (id),
+            acknowledged_by TEXT,
+            acknowledged_at DOUBLE PRECISION,
+            rerun_by TEXT,
+            rerun_at DOUBLE PRECISION
+        );
+
+        CREATE TABLE silences (
+            id {pk},
+            incident_id BIGINT NOT NULL REFERENCES incidents (id),
+            alertmanager TEXT NOT NULL,
+            silence_id TEXT NOT NULL,
+            matchers TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            starts_at DOUBLE PRECISION NOT NULL,
+            ends_at DOUBLE PRECISION NOT NULL,
+            expired_at DOUBLE PRECISION,
+            expired_by TEXT,
+            click_id BIGINT
+        );
+        CREATE INDEX silences_incident ON silences (incident_id);
+        """,
+    ),
 ]
 
 

@@ -102,6 +102,14 @@ class SlackThreads:
             row = await conn.fetchrow("SELECT * FROM slack_threads WHERE id = $1", thread_id)
         return _thread(row) if row is not None else None
 
+    async def of_incident(self, incident_id: int) -> Thread | None:
+        """The thread an incident was placed in, if it was."""
+        async with self.db.read() as conn:
+            row = await conn.fetchrow(
+                "SELECT t.* FROM slack_thread_incidents m JOIN slack_threads t ON t.id = m.thread_id"
+                " WHERE m.incident_id = $1", incident_id)
+        return _thread(row) if row is not None else None
+
     async def members(self, thread_id: int) -> list[Member]:
         async with self.db.read() as conn:
             rows = await conn.fetch(

@@ -127,11 +127,16 @@ class Store:
         """Within a job's finishing transaction: the incident's rule and its evidence, as (rule name,
         evidence) pairs; returns the evidence rows' ids, in order. Action decisions are not written here:
         the guard stores each one before it acts."""
-        now = time.time()
         await conn.execute(
             "UPDATE incidents SET rule = $2, error = $3, processed_at = $4 WHERE id = $1",
-            incident_id, rule, error, now,
+            incident_id, rule, error, time.time(),
         )
+        return await self.save_evidence(conn, incident_id, evidence)
+
+    @staticmethod
+    async def save_evidence(conn: Connection, incident_id: int, evidence: Sequence[tuple[str, Evidence]]) -> list[int]:
+        """Within a job's finishing transaction: evidence rows, as (rule name, evidence) pairs; their ids."""
+        now = time.time()
         ids = []
         for rule_name, ev in evidence:
             ids.append(int(await conn.fetchval(

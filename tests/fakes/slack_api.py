@@ -94,6 +94,10 @@ class FakeSlack:
         self.calls: list[Call] = []
         self.messages: dict[str, list[Message]] = {cid: [] for cid in self.channels.values()}
         self.uploads: dict[str, dict[str, Any]] = {}
+        # user group id -> member user ids (usergroups.users.list)
+        self.usergroups: dict[str, list[str]] = {}
+        # ephemeral messages: only their user sees them, and they are not in the channel's history
+        self.ephemeral: list[dict[str, Any]] = []
         self._ts = itertools.count(1)
         self._file_ids = itertools.count(1)
         self._fail_next: list[tuple[int, float | None]] = []
@@ -349,6 +353,24 @@ class FakeSlack:
             raise SlackError("thread_not_found")
         metadata = self._flag(args, "include_all_metadata")
         return self._page([m.as_api(metadata) for m in self.thread(channel, ts)], args)
+
+    def m_usergroups_users_list(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        group = str(args.get("usergroup") or "")
+        if not group:
+            raise SlackError("invalid_arguments")
+        if group not in self.usergroups:
+            raise SlackError("no_such_subteam")
+        return {"users": list(self.usergroups[group])}
+
+    def m_chat_postEphemeral(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        channel = self._channel(args)
+        user = str(args.get("user") or "")
+        if not user:
+            raise SlackError("user_not_in_channel")
+        text, blocks = self._content(args)
+        ts = self._next_ts()
+        self.ephemeral.append({"channel": channel, "user": user, "text": text, "blocks": blocks, "message_ts": ts})
+        return {"message_ts": ts}
 
     def m_conversations_list(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
         channels = [{"id": cid, "name": name, "is_channel": True} for name, cid in self.channels.items()]
