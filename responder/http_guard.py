@@ -42,16 +42,15 @@ class _GuardedProtocol(asyncio.Protocol):
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self.guard = guard
         self.inner = inner
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.BaseTransport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.tail = b""
         self.counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         if self.guard.open >= self.guard.max_connections:
             self.guard._refused("max_connections")
-            transport.abort()
+            transport.close()
             return
         self.guard.open += 1
         self.counted = True
