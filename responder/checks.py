@@ -17,9 +17,9 @@ from responder.collectors import registry as collector_registry
 from responder.config import Config, ConfigError, TargetsConfig, iter_secret_refs, load_config
 from responder.intake import registry as intake_registry
 from responder.mitigations import registry as action_registry
-from responder.mitigations.conditions import parse_condition
 from responder.plugins import Registry, UnknownPlugin
 from responder.problems import Problem
+from responder.rules.conditions import parse_condition
 from responder.rules.engine import RuleSet
 from responder.rules.loader import load_rules
 from responder.rules.model import Rule, StepSpec

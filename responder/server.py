@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,6 +24,7 @@ from responder.intake import Intake, PayloadError, Unauthorized
 from responder.intake.auth import constant_time_equal
 from responder.intake.limits import check_delivery
 from responder.jobs import CONSOLE_QUEUE
+from responder.metrics import labelled
 from responder.mitigations.approvals import Rejected, check_headers, verify_fresh
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
@@ -37,12 +39,26 @@ DAEMON = web.AppKey("daemon", Daemon)
 MAX_ID = 2**63 - 1
 
 
-def problem(status: int, error: str, detail: str = "", **fields: Any) -> web.Response:
+# Seconds a sender is asked to wait when the store cannot commit; the store has already retried briefly.
+STORE_RETRY_AFTER = 5
+
+
+def problem(status: int, error: str, detail: str = "", *, headers: dict[str, str] | None = None,
+            **fields: Any) -> web.Response:
     body: dict[str, Any] = {"error": error}
     if detail:
         body["detail"] = detail
     body.update(fields)
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def store_unavailable(detail: str = "retry later") -> web.Response:
+    return problem(503, "store unavailable", detail, headers={"Retry-After": str(STORE_RETRY_AFTER)})
+
+
+def json_body(body: dict[str, Any], status: int = 200) -> web.Response:
+    """A JSON response encoded by orjson: the webhook answer is on the hot path."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 UNVERIFIED = web.AppKey("unverified_bodies", UnverifiedBodies)
@@ -75,6 +91,8 @@ def body_problem(exc: Exception, limit: int) -> web.Response:
 
 def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], Awaitable[web.Response]]:
     server = daemon.config.server
+    requests = labelled(daemon.metrics.webhook_requests)
+    received = labelled(daemon.metrics.alerts_received)
 
     async def handle(request: web.Request) -> web.Response:
         status = 500  # counted even when something below fails unexpectedly
@@ -83,7 +101,7 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
             status = response.status
             return response
         finally:
-            daemon.metrics.webhook_requests.labels(intake.name, str(status)).inc()
+            requests(intake.name, str(status)).inc()
 
     async def _accept(request: web.Request) -> web.Response:
         try:
@@ -105,13 +123,13 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
                 receipt = await daemon.store.record_delivery(delivery)
         except StoreUnavailable as exc:
             log.warning("webhook %s refused with 503: %s", intake.name, exc)
-            return problem(503, "store unavailable", "alerts were not stored; retry later")
+            return store_unavailable("alerts were not stored; retry later")
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
-        for (source, status), count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
-            daemon.metrics.alerts_received.labels(source, status).inc(count)
+        for key, count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
+            received(*key).inc(count)
         if receipt.opened or receipt.resolved:
             daemon.wake_pipeline()
-        return web.json_response({
+        return json_body({
             "status": "duplicate" if receipt.duplicate else "accepted",
             "payload_id": receipt.payload_id,
             "alerts": receipt.alerts,
@@ -142,7 +160,7 @@ async def slack_interactions(request: web.Request) -> web.Response:
     except (BodyTooLarge, TimeoutError, TooManyUnverified, ClientGone) as exc:
         return body_problem(exc, approvals.max_body_bytes)
     except StoreUnavailable:
-        return problem(503, "store unavailable", "retry later")
+        return store_unavailable()
     if new:
         daemon.wake(CONSOLE_QUEUE)
     log.info("slack click %s: %s by %s%s", click_id, press.button.action_id, press.user_id, "" if new else " (repeat)")
@@ -180,7 +198,7 @@ async def kill_switch(request: web.Request) -> web.Response:
             log.warning("kill switch turned %s by %s: %s", "ON" if enabled else "off", caller, reason)
         stored = await daemon.actions.kill_switch()
     except StoreUnavailable:
-        return problem(503, "store unavailable", "retry later")
+        return store_unavailable()
     return web.json_response({"enabled": stored is not None, **(stored or {})})
 
 

@@ -17,7 +17,7 @@ from responder.collectors.base import CollectorContext, Finding, registry
 from responder.evidence import Evidence, EvidenceStatus
 from responder.metrics import Metrics
 from responder.redaction import Redactor
-from responder.rules.engine import RenderedStep
+from responder.steps import RenderedStep
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def run_collectors(steps: Sequence[RenderedStep], ctx: CollectorContext, *
     started = time.monotonic()
 
     async def run_one(step: RenderedStep) -> Evidence:
-        timeout = step.spec.timeout or limits.default_timeout
+        timeout = step.timeout or limits.default_timeout
         collector = registry.get(step.type)()
         began = time.monotonic()
         try:

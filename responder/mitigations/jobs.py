@@ -19,11 +19,11 @@ from responder.events import Bundle, Note
 from responder.evidence import Evidence
 from responder.jobs import APPROVAL_EXECUTE, APPROVAL_EXPIRE, INCIDENT_NOTE, VERIFY, ApprovalRef, JobTable, VerifyRef
 from responder.mitigations.base import registry
-from responder.mitigations.conditions import evaluate
 from responder.mitigations.guard import Decision, Guard
 from responder.mitigations.locks import LockUnavailable
 from responder.models import Incident, IncidentStatus, Job
 from responder.redaction import Redactor
+from responder.rules.conditions import evaluate
 from responder.rules.engine import RuleSet, render_steps
 from responder.rules.model import MitigationSpec, PrometheusCheck, VerifySpec
 from responder.store import Store
