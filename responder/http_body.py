@@ -27,6 +27,12 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     """Read at most `limit` bytes within `timeout`; a slow or endless body cannot hold a worker."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge
+    if request.content.is_eof():
+        # The whole body came with the headers (a usual webhook): nothing to wait for, no timer to set.
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout):
