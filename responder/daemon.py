@@ -41,7 +41,7 @@ from responder.sinks.slack import SlackSink
 from responder.store import Store, StoreUnavailable, open_store
 from responder.store.actions import ActionStore
 from responder.supervisor import RestartPolicy, Supervisor
-from responder.targets import Targets
+from responder.targets import Targets, preload_clients
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class Daemon:
                 log.info("re-queued %d job(s) left running by the previous process", recovered)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._store.close)
+            preload_clients(self.config.targets)
             await stack.enter_async_context(self.targets)
             self.locks = await open_locks(self.config.mitigations, self.targets, stack)
             for sink in self.sinks:

@@ -23,8 +23,11 @@ class StepType(Protocol):
     params_model: ClassVar[type[BaseModel]]
 
 
-collector_types: Registry[type[StepType]] = Registry("collector", "responder.collectors")
-action_types: Registry[type[StepType]] = Registry("action", "responder.mitigations")
+# The machinery modules of each package hold no plugins: loading the plugins does not import them.
+collector_types: Registry[type[StepType]] = Registry("collector", "responder.collectors",
+                                                     machinery=("base", "common", "runner"))
+action_types: Registry[type[StepType]] = Registry(
+    "action", "responder.mitigations", machinery=("base", "approvals", "budgets", "guard", "jobs", "locks"))
 
 
 @dataclass(frozen=True, slots=True)

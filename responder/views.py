@@ -110,7 +110,9 @@ class IncidentView:
                 state = "delivered" if job["status"] == "done" else job["status"]
                 events.append(Event(float(job["finished_at"]), f"{job['queue']}: {job['kind']} {state}", "sink"))
         if i.resolved_at is not None:
-            events.append(Event(float(i.resolved_at), "resolved", "incident"))
+            by_hand = f" by hand by {i.extra['resolved_by']}: {i.extra.get('resolution', '')}" \
+                if i.extra.get("resolved_by") else ""
+            events.append(Event(float(i.resolved_at), f"resolved{by_hand}", "incident"))
         return sorted(events, key=lambda e: e.at)
 
     def as_json(self) -> dict[str, Any]:

@@ -23,6 +23,9 @@ FORBIDDEN = [
     ("responder.collectors", "responder.rules", "collectors run rendered steps (responder.steps), not rules"),
     ("responder.sinks", "responder.pipeline", "sinks receive events (responder.events), not pipeline internals"),
     *((plugin, "responder.server", "plugins never reach into the HTTP server") for plugin in PLUGINS),
+    ("responder.ui", "responder.server", "the server mounts the console, never the reverse"),
+    ("responder.views", "responder.ui", "the incident view serves the CLI as well: it knows no HTML"),
+    ("responder.store", "responder.views", "views read the store, not the other way round"),
 ]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from responder.mitigations.base import Action, ActionContext, registry
@@ -39,6 +38,8 @@ class HttpRequest(Action[HttpParams]):
         return f"{params.method} {params.path} on {params.target}{body}, expecting {params.expect_status}"
 
     async def execute(self, params: HttpParams, ctx: ActionContext) -> dict[str, Any]:
+        import aiohttp
+
         spec = ctx.targets.spec("http", params.target)
         headers = {name: s.reveal() for name, ref in spec.headers.items() if (s := ref.resolve()) is not None}
         url = under_base(spec.url, params.path)

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from responder.collectors.base import CollectorContext
 from responder.collectors.runner import EvidenceLimits, run_collectors
 from responder.config import PrometheusTarget
@@ -169,6 +167,8 @@ def threshold_met(check: PrometheusCheck, value: float | None) -> tuple[bool, st
 
 async def query_prometheus(target: PrometheusTarget, query: str, timeout: float = 10.0) -> float | None:
     """The first value of an instant query, or None when it returns nothing."""
+    import aiohttp
+
     headers = {}
     token = target.bearer_token.resolve() if target.bearer_token is not None else None
     if token is not None:

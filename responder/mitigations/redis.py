@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from responder.mitigations.base import Action, ActionContext, registry
@@ -44,6 +43,8 @@ class DeleteKeys(Action[DeleteKeysParams]):
         return f"delete up to {params.max_keys} key(s) matching {params.pattern!r} on redis {params.target}"
 
     async def execute(self, params: DeleteKeysParams, ctx: ActionContext) -> dict[str, Any]:
+        import redis.asyncio as aioredis
+
         url = ctx.targets.spec("redis", params.target).url.resolve()
         if url is None:
             raise RuntimeError(f"targets.redis.{params.target}.url is empty")
