@@ -17,13 +17,14 @@ from responder.collectors import registry as collector_registry
 from responder.config import Config, ConfigError, TargetsConfig, iter_secret_refs, load_config
 from responder.intake import registry as intake_registry
 from responder.mitigations import registry as action_registry
-from responder.mitigations.conditions import parse_condition
 from responder.plugins import Registry, UnknownPlugin
 from responder.problems import Problem
+from responder.rules.conditions import parse_condition
 from responder.rules.engine import RuleSet
 from responder.rules.loader import load_rules
 from responder.rules.model import Rule, StepSpec
 from responder.rules.templating import is_templated
+from responder.steps import RenderedStep
 
 # Secrets without which the daemon still runs, less: an unset one is worth a warning, not an error.
 OPTIONAL_SECRETS = ("sinks.slack.token", "server.api_token", "intakes.", "mitigations.approvals.")
@@ -87,6 +88,15 @@ def step_target(step: StepSpec, registry: Registry[Any]) -> tuple[str, str] | No
     if not isinstance(name, str) or is_templated(name):
         return None
     return kind, name
+
+
+def rendered_target(config: Config, step: RenderedStep) -> tuple[str, str, bool] | None:
+    """(kind, name, configured?) of the target a rendered step will use; None when it uses none."""
+    kind = target_kind(step.type)
+    name = getattr(step.params, "target", None)
+    if kind is None or not isinstance(name, str):
+        return None
+    return kind, name, name in getattr(config.targets, kind)
 
 
 def _steps(rule: Rule) -> Iterator[tuple[str, StepSpec, Registry[Any]]]:

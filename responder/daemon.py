@@ -23,6 +23,7 @@ from responder.config import Config, secret_values
 from responder.console.jobs import ConsoleJobs
 from responder.console.permissions import Permissions
 from responder.evidence import Evidence
+from responder.http_guard import ConnectionGuard, GuardedSite
 from responder.intake import build_intakes
 from responder.jobs import PIPELINE_QUEUE, JobTable
 from responder.metrics import Metrics
@@ -41,7 +42,7 @@ from responder.sinks.slack import SlackSink
 from responder.store import Store, StoreUnavailable, open_store
 from responder.store.actions import ActionStore
 from responder.supervisor import RestartPolicy, Supervisor
-from responder.targets import Targets
+from responder.targets import Targets, preload_clients
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Daemon:
                 log.info("re-queued %d job(s) left running by the previous process", recovered)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._store.close)
+            preload_clients(self.config.targets)
             await stack.enter_async_context(self.targets)
             self.locks = await open_locks(self.config.mitigations, self.targets, stack)
             for sink in self.sinks:
@@ -163,6 +165,7 @@ class Daemon:
             yield
         finally:
             self.started = False
+            self.supervisor.stopping()
             drained = await asyncio.gather(*(w.drain(self.config.server.drain_seconds) for w in self.workers),
                                            return_exceptions=True)
             for worker, outcome in zip(self.workers, drained, strict=True):
@@ -204,8 +207,9 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
     """Run until SIGTERM/SIGINT or a task that keeps failing: then fail readiness, stop accepting,
     drain, close. Raises DaemonFailed when the daemon did not stop cleanly."""
     host, port = daemon.config.server.host_port
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=daemon.config.server.drain_seconds)
+    server = daemon.config.server
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=server.drain_seconds,
+                           keepalive_timeout=server.keepalive_timeout)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -213,8 +217,8 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         # Several processes of one daemon share the port; the kernel spreads connections across them.
-        site = web.TCPSite(runner, host, port, reuse_address=True,
-                           reuse_port=daemon.config.server.processes > 1)
+        guard = ConnectionGuard(server.max_connections, server.header_timeout, daemon.metrics)
+        site = GuardedSite(runner, host, port, guard, reuse_port=server.processes > 1)
         await site.start()
         log.info("listening on http://%s:%d (pid %d, event loop %s)", host, port, os.getpid(),
                  type(loop).__module__.split(".")[0])

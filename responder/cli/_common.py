@@ -6,16 +6,34 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
-from responder.config import Config, ConfigError, load_config
-from responder.rules.engine import RuleSet
-from responder.rules.loader import RuleProblem, load_rules
+    from responder.config import Config
+    from responder.rules.engine import RuleSet
+    from responder.rules.loader import RuleProblem
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+
+class LazyConsole:
+    """A rich Console made on first use, so `responder --help` does not pay for importing rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+err = LazyConsole(stderr=True, highlight=False)
+out = LazyConsole(highlight=False)
 
 
 class CliError(Exception):
@@ -42,6 +60,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
+    from responder.config import ConfigError, load_config
+
     try:
         config = load_config(args.config, {**config_overrides(args), **extra})
     except ConfigError as exc:
@@ -59,6 +79,9 @@ def load_plugins(config: Config) -> None:
 
 
 def ruleset_from_config(config: Config) -> tuple[RuleSet, list[RuleProblem]]:
+    from responder.rules.engine import RuleSet
+    from responder.rules.loader import load_rules
+
     rules, problems = load_rules(config.rule_dirs())
     try:
         return RuleSet(rules, config.rules.default_rule), problems
@@ -87,3 +110,13 @@ def run_cli(func: Any) -> Any:
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def fold_table(*headers: str) -> Table:
+    """A table whose long values wrap onto more lines instead of being cut ("HighErr…") on narrow terminals."""
+    from rich.table import Table
+
+    table = Table()
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table

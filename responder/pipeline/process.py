@@ -43,7 +43,8 @@ from responder.metrics import Metrics
 from responder.mitigations.guard import Guard
 from responder.models import Incident, IncidentStatus, Job, Member, NewJob, group_view
 from responder.redaction import Redactor
-from responder.rules.engine import RenderedStep, RuleSet, render_steps
+from responder.rules.engine import RuleSet, render_steps
+from responder.steps import RenderedStep
 from responder.store import Store
 from responder.store.db import Connection
 from responder.targets import Targets

@@ -9,14 +9,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from responder.collectors import registry as collector_registry
-from responder.mitigations import registry as action_registry
 from responder.models import Alert
 from responder.params import render_as
 from responder.plugins import Registry
 from responder.rules.matchers import Matcher
 from responder.rules.model import MitigationSpec, Rule, StepSpec
 from responder.rules.templating import TemplateError, alert_context, render_value
+from responder.steps import RenderedStep, StepType, action_types, collector_types
 
 
 class StepError(ValueError):
@@ -25,14 +24,6 @@ class StepError(ValueError):
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedStep:
-    id: str
-    type: str
-    spec: StepSpec
-    params: BaseModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +104,8 @@ def render_steps(rule: Rule, alert: Alert, members: Sequence[Alert] = ()
             errors.append(StepError(step_id, f"rendered parameters are invalid: {detail}"))
         return None
 
-    def render_all(steps: list[StepSpec] | list[MitigationSpec], registry: Registry[Any]) -> list[RenderedStep]:
+    def render_all(steps: list[StepSpec] | list[MitigationSpec], registry: Registry[type[StepType]]
+                   ) -> list[RenderedStep]:
         rendered = []
         for index, spec in enumerate(steps):
             step_id = spec.step_id(index)
@@ -121,7 +113,7 @@ def render_steps(rule: Rule, alert: Alert, members: Sequence[Alert] = ()
             if spec.for_each is None:
                 params = render_one(spec, step_id, model, _context(alert))
                 if params is not None:
-                    rendered.append(RenderedStep(step_id, spec.type, spec, params))
+                    rendered.append(RenderedStep(step_id, spec.type, spec, params, spec.timeout))
                 continue
             # One call per distinct rendering: fifty pods of one deployment ask about the deployment once.
             seen: set[str] = set()
@@ -134,11 +126,11 @@ def render_steps(rule: Rule, alert: Alert, members: Sequence[Alert] = ()
                     continue
                 seen.add(rendered_json)
                 digest = hashlib.sha256(rendered_json.encode()).hexdigest()[:8]
-                rendered.append(RenderedStep(f"{step_id}@{digest}", spec.type, spec, params))
+                rendered.append(RenderedStep(f"{step_id}@{digest}", spec.type, spec, params, spec.timeout))
         return rendered
 
-    collectors = render_all(rule.collectors, collector_registry)
-    mitigations = render_all(rule.mitigations, action_registry)
+    collectors = render_all(rule.collectors, collector_types)
+    mitigations = render_all(rule.mitigations, action_types)
     # Members missing the same label fail the same way: say it once.
     unique = list({str(e): e for e in errors}.values())
     return collectors, mitigations, unique

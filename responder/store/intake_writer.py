@@ -80,8 +80,7 @@ class _Group:
         return any(a.status is AlertStatus.FIRING for _, a in self.alerts)
 
 
-async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: int,
-                       dialect: str) -> list[DeliveryReceipt]:
+async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: int) -> list[DeliveryReceipt]:
     now = time.time()
     receipts: list[DeliveryReceipt | None] = [None] * len(batch)
     fresh: list[tuple[int, int, Placed]] = []
@@ -98,7 +97,7 @@ async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: 
 
     alert_ids = await _insert_alerts(conn, fresh, now)
     groups = await _place(conn, fresh, alert_ids)
-    opened = await _open_or_find(conn, groups, now, "FOR UPDATE OF i" if dialect == "postgres" else "")
+    opened = await _open_or_find(conn, groups, now)
     changed = await _upsert_members(conn, groups, now) | await _resolve_members(conn, groups, now)
     resolved = await _count_members(conn, groups, now)
     placed_groups = [g for g in groups.values() if g.incident_id is not None]
@@ -246,7 +245,9 @@ async def _open_incidents(conn: Connection, groups: dict[str, _Group], now: floa
 
 async def _find_incidents(conn: Connection, groups: dict[str, _Group], lock: str) -> None:
     """The open incident of each group (just opened, or by an earlier delivery or another replica),
-    locked on PostgreSQL until the batch commits so its member counts are exact."""
+    locked on PostgreSQL until the batch commits, in id order (the order job completions update them in,
+    see JobQueue.finish): concurrent batches of one group (an Alertmanager HA pair delivering to two
+    replicas) wait for each other instead of deadlocking, and its member counts are exact."""
     for part in chunks(sorted(groups)):
         source, args = conn.rows_source([(g,) for g in part], ("text",))
         rows = await conn.fetch(
@@ -256,9 +257,10 @@ async def _find_incidents(conn: Connection, groups: dict[str, _Group], lock: str
             groups[r["group_id"]].incident_id = int(r["id"])
 
 
-async def _open_or_find(conn: Connection, groups: dict[str, _Group], now: float, lock: str) -> set[int]:
+async def _open_or_find(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
     """Every group with a firing alert gets its open incident; returns the ones opened here. A group
     whose incident another replica resolved while this batch waited for it is opened again."""
+    lock = "FOR UPDATE OF i" if conn.dialect == "postgres" else ""
     opened = await _open_incidents(conn, groups, now)
     await _find_incidents(conn, groups, lock)
     missing = {g: group for g, group in groups.items() if group.incident_id is None and group.firing}

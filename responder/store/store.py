@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from responder.evidence import Evidence, EvidenceStatus
+from responder.jobs import RESOLVE, IncidentJob
 from responder.models import (
     AlertStatus,
     Delivery,
@@ -81,7 +82,7 @@ class Store:
         writers = 1 if db.dialect == "sqlite" else 3
         self.queue = JobQueue(db, max_attempts=max_attempts, writers=writers)
         self._intake: GroupCommit[Placed, DeliveryReceipt] = GroupCommit(
-            "intake-writer", db, functools.partial(record_batch, max_attempts=max_attempts, dialect=db.dialect),
+            "intake-writer", db, functools.partial(record_batch, max_attempts=max_attempts),
             writers=writers)
 
     @property
@@ -112,6 +113,25 @@ class Store:
         async with self.db.read() as conn:
             row = await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
         return incident_from_row(row) if row else None
+
+    async def resolve_by_hand(self, incident_id: int, actor: str, reason: str) -> Incident | None:
+        """Close an open incident by hand. Who and why are kept with it (`extra.resolved_by`,
+        `extra.resolution`), and a resolve job is queued in the same transaction, so the sinks hear of it
+        as if its alert had resolved. Its members resolve with it: a re-sent copy of their firing does
+        not open the group again, a new firing does. None when no open incident has this id."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow("UPDATE incidents SET status = 'resolved', resolved_at = $1, members_firing = 0"
+                                      " WHERE id = $2 AND status = 'open' RETURNING extra", now, incident_id)
+            if row is None:
+                return None
+            await conn.execute("UPDATE incident_members SET status = 'resolved', resolved_at = $1"
+                               " WHERE incident_id = $2 AND status = 'firing'", now, incident_id)
+            extra = json.loads(row["extra"]) | {"resolved_by": actor, "resolution": reason}
+            await conn.execute("UPDATE incidents SET extra = $1 WHERE id = $2", dumps(extra), incident_id)
+            await self.queue.enqueue(conn, RESOLVE.new(f"incident:{incident_id}", IncidentJob(),
+                                                       incident_id=incident_id))
+        return await self.get_incident(incident_id)
 
     async def incidents_of_alert(self, source: str, fingerprint: str, starts_at: float) -> list[Incident]:
         """The incidents an alert is a member of (one per rule it matched)."""
