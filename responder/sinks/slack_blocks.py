@@ -254,7 +254,7 @@ def evidence_message(ev: dict[str, Any], incident_id: int, rule: str) -> Message
     mark = STATUS_MARK.get(ev["status"], "?")
     title = escape(ev["title"])
     head = (f"{mark} *{title}* · {inline_code(str(ev['collector']))} · {escape(str(ev['status']))}"
-            f" in {ev['duration_ms']:.0f} ms")
+            f" in {ev['duration_ms']:.0f} ms" + (" · shared with another incident" if ev.get("shared") else ""))
     blocks: list[dict[str, Any]] = [section(head)]
     payload = ev.get("payload") or {}
     kind = evidence_kind(payload)
