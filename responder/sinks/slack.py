@@ -89,8 +89,9 @@ REPLY = JobKind("slack.reply", ReplyRow, queue=QUEUE)
 UPLOAD = JobKind("slack.upload", UploadRow, queue=QUEUE)
 SUMMARY = JobKind("slack.summary", ThreadRow, queue=QUEUE)
 R = TypeVar("R", bound=ThreadRow)
-# A parent edit or summary waits for the parent message this many attempts, then gives up.
-PARENT_WAIT_ATTEMPTS = 60
+# A parent edit or summary waits for the parent message (behind a channel's backlog) this many attempts,
+# 1 s more each time up to 10 s, about 20 minutes in all, then gives up.
+PARENT_WAIT_ATTEMPTS = 130
 METADATA_EVENT = "responder_message"
 # Slack answers these with HTTP 200 and ok=false, yet they pass: retry them like an outage.
 TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -188,7 +189,8 @@ class SlackSink(Sink):
             if thread is None:
                 raise SinkError(f"slack thread {row.thread_id} does not exist", permanent=True)
             if wait_for_parent and thread.ts is None and job.attempts < PARENT_WAIT_ATTEMPTS:
-                raise SinkError(f"slack thread {thread.id}: its parent message is not posted yet", retry_after=2.0)
+                raise SinkError(f"slack thread {thread.id}: its parent message is not posted yet",
+                                retry_after=min(10.0, float(job.attempts)))
             if parent and (thread.ts is None or thread.channel_id is None):
                 # Its parent message failed for good (recorded on the incident); nothing to reply to.
                 raise SinkError(f"slack thread {thread.id} has no parent message", permanent=True)
@@ -258,18 +260,17 @@ class SlackSink(Sink):
             if not await queue.hasten(conn, self.queue, key, UPDATE.name):
                 await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id), key=key))
         elif not await queue.queued(conn, self.queue, key, UPDATE.name):
-            last = thread.parent_updated_at or time.time()
             await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id), key=key),
-                                delay=max(0.0, last + self.settings.min_update_interval - time.time()))
+                                delay=_due_in(thread.parent_updated_at, self.settings.min_update_interval))
 
     async def _queue_summary(self, conn: Connection, job: Job, thread: Thread) -> None:
         """One waiting member summary per thread, due `summary_interval` after the last (or the parent)."""
         queue = self.threads.store.queue
         key = f"slack-summary:{thread.id}"
         if not await queue.queued(conn, self.queue, key, SUMMARY.name):
-            last = thread.summary_at or thread.parent_updated_at or time.time()
             await queue.enqueue(conn, self._row(job, SUMMARY, ThreadRow(thread_id=thread.id), key=key),
-                                delay=max(0.0, last + self.settings.summary_interval - time.time()))
+                                delay=_due_in(thread.summary_at or thread.parent_updated_at,
+                                              self.settings.summary_interval))
 
     async def note(self, job: Job, note: Note) -> Delivered:
         """A console press or a mitigation outcome: a reply in the incident's thread, and the parent edited
@@ -553,6 +554,12 @@ class SlackSink(Sink):
             except Exception as exc:  # the gauges must never take the daemon down
                 log.debug("slack outbox gauges unavailable: %s", exc)
             await asyncio.sleep(2)
+
+
+def _due_in(last: float | None, interval: float) -> float:
+    """Seconds until `interval` has passed since `last`. Before the parent is posted there is no `last`: the
+    row is due now, waits for the parent, and then finds the parent already shows what it would tell."""
+    return max(0.0, last + interval - time.time()) if last is not None else 0.0
 
 
 def _digest(message: Message) -> str:
