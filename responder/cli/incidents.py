@@ -176,7 +176,8 @@ def show_view(view: IncidentView, *, full: bool) -> None:
         out.print("  deliveries: " + ", ".join(f"{n} {k}" for k, n in sorted(states.items())))
     for job in view.deliveries:
         if job["status"] not in ("done", "queued", "running"):
-            out.print(f"  [red]{job['queue']} {job['kind']}: {job['status']} {escape(str(job.get('error') or ''))}[/]",
+            out.print(f"  [red]{job['queue']} {job['kind']}: {job['status']} after {job['attempts']} attempt(s):"
+                      f" {escape(str(job['last_error'] or ''))}[/]",
                       soft_wrap=True)
     out.print("\n[bold]timeline[/]")
     for event in view.timeline():
