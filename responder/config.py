@@ -205,6 +205,16 @@ class ServerConfig(Strict):
     # Read-only access to the web console under /ui (server.api_token is accepted there too).
     ui_token: SecretRef | None = None
     limits: IntakeLimits = IntakeLimits()
+    # A new connection must send a complete request head within this; idle ones close after keepalive.
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    keepalive_timeout: Duration = Field(default=15.0, gt=0)
+    # Connections beyond this are closed as soon as they are accepted.
+    max_connections: int = Field(default=4096, gt=0)
+    # Bodies whose sender is only known from a signature over the body (PagerDuty, Grafana without a
+    # token, Slack) are read at most this many at a time, each within unverified_read_timeout; more
+    # get 503 at once (the senders retry).
+    max_unverified_bodies: int = Field(default=8, gt=0)
+    unverified_read_timeout: Duration = Field(default=5.0, gt=0)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -461,6 +471,8 @@ class ApprovalsConfig(Strict):
     slack_signing_secret: SecretRef | None = None
     # Requests signed longer ago than this (or in the future by as much) are refused as replays.
     max_clock_skew: Duration = 300.0
+    # Slack's interaction payloads are small; larger bodies are refused before they are read.
+    max_body_bytes: int = Field(default=128 * 1024, gt=0)
 
 
 class MitigationsConfig(Strict):

@@ -23,6 +23,7 @@ from responder.config import Config, secret_values
 from responder.console.jobs import ConsoleJobs
 from responder.console.permissions import Permissions
 from responder.evidence import Evidence
+from responder.http_guard import ConnectionGuard, GuardedSite
 from responder.intake import build_intakes
 from responder.jobs import PIPELINE_QUEUE, JobTable
 from responder.metrics import Metrics
@@ -200,8 +201,9 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
     """Run until SIGTERM/SIGINT or a task that keeps failing: then fail readiness, stop accepting,
     drain, close. Raises DaemonFailed when the daemon did not stop cleanly."""
     host, port = daemon.config.server.host_port
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=daemon.config.server.drain_seconds)
+    server = daemon.config.server
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=server.drain_seconds,
+                           keepalive_timeout=server.keepalive_timeout)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -209,8 +211,8 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         # Several processes of one daemon share the port; the kernel spreads connections across them.
-        site = web.TCPSite(runner, host, port, reuse_address=True,
-                           reuse_port=daemon.config.server.processes > 1)
+        guard = ConnectionGuard(server.max_connections, server.header_timeout, daemon.metrics)
+        site = GuardedSite(runner, host, port, guard, reuse_port=server.processes > 1)
         await site.start()
         log.info("listening on http://%s:%d (pid %d, event loop %s)", host, port, os.getpid(),
                  type(loop).__module__.split(".")[0])

@@ -38,6 +38,9 @@ class Metrics:
         self.alerts_received = Counter(
             "responder_alerts_received_total", "Alerts accepted, by source and status.", ["source", "status"],
             registry=r)
+        self.connections_closed = Counter(
+            "responder_connections_closed_total", "Connections closed by the listener's guard, by reason"
+            " (max_connections, header_timeout).", ["reason"], registry=r)
         self.rule_matches = Counter(
             "responder_rule_matches_total", "Incidents matched to a rule.", ["rule"], registry=r)
         self.unmatched = Counter(

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_config_args(parser, rules=True)
     parser.add_argument("--source", choices=["alertmanager", "grafana", "pagerduty"], help="payload kind")
     parser.add_argument("--rule", metavar="NAME", help="run this rule whatever the matchers say")
-    parser.add_argument("--enforce", action="store_true", help="let mitigations act (the guards still apply)")
+    parser.add_argument("--enforce", action="store_true",
+                        help="let mitigations act; needs --record, so the live store's guards and audit apply")
     parser.add_argument("--post", action="store_true", help="also send the bundle to the configured sinks")
     parser.add_argument("--record", action="store_true",
                         help="replay into the configured store instead of a throwaway one")
@@ -111,7 +112,7 @@ def command(args: argparse.Namespace) -> int:
 
     from responder.intake import PayloadError
     from responder.plugins import UnknownPlugin
-    from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
+    from responder.replay import EnforceRefused, only_alert, parse_payload, replaying, result_json, run_replay
 
     if (args.file is None) == (args.alert is None):
         raise CliError("give a payload FILE or --alert ID (one of them)")
@@ -152,6 +153,8 @@ def command(args: argparse.Namespace) -> int:
         results = asyncio.run(run())
     except TimeoutError:
         raise CliError("the replay did not finish within the job timeout") from None
+    except EnforceRefused as exc:
+        raise CliError(str(exc)) from None
     if args.json:
         json.dump([result_json(r) for r in results], sys.stdout, indent=2)
         print()

@@ -47,12 +47,22 @@ class Intake(abc.ABC):
         self.auth = HeaderAuth(config.auth)
         self.signing_secrets = [s for ref in config.auth.signing_secrets if (s := ref.resolve()) is not None]
 
+    @property
+    def body_authenticates(self) -> bool:
+        """True when only a signature over the body proves the sender (no header credentials)."""
+        return bool(self.signing_secrets) and not self.auth.has_credentials
+
     def authenticate_headers(self, headers: Mapping[str, str], remote: str | None) -> None:
         """Checked before the body is read, so an unauthenticated sender cannot make us read it.
-        With signing secrets and no header credentials, the body's signature alone decides."""
-        if self.signing_secrets and not self.auth.has_credentials:
-            return
-        self.auth.check(headers, remote)
+        With signing secrets and no header credentials, the body's signature decides, but its header
+        (and timestamp) must already be present and well-formed."""
+        if not self.body_authenticates:
+            self.auth.check(headers, remote)
+        if self.signing_secrets:
+            self.check_signature_headers(headers)
+
+    def check_signature_headers(self, headers: Mapping[str, str]) -> None:
+        """Before the body is read: refuse what cannot be a valid signature (intakes that sign override)."""
 
     def authenticate_body(self, headers: Mapping[str, str], body: bytes) -> None:
         """Checked after the body is read; intakes whose senders sign the body override this."""
