@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from responder.cli._common import CliError, add_config_args, config_from_args, fold_table, out, run_cli
+from responder.cli._common import CliError, add_config_args, config_from_args, fitted, fold_table, out, run_cli
 
 if TYPE_CHECKING:
     from responder.models import Incident
@@ -84,7 +84,7 @@ def list_command(args: argparse.Namespace) -> int:
     for i in incidents:
         table.add_row(str(i.id), i.alertname, i.rule or "-", i.status.value, ts(i.opened_at),
                       ts(i.resolved_at), str(i.deliveries), i.fingerprint)
-    out.print(table)
+    out.print(fitted(table))
     out.print(f"{len(incidents)} incident(s)")
     return 0
 
