@@ -126,6 +126,17 @@ def _missing_targets(targets: TargetsConfig, rule: Rule, used: set[tuple[str, st
             rule, f"{key}.params.target" if "target" in first.params else f"{key}.type",
             f"no {kind} target named {name!r} in the config (targets.{kind}: {known}), so "
             f"{'this step' if len(steps) == 1 else f'{len(steps)} steps'} cannot run: {names}"))
+    for i, mitigation in enumerate(rule.mitigations):
+        check = mitigation.verify.prometheus if mitigation.verify is not None else None
+        if check is None:
+            continue
+        used.add(("prometheus", check.target))
+        if targets_known and check.target not in targets.prometheus:
+            known = ", ".join(sorted(targets.prometheus)) or "none"
+            problems.append(_rule_problem(
+                rule, f"mitigations.{i}.verify.prometheus.target",
+                f"no prometheus target named {check.target!r} in the config (targets.prometheus: {known}), so"
+                " this step's verification cannot run"))
     return problems
 
 
