@@ -5,6 +5,7 @@ webhook is answered when the transaction that holds its alerts has committed.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -145,18 +146,28 @@ async def _insert_alerts(conn: Connection, fresh: list[tuple[int, int, Delivery]
 
 
 async def _lock_incidents(conn: Connection, seen: dict[Key, _Seen]) -> None:
-    """Lock the existing incidents this batch may update, all at once and in id order (the order job
-    completions update them in, see JobQueue.finish), before updating any. Concurrent batches touching the
-    same incidents (an Alertmanager HA pair delivering to two replicas) then wait for each other instead of
-    deadlocking. SQLite has one writer and needs none of this."""
+    """Before writing, take this batch's locks, always in the same order, so concurrent batches touching
+    the same alerts (an Alertmanager HA pair delivering to two replicas) wait for each other instead of
+    deadlocking: first a transaction lock per alert fingerprint, in key order, so that no other delivery
+    inserts or updates these incidents meanwhile; then the rows of their existing incidents, in id order
+    (the order job completions update them in, see JobQueue.finish). SQLite has one writer and needs none."""
     if conn.dialect != "postgres":
         return
     fingerprints = sorted({(source, fingerprint) for source, fingerprint, _ in seen})
-    for part in chunks(fingerprints):
-        source, args = conn.rows_source(part, KEY_TYPES[:2])
-        await conn.fetch(
-            f"SELECT incidents.id FROM incidents JOIN {source} ON incidents.source = v.column1"
-            " AND incidents.fingerprint = v.column2 ORDER BY incidents.id FOR UPDATE OF incidents", *args)
+    # One statement each, whatever the batch size (PostgreSQL takes each column as one array).
+    keys, args = conn.rows_source([(lock_key(*f),) for f in sorted(fingerprints, key=lambda f: lock_key(*f))],
+                                  ("bigint",))
+    await conn.fetch(f"SELECT pg_advisory_xact_lock(v.column1) FROM {keys}", *args)
+    source, args = conn.rows_source(fingerprints, KEY_TYPES[:2])
+    await conn.fetch(
+        f"SELECT incidents.id FROM incidents JOIN {source} ON incidents.source = v.column1"
+        " AND incidents.fingerprint = v.column2 ORDER BY incidents.id FOR UPDATE OF incidents", *args)
+
+
+def lock_key(source: str, fingerprint: str) -> int:
+    """A transaction lock's key for one alert fingerprint (a signed 64-bit integer, as PostgreSQL takes it)."""
+    digest = hashlib.blake2b(f"{source}\0{fingerprint}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 async def _open_incidents(conn: Connection, seen: dict[Key, _Seen], now: float) -> dict[Key, int]:
