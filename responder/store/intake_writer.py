@@ -151,7 +151,7 @@ async def _lock_incidents(conn: Connection, seen: dict[Key, _Seen]) -> None:
     deadlocking: first a transaction lock per alert fingerprint, in key order, so that no other delivery
     inserts or updates these incidents meanwhile; then the rows of their existing incidents, in id order
     (the order job completions update them in, see JobQueue.finish). SQLite has one writer and needs none."""
-    if conn.dialect != "postgres":
+    if conn.dialect != "postgres" or not seen:
         return
     fingerprints = sorted({(source, fingerprint) for source, fingerprint, _ in seen})
     # One statement each, whatever the batch size (PostgreSQL takes each column as one array).
