@@ -159,6 +159,7 @@ class Daemon:
             yield
         finally:
             self.started = False
+            self.supervisor.stopping()
             drained = await asyncio.gather(*(w.drain(self.config.server.drain_seconds) for w in self.workers),
                                            return_exceptions=True)
             for worker, outcome in zip(self.workers, drained, strict=True):

@@ -34,12 +34,21 @@ log = logging.getLogger(__name__)
 DAEMON = web.AppKey("daemon", Daemon)
 
 
-def problem(status: int, error: str, detail: str = "", **fields: Any) -> web.Response:
+# Seconds a sender is asked to wait when the store cannot commit; the store has already retried briefly.
+STORE_RETRY_AFTER = 5
+
+
+def problem(status: int, error: str, detail: str = "", *, headers: dict[str, str] | None = None,
+            **fields: Any) -> web.Response:
     body: dict[str, Any] = {"error": error}
     if detail:
         body["detail"] = detail
     body.update(fields)
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def store_unavailable(detail: str = "retry later") -> web.Response:
+    return problem(503, "store unavailable", detail, headers={"Retry-After": str(STORE_RETRY_AFTER)})
 
 
 def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -71,7 +80,7 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
                 receipt = await daemon.store.record_delivery(delivery)
         except StoreUnavailable as exc:
             log.warning("webhook %s refused with 503: %s", intake.name, exc)
-            return problem(503, "store unavailable", "alerts were not stored; retry later")
+            return store_unavailable("alerts were not stored; retry later")
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
         for (source, status), count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
             daemon.metrics.alerts_received.labels(source, status).inc(count)
@@ -108,7 +117,7 @@ async def slack_interactions(request: web.Request) -> web.Response:
     except TimeoutError:
         return problem(408, "request timeout", "the body did not arrive in time")
     except StoreUnavailable:
-        return problem(503, "store unavailable", "retry later")
+        return store_unavailable()
     if new:
         daemon.wake(CONSOLE_QUEUE)
     log.info("slack click %s: %s by %s%s", click_id, press.button.action_id, press.user_id, "" if new else " (repeat)")
@@ -146,7 +155,7 @@ async def kill_switch(request: web.Request) -> web.Response:
             log.warning("kill switch turned %s by %s: %s", "ON" if enabled else "off", caller, reason)
         stored = await daemon.actions.kill_switch()
     except StoreUnavailable:
-        return problem(503, "store unavailable", "retry later")
+        return store_unavailable()
     return web.json_response({"enabled": stored is not None, **(stored or {})})
 
 

@@ -90,6 +90,10 @@ class Supervisor:
             self._down.discard(name)
             log.info("task %s restarted", name)
 
+    def stopping(self) -> None:
+        """Shutdown has begun: a task that returns now (a worker that drained) is done, not failed."""
+        self._stopping = True
+
     async def stop(self) -> None:
         """Cancel every task and wait for it; errors raised while stopping are logged and kept."""
         self._stopping = True

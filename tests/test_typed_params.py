@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from responder.collectors.base import EvidenceStatus
+from responder.evidence import EvidenceStatus
 from responder.mitigations.http import HttpRequest
 from responder.mitigations.redis import DeleteKeys
 from responder.models import Alert, AlertStatus

@@ -24,13 +24,15 @@ from responder.config import MitigationsConfig
 from responder.evidence import Evidence
 from responder.jobs import VERIFY, VerifyRef
 from responder.metrics import Metrics
+from responder.mitigations import budgets
 from responder.mitigations.base import Action, ActionContext, registry
+from responder.mitigations.budgets import Limits
 from responder.mitigations.conditions import evaluate
 from responder.mitigations.locks import LockUnavailable, TargetLocks
 from responder.models import Incident, IncidentStatus
 from responder.rules.engine import RenderedStep
 from responder.rules.model import MitigationSpec, Rule
-from responder.store.actions import ActionStore, Limits
+from responder.store.actions import ActionStore
 from responder.targets import Targets
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,8 @@ class Guard:
         for step in steps:
             action, spec, decision = self._new_decision(rule, step, "allowed")
             refusal = await self._refusal(action, step, spec, decision.target, incident, evidence)
-            guard, reason = refusal or await self.actions.check(rule.name, decision.as_dict(), self.limits_for(spec))
+            guard, reason = refusal or await self.actions.check(
+                budgets.policy(None, rule.name, decision.as_dict(), self.limits_for(spec)))
             if guard is not None:
                 decision.outcome, decision.guard, decision.reason = "blocked", guard, reason
             elif spec.when and evidence is None:
@@ -206,7 +209,9 @@ class Guard:
 
     async def _reserve(self, rule: Rule, incident: Incident, decision: Decision, spec: MitigationSpec) -> Decision:
         timeout = self.config.approvals.timeout if spec.requires_approval and decision.mode == "enforce" else None
-        reservation = await self.actions.reserve(incident.id, rule.name, decision.as_dict(), self.limits_for(spec),
+        row = decision.as_dict()
+        reservation = await self.actions.reserve(incident.id, rule.name, row,
+                                                 budgets.policy(incident.id, rule.name, row, self.limits_for(spec)),
                                                  approval_timeout=timeout)
         decision.action_id = reservation.action_id
         decision.approval_id = reservation.approval_id

@@ -1,16 +1,18 @@
-"""The action audit as the guard uses it: reservations, budgets, approvals, settings, verification.
+"""The action audit as the guard uses it: reservations, approvals, settings, verification.
 
-A decision is written BEFORE anything is changed: `reserve` checks the budgets against the audit rows
-and inserts the decision's row (`executing`, `pending`, `dry-run` or `skipped`) in one transaction,
-serialized across replicas (an advisory lock on PostgreSQL, the single writer on SQLite). A job that
-runs again after a crash finds its own `executing` row and does not act twice; cooldowns and budgets
-count it, so neither does anyone else.
+A decision is written BEFORE anything is changed: `reserve` asks the guard's policy (duplicate,
+cooldown, budgets: responder/mitigations/budgets.py) through `AuditQueries` and inserts the decision's
+row (`executing`, `pending`, `dry-run` or `skipped`) in one transaction, serialized across replicas (an
+advisory lock on PostgreSQL, the single writer on SQLite). A job that runs again after a crash finds its
+own `executing` row and does not act twice; cooldowns and budgets count it, so neither does anyone else.
+The store answers the questions; what the answers mean is the policy's.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,18 +21,7 @@ from responder.store.db import Connection, Row
 from responder.store.intake_writer import dumps
 from responder.store.store import Store
 
-# Rows that mean "this target was (or is about to be) changed, or a person was asked": they hold the
-# cooldown. Budgets count the same rows minus the ones a person refused or nobody answered.
-COOLDOWN_OUTCOMES = ("executing", "executed", "failed", "pending", "approved", "denied", "expired")
-BUDGET_OUTCOMES = ("executing", "executed", "failed", "pending", "approved")
 KILL_SWITCH = "kill_switch"
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    cooldown: float
-    max_per_day: int
-    max_per_hour: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,29 +37,68 @@ def _in(values: tuple[str, ...], first: int) -> str:
     return "(" + ", ".join(f"${i}" for i in range(first, first + len(values))) + ")"
 
 
+class AuditQueries:
+    """What a policy may ask about earlier decisions, inside the caller's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def earlier_decision(self, incident_id: int | None, rule: str, step: str, outcomes: tuple[str, ...]
+                               ) -> int | None:
+        """The first action of this incident's rule step with one of `outcomes`."""
+        value = await self.conn.fetchval(
+            "SELECT id FROM actions WHERE incident_id = $1 AND rule = $2 AND step = $3"
+            f" AND outcome IN {_in(outcomes, 4)} ORDER BY id LIMIT 1",
+            incident_id, rule, step, *outcomes,
+        )
+        return None if value is None else int(value)
+
+    async def last_on_target(self, action: str, target: str, outcomes: tuple[str, ...]) -> Row | None:
+        """The newest such action on the target: its id and created_at."""
+        return await self.conn.fetchrow(
+            f"SELECT id, created_at FROM actions WHERE action = $1 AND target = $2 AND outcome IN {_in(outcomes, 3)}"
+            " ORDER BY created_at DESC LIMIT 1",
+            action, target, *outcomes,
+        )
+
+    async def count_on_target(self, action: str, target: str, since: float, outcomes: tuple[str, ...]) -> int:
+        return int(await self.conn.fetchval(
+            f"SELECT COUNT(*) FROM actions WHERE action = $1 AND target = $2 AND created_at > $3"
+            f" AND outcome IN {_in(outcomes, 4)}",
+            action, target, since, *outcomes,
+        ))
+
+    async def count_all(self, since: float, outcomes: tuple[str, ...]) -> int:
+        return int(await self.conn.fetchval(
+            f"SELECT COUNT(*) FROM actions WHERE created_at > $1 AND outcome IN {_in(outcomes, 2)}",
+            since, *outcomes,
+        ))
+
+
+# Given the audit and the time, a refusal (the deciding guard, why) or (None, "").
+Policy = Callable[[AuditQueries, float], Awaitable[tuple[str | None, str]]]
+
+
 class ActionStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.db = store.db
 
-    async def reserve(self, incident_id: int | None, rule: str, row: dict[str, Any], limits: Limits, *,
+    async def reserve(self, incident_id: int | None, rule: str, row: dict[str, Any], policy: Policy, *,
                       approval_timeout: float | None = None) -> Reservation:
-        """Check duplicates, cooldown and budgets, then record the decision, atomically.
+        """Ask `policy`, then record the decision, atomically.
 
         `row` is the decision (step, action, target, mode, params, description); its outcome becomes
         `dry-run` in dry-run mode, `pending` when approval is needed, else `executing`, or `skipped`
         with the guard that refused it."""
         now = time.time()
-        dry = row["mode"] == "dry-run"
-        counted = ("dry-run",) if dry else COOLDOWN_OUTCOMES
-        budgeted = ("dry-run",) if dry else BUDGET_OUTCOMES
         async with self.db.transaction() as conn:
             if self.db.dialect == "postgres":
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('responder-action-budgets'))")
-            guard, reason = await self._refusal(conn, incident_id, rule, row, limits, now, counted, budgeted)
+            guard, reason = await policy(AuditQueries(conn), now)
             if guard is not None:
                 outcome = "skipped"
-            elif dry:
+            elif row["mode"] == "dry-run":
                 outcome = "dry-run"
             else:
                 outcome = "pending" if approval_timeout is not None else "executing"
@@ -88,48 +118,10 @@ class ActionStore:
                     delay=approval_timeout)
         return Reservation(action_id, outcome, guard, fields["reason"], approval_id)
 
-    async def check(self, rule: str, row: dict[str, Any], limits: Limits) -> tuple[str | None, str]:
-        """What `reserve` would say about cooldown and budgets now, recording nothing (for explain)."""
-        dry = row["mode"] == "dry-run"
+    async def check(self, policy: Policy) -> tuple[str | None, str]:
+        """What `reserve` would hear from `policy` now, recording nothing (for explain)."""
         async with self.db.read() as conn:
-            return await self._refusal(conn, None, rule, row, limits, time.time(),
-                                       ("dry-run",) if dry else COOLDOWN_OUTCOMES,
-                                       ("dry-run",) if dry else BUDGET_OUTCOMES)
-
-    async def _refusal(self, conn: Connection, incident_id: int | None, rule: str, row: dict[str, Any],
-                       limits: Limits, now: float, counted: tuple[str, ...], budgeted: tuple[str, ...]
-                       ) -> tuple[str | None, str]:
-        earlier = await conn.fetchval(
-            "SELECT id FROM actions WHERE incident_id = $1 AND rule = $2 AND step = $3"
-            f" AND outcome IN {_in(counted, 4)} ORDER BY id LIMIT 1",
-            incident_id, rule, row["step"], *counted,
-        )
-        if earlier is not None:
-            return "duplicate", f"this incident's step was already decided (action {earlier})"
-        last = await conn.fetchrow(
-            f"SELECT id, created_at FROM actions WHERE action = $1 AND target = $2 AND outcome IN {_in(counted, 3)}"
-            " ORDER BY created_at DESC LIMIT 1",
-            row["action"], row["target"], *counted,
-        )
-        if last is not None and now - float(last["created_at"]) < limits.cooldown:
-            wait = limits.cooldown - (now - float(last["created_at"]))
-            return "cooldown", (f"{row['action']} on {row['target']} ran {now - float(last['created_at']):.0f}s ago"
-                                f" (action {last['id']}); cooldown {limits.cooldown:g}s, {wait:.0f}s left")
-        today = int(await conn.fetchval(
-            f"SELECT COUNT(*) FROM actions WHERE action = $1 AND target = $2 AND created_at > $3"
-            f" AND outcome IN {_in(budgeted, 4)}",
-            row["action"], row["target"], now - 86400, *budgeted,
-        ))
-        if today >= limits.max_per_day:
-            return "budget", (f"{row['action']} on {row['target']} already ran {today} time(s) in 24h"
-                              f" (max {limits.max_per_day})")
-        hour = int(await conn.fetchval(
-            f"SELECT COUNT(*) FROM actions WHERE created_at > $1 AND outcome IN {_in(budgeted, 2)}",
-            now - 3600, *budgeted,
-        ))
-        if hour >= limits.max_per_hour:
-            return "global-budget", f"{hour} action(s) in the last hour across all targets (max {limits.max_per_hour})"
-        return None, ""
+            return await policy(AuditQueries(conn), time.time())
 
     async def record(self, incident_id: int | None, rule: str, row: dict[str, Any]) -> int:
         """A decision made without a reservation (refused by a guard before budgets were looked at)."""

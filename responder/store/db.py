@@ -10,27 +10,39 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aiosqlite
 import asyncpg
+
+from responder.backoff import backoff_delay
+
+log = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
 Dialect = Literal["sqlite", "postgres"]
 
 
 class StoreUnavailable(Exception):
-    """The database cannot be reached or cannot write now; callers answer 503 and retry later."""
+    """The database cannot be reached or cannot write now; callers answer 503 and retry later.
+
+    Raised for whatever may pass by itself: the server down or restarting, a lost connection, too many
+    connections, a deadlock or serialization failure, a read-only server after a failover. The writes of
+    the failed transaction were rolled back, so it can be run again whole (see `retrying`)."""
 
 
 class Connection(abc.ABC):
     """A connection inside an open transaction."""
+
+    dialect: Dialect
 
     @abc.abstractmethod
     async def execute(self, sql: str, *args: Any) -> int:
@@ -85,6 +97,8 @@ def _values_placeholders(rows: int, columns: int) -> str:
 
 
 class _SqliteConnection(Connection):
+    dialect: Dialect = "sqlite"
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
@@ -168,14 +182,21 @@ class SqliteDatabase(Database):
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
+    asyncpg.PostgresConnectionError,  # connection lost or refused
+    asyncpg.InterfaceError,  # the connection closed under us
+    asyncpg.OperatorInterventionError,  # shutting down, starting up, crashed
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.ReadOnlySQLTransactionError,  # a replica after a failover, or a database made read-only
+    # A pooled connection whose server session was killed can be handed out mid-teardown; asyncpg then
+    # refuses to use it ("cannot switch to state ..."): a lost connection too.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
 class _PostgresConnection(Connection):
+    dialect: Dialect = "postgres"
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
@@ -227,7 +248,7 @@ class PostgresDatabase(Database):
             async with self._pool.acquire() as conn, conn.transaction():
                 yield _PostgresConnection(conn)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+            raise await self._unavailable(exc) from exc
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
@@ -235,7 +256,14 @@ class PostgresDatabase(Database):
             async with self._pool.acquire() as conn:
                 yield _PostgresConnection(conn)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+            raise await self._unavailable(exc) from exc
+
+    async def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError | asyncpg.exceptions.InternalClientError):
+            # Every pooled session may be on the old primary, began read-only, or be half torn down: replace
+            # them all, so the next transactions connect afresh (to the new primary, or a writable database).
+            await self._pool.expire_connections()
+        return StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         await asyncio.wait_for(self._pool.close(), timeout=10)
@@ -264,6 +292,32 @@ async def _ensure_schema(dsn: str, schema: str, timeout: float) -> None:
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     finally:
         await conn.close()
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how long a transaction that met StoreUnavailable is run again before giving up."""
+
+    attempts: int = 4
+    initial: float = 0.05
+    maximum: float = 0.5
+
+
+async def retrying(run: Callable[[], Awaitable[T]], policy: RetryPolicy = RetryPolicy()) -> T:
+    """`run()` (one whole transaction), again after a jittered backoff while the store is unavailable,
+    at most `policy.attempts` times; then the last StoreUnavailable is raised."""
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return await run()
+        except StoreUnavailable as exc:
+            if attempt == policy.attempts:
+                raise
+            log.debug("store unavailable (attempt %d of %d): %s", attempt, policy.attempts, exc)
+            await asyncio.sleep(backoff_delay(attempt, policy.initial, policy.maximum))
+    raise AssertionError("unreachable")
 
 
 async def open_database(url: str, *, synchronous: str = "full", pool_size: int = 10,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from responder.store.db import Connection, Database, StoreUnavailable
+from responder.store.db import Connection, Database, StoreUnavailable, retrying
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,14 @@ class GroupCommit(Generic[Item, Result]):
                 _resolve(p, result)
 
     async def _commit(self, items: list[Item]) -> list[Result]:
-        async with self.db.transaction() as conn:
-            return await self.write(conn, items)
+        """One transaction, run again whole while the store is transiently unavailable (a deadlock, a
+        dropped connection): its callers then get their answer after commit, not an error."""
+
+        async def once() -> list[Result]:
+            async with self.db.transaction() as conn:
+                return await self.write(conn, items)
+
+        return await retrying(once)
 
 
 # A future may already be done: its caller was cancelled (a client gone, a job timed out).

@@ -75,6 +75,7 @@ async def record_batch(conn: Connection, deliveries: Sequence[Delivery], max_att
             fresh.append((index, payload_id, delivery))
 
     seen = await _insert_alerts(conn, fresh, now)
+    await _lock_incidents(conn, seen)
     opened = await _open_incidents(conn, seen, now)
     resolved = await _resolve_incidents(conn, seen, now)
     await _touch_incidents(conn, [k for k, s in seen.items() if k not in opened], seen, now)
@@ -141,6 +142,21 @@ async def _insert_alerts(conn: Connection, fresh: list[tuple[int, int, Delivery]
             entry.resolved = True
             entry.delivery = index
     return seen
+
+
+async def _lock_incidents(conn: Connection, seen: dict[Key, _Seen]) -> None:
+    """Lock the existing incidents this batch may update, all at once and in id order (the order job
+    completions update them in, see JobQueue.finish), before updating any. Concurrent batches touching the
+    same incidents (an Alertmanager HA pair delivering to two replicas) then wait for each other instead of
+    deadlocking. SQLite has one writer and needs none of this."""
+    if conn.dialect != "postgres":
+        return
+    fingerprints = sorted({(source, fingerprint) for source, fingerprint, _ in seen})
+    for part in chunks(fingerprints):
+        source, args = conn.rows_source(part, KEY_TYPES[:2])
+        await conn.fetch(
+            f"SELECT incidents.id FROM incidents JOIN {source} ON incidents.source = v.column1"
+            " AND incidents.fingerprint = v.column2 ORDER BY incidents.id FOR UPDATE OF incidents", *args)
 
 
 async def _open_incidents(conn: Connection, seen: dict[Key, _Seen], now: float) -> dict[Key, int]:

@@ -107,7 +107,8 @@ class JobQueue:
 
     async def _finish_batch(self, conn: Connection, batch: Sequence[_Finish]) -> list[None]:
         now = time.time()
-        for finish in batch:
+        # In incident order, the order webhook deliveries lock incidents in: no deadlock between the two.
+        for finish in sorted(batch, key=lambda f: (f.job.incident_id or 0, f.job.id)):
             job = finish.job
             changed = await conn.execute(
                 "UPDATE jobs SET status = 'done', finished_at = $3, result = $4, last_error = NULL"
