@@ -157,9 +157,22 @@ def run(target: str, workload: str, alerts: int, duration: int, connections: int
         result["load_average"] = round((load_before + os.getloadavg()[0]) / 2, 2)
     finally:
         stop_server(proc, schema)
-    result.update(target=target, workload=workload, alerts_per_request=alerts,
-                  alerts_per_s=result["requests_per_s"] * alerts)
+    result.update(target=target, workload=workload, alerts_per_request=alerts, loop=server.get("loop", "asyncio"),
+                  processes=server.get("processes", 1), alerts_per_s=result["requests_per_s"] * alerts)
     return result
+
+
+def variants(targets: str, loops: str, processes: str, baseline_loop: str) -> list[tuple[str, str, int]]:
+    """(target, event loop, processes) in run order: the bare app first, then each daemon variant."""
+    found = []
+    for target in targets.split(","):
+        if target == "baseline":
+            found.append((target, baseline_loop, 1))
+            continue
+        for loop in loops.split(","):
+            for count in map(int, processes.split(",")) if target == "postgres" else [1]:
+                found.append((target, loop, count))
+    return found
 
 
 def main() -> None:
@@ -171,47 +184,46 @@ def main() -> None:
     parser.add_argument("--alerts", default="1", help="alerts per request, comma-separated (e.g. 1,50)")
     parser.add_argument("--pipeline-workers", type=int, default=4)
     parser.add_argument("--sqlite-synchronous", default="full", choices=["full", "normal"])
-    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
-                        help="the daemon's server.event_loop")
+    parser.add_argument("--loop", default="asyncio",
+                        help="the daemon's server.event_loop: asyncio and/or uvloop, comma-separated")
     parser.add_argument("--baseline-loop", default="asyncio", choices=["asyncio", "uvloop"],
                         help="the bare app's event loop (the issue's reference is plain asyncio)")
-    parser.add_argument("--processes", type=int, default=1, help="serve --processes for PostgreSQL")
+    parser.add_argument("--processes", default="1",
+                        help="serve --processes for PostgreSQL, comma-separated (e.g. 1,2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config value for the daemon, e.g. pipeline.intake_first_max_wait=0; repeatable")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole set this many times, interleaved")
     parser.add_argument("--name", default="ingest", help="results file name, bench/results/NAME.json")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for workload in args.workload.split(","):
-            for alerts in map(int, args.alerts.split(",")):
-                for target in args.targets.split(","):
-                    server: dict[str, Any] = {"pipeline_workers": args.pipeline_workers,
-                                              "synchronous": args.sqlite_synchronous,
-                                              "loop": args.baseline_loop if target == "baseline" else args.loop,
-                                              "settings": args.set}
-                    if target == "postgres":
-                        server["processes"] = args.processes
-                    results.append(run(target, workload, alerts, args.duration, args.connections, Path(tmp),
-                                       **server))
-    # The ratio is to the bare app measured next to it (same workload and alerts per request, same minute).
-    baseline = {(r["workload"], r["alerts_per_request"]): r["requests_per_s"]
-                for r in results if r["target"] == "baseline"}
+        for _ in range(args.repeat):
+            for workload in args.workload.split(","):
+                for alerts in map(int, args.alerts.split(",")):
+                    for target, loop, processes in variants(args.targets, args.loop, args.processes,
+                                                            args.baseline_loop):
+                        results.append(run(target, workload, alerts, args.duration, args.connections, Path(tmp),
+                                           pipeline_workers=args.pipeline_workers,
+                                           synchronous=args.sqlite_synchronous, loop=loop, processes=processes,
+                                           settings=args.set))
+    # The ratio is to the bare app measured just before it (same workload and alerts per request).
+    base = None
     for r in results:
-        base = baseline.get((r["workload"], r["alerts_per_request"]))
+        if r["target"] == "baseline":
+            base = r["requests_per_s"]
         r["ratio_to_baseline"] = round(r["requests_per_s"] / base, 3) if base else None
     print_table(
-        ["workload", "target", "alerts/req", "req/s", "alerts/s", "p50 ms", "p99 ms", "max ms", "errors",
-         "x baseline", "server CPU ms/req", "load"],
-        [[r["workload"], r["target"], r["alerts_per_request"], f"{r['requests_per_s']:.0f}",
-          f"{r['alerts_per_s']:.0f}", r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["ratio_to_baseline"],
-          r["cpu_ms_per_request"], r["load_average"]]
+        ["workload", "target", "loop", "procs", "alerts/req", "req/s", "alerts/s", "p50 ms", "p99 ms", "max ms",
+         "errors", "x baseline", "server CPU ms/req", "load"],
+        [[r["workload"], r["target"], r["loop"], r["processes"], r["alerts_per_request"],
+          f"{r['requests_per_s']:.0f}", f"{r['alerts_per_s']:.0f}", r["p50_ms"], r["p99_ms"], r["max_ms"],
+          r["errors"], r["ratio_to_baseline"], r["cpu_ms_per_request"], r["load_average"]]
          for r in results],
     )
     path = write_result(args.name, {"connections": args.connections, "duration_s": args.duration,
                                    "pipeline_workers": args.pipeline_workers,
-                                   "sqlite_synchronous": args.sqlite_synchronous, "loop": args.loop,
-                                   "baseline_loop": args.baseline_loop, "processes": args.processes,
-                                   "settings": args.set,
+                                   "sqlite_synchronous": args.sqlite_synchronous,
+                                   "baseline_loop": args.baseline_loop, "settings": args.set,
                                    "runs": results})
     print(f"results: {path}")
 

@@ -5,7 +5,8 @@
 
 Needs py-spy (`pip install py-spy`; sampling another process needs root or ptrace permission). Writes
 the collapsed stacks and a flame graph to bench/results/, prints the functions with the most samples
-(inclusive: the function or anything it calls; self: the function's own code) and writes
+(inclusive: the function or anything it calls; self: the function's own code) on the event loop's thread,
+how busy the other threads were (aiosqlite's), and writes
 bench/results/profile-<target>-<alerts>.json.
 """
 
@@ -44,16 +45,25 @@ def frame_name(frame: str) -> str:
 
 
 def summarize(collapsed: Path, top: int) -> dict[str, Any]:
+    """Shares of the event loop's thread (the daemon's Python work), and how busy the other threads were
+    (aiosqlite runs each statement on a thread of its own)."""
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = idle = 0
+    threads: collections.Counter[str] = collections.Counter()
+    threads_busy: collections.Counter[str] = collections.Counter()
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
-        frames = [frame_name(f) for f in stack.split(";")[1:]]  # the first frame is the thread
-        total += count
-        if not frames:
+        frames = [frame_name(f) for f in stack.split(";")]
+        if frames[0].endswith("Thread._bootstrap"):
+            # Another thread: idle while blocked in its run function's own wait (a queue get in C).
+            run = frames[3] if len(frames) > 3 else frames[-1]
+            threads[run] += count
+            if len(frames) > 4:
+                threads_busy[run] += count
             continue
+        total += count
         # Frames below run_forever that end in the selector are the loop waiting for I/O.
         if frames[-1].endswith(("select", "selectors.py:select", ":poll", ":epoll")):
             idle += count
@@ -65,6 +75,7 @@ def summarize(collapsed: Path, top: int) -> dict[str, Any]:
         "idle_share": round(idle / total, 3) if total else None,
         "inclusive": [(n, round(c / total, 3)) for n, c in inclusive.most_common(top)],
         "self": [(n, round(c / total, 3)) for n, c in own.most_common(top)],
+        "threads_busy": {n: round(threads_busy[n] / c, 3) for n, c in threads.items()},
     }
 
 
@@ -100,6 +111,8 @@ def main() -> None:
     print_table(["inclusive share", "function"], [[f"{s:.1%}", n] for n, s in summary["inclusive"]])
     print()
     print_table(["self share", "function"], [[f"{s:.1%}", n] for n, s in summary["self"]])
+    for thread, busy in summary["threads_busy"].items():
+        print(f"thread {thread}: busy {busy:.0%} of its samples")
     path = write_result(name, {"target": args.target, "workload": args.workload, "alerts_per_request": args.alerts,
                                "loop": args.loop, "load": load, **summary})
     print(f"results: {path}, stacks: {collapsed}")

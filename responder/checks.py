@@ -17,13 +17,14 @@ from responder.collectors import registry as collector_registry
 from responder.config import Config, ConfigError, TargetsConfig, iter_secret_refs, load_config
 from responder.intake import registry as intake_registry
 from responder.mitigations import registry as action_registry
-from responder.mitigations.conditions import parse_condition
 from responder.plugins import Registry, UnknownPlugin
 from responder.problems import Problem
+from responder.rules.conditions import parse_condition
 from responder.rules.engine import RuleSet
 from responder.rules.loader import load_rules
 from responder.rules.model import Rule, StepSpec
 from responder.rules.templating import is_templated
+from responder.steps import RenderedStep
 
 # Secrets without which the daemon still runs, less: an unset one is worth a warning, not an error.
 OPTIONAL_SECRETS = ("sinks.slack.token", "server.api_token", "intakes.", "mitigations.approvals.")
@@ -91,6 +92,15 @@ def step_target(step: StepSpec, registry: Registry[Any]) -> tuple[str, str] | No
     return kind, name
 
 
+def rendered_target(config: Config, step: RenderedStep) -> tuple[str, str, bool] | None:
+    """(kind, name, configured?) of the target a rendered step will use; None when it uses none."""
+    kind = target_kind(step.type)
+    name = getattr(step.params, "target", None)
+    if kind is None or not isinstance(name, str):
+        return None
+    return kind, name, name in getattr(config.targets, kind)
+
+
 def _steps(rule: Rule) -> Iterator[tuple[str, StepSpec, Registry[Any]]]:
     for i, collector in enumerate(rule.collectors):
         yield f"collectors.{i}", collector, collector_registry
@@ -118,6 +128,17 @@ def _missing_targets(targets: TargetsConfig, rule: Rule, used: set[tuple[str, st
             rule, f"{key}.params.target" if "target" in first.params else f"{key}.type",
             f"no {kind} target named {name!r} in the config (targets.{kind}: {known}), so "
             f"{'this step' if len(steps) == 1 else f'{len(steps)} steps'} cannot run: {names}"))
+    for i, mitigation in enumerate(rule.mitigations):
+        check = mitigation.verify.prometheus if mitigation.verify is not None else None
+        if check is None:
+            continue
+        used.add(("prometheus", check.target))
+        if targets_known and check.target not in targets.prometheus:
+            known = ", ".join(sorted(targets.prometheus)) or "none"
+            problems.append(_rule_problem(
+                rule, f"mitigations.{i}.verify.prometheus.target",
+                f"no prometheus target named {check.target!r} in the config (targets.prometheus: {known}), so"
+                " this step's verification cannot run"))
     return problems
 
 

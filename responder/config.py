@@ -90,6 +90,9 @@ class SecretRef(Strict):
     file: Path | None = None
     # A value written in the config itself; only `PlainUrlOrSecret` makes one, from a URL without a password.
     _plain: str | None = PrivateAttr(default=None)
+    # The value as last read (at load, then by `reload`): request paths never read the file. A 1-tuple, so
+    # that "read, and empty" (None,) differs from "never read" None.
+    _read: tuple[str | None] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -114,18 +117,32 @@ class SecretRef(Strict):
         return f"variable {self.env}" if self.env is not None else f"file {self.file}"
 
     def resolve(self) -> Secret | None:
-        """The secret, or None when the variable is unset or empty. A missing file is an error."""
+        """The secret as last read (it is read at load), or None when the variable is unset or the file
+        empty. A missing file is an error."""
         if self._plain is not None:
             return Secret(self._plain, "the config")
+        if self._read is None:
+            self.reload()
+        assert self._read is not None
+        (value,) = self._read
+        return Secret(value, self.describe()) if value else None
+
+    def reload(self) -> bool:
+        """Read the value again from its variable or file (a rotated secret); True when it changed. A file
+        that cannot be read raises ValueError and the value read before stays."""
+        if self._plain is not None:
+            return False
         if self.env is not None:
             value = os.environ.get(self.env, "")
-            return Secret(value, f"env {self.env}") if value else None
-        assert self.file is not None
-        try:
-            value = self.file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
-        return Secret(value, f"file {self.file}") if value else None
+        else:
+            assert self.file is not None
+            try:
+                value = self.file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+        changed = self._read is not None and self._read != (value or None,)
+        self._read = (value or None,)
+        return changed
 
 
 def _url_without_password(value: Any) -> Any:
@@ -205,6 +222,16 @@ class ServerConfig(Strict):
     # Read-only access to the web console under /ui (server.api_token is accepted there too).
     ui_token: SecretRef | None = None
     limits: IntakeLimits = IntakeLimits()
+    # A new connection must send a complete request head within this; idle ones close after keepalive.
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    keepalive_timeout: Duration = Field(default=15.0, gt=0)
+    # Connections beyond this are closed as soon as they are accepted.
+    max_connections: int = Field(default=4096, gt=0)
+    # Bodies whose sender is only known from a signature over the body (PagerDuty, Grafana without a
+    # token, Slack) are read at most this many at a time, each within unverified_read_timeout; more
+    # get 503 at once (the senders retry).
+    max_unverified_bodies: int = Field(default=8, gt=0)
+    unverified_read_timeout: Duration = Field(default=5.0, gt=0)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -262,6 +289,12 @@ class SupervisorConfig(Strict):
     # non-zero so that its own supervisor (Kubernetes, systemd) restarts it.
     max_restarts: int = Field(default=5, ge=0)
     restart_window: Duration = 60.0
+
+
+class SecretsConfig(Strict):
+    # `{file: ...}` secrets are read at load, then again this often (Kubernetes rotates mounted secrets
+    # in place) and on SIGHUP; 0 turns the interval off.
+    reload_interval: Duration = 60.0
 
 
 class RulesConfig(Strict):
@@ -461,6 +494,8 @@ class ApprovalsConfig(Strict):
     slack_signing_secret: SecretRef | None = None
     # Requests signed longer ago than this (or in the future by as much) are refused as replays.
     max_clock_skew: Duration = 300.0
+    # Slack's interaction payloads are small; larger bodies are refused before they are read.
+    max_body_bytes: int = Field(default=128 * 1024, gt=0)
 
 
 class MitigationsConfig(Strict):
@@ -492,6 +527,7 @@ class Config(Strict):
     store: StoreConfig = StoreConfig()
     pipeline: PipelineConfig = PipelineConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    secrets: SecretsConfig = SecretsConfig()
     rules: RulesConfig = RulesConfig()
     intakes: dict[str, IntakeConfig] = Field(
         default_factory=lambda: {"alertmanager": IntakeConfig(auth=IntakeAuthConfig(unauthenticated="loopback"))}
@@ -650,6 +686,10 @@ def secret_values(config: Config) -> list[str]:
     values = []
     for _, ref in iter_secret_refs(config):
         secret = None if ref.is_plain else ref.resolve()  # a plain URL is no secret, and evidence may name it
-        if secret is not None and len(secret.reveal()) >= 4:
+        if secret is not None and len(secret.reveal()) >= MIN_REDACTED:
             values.append(secret.reveal())
     return values
+
+
+# Shorter values would mask ordinary words in evidence.
+MIN_REDACTED = 4

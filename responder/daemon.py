@@ -23,6 +23,7 @@ from responder.config import Config, secret_values
 from responder.console.jobs import ConsoleJobs
 from responder.console.permissions import Permissions
 from responder.evidence import Evidence
+from responder.http_guard import ConnectionGuard, GuardedSite
 from responder.intake import build_intakes
 from responder.jobs import PIPELINE_QUEUE, JobTable
 from responder.metrics import Metrics
@@ -34,13 +35,14 @@ from responder.pipeline.process import IncidentProcessor
 from responder.pipeline.worker import QueueWorker, WorkerSettings
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet
+from responder.secret_reload import SecretReloader
 from responder.sinks import Sink
 from responder.sinks import registry as sink_registry
 from responder.sinks.slack import SlackSink
 from responder.store import Store, StoreUnavailable, open_store
 from responder.store.actions import ActionStore
 from responder.supervisor import RestartPolicy, Supervisor
-from responder.targets import Targets
+from responder.targets import Targets, preload_clients
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class Daemon:
         self.intakes = build_intakes(config)
         self.sinks = build_sinks(config)
         self.redactor = Redactor(secret_values(config), config.redact)
+        self.secrets = SecretReloader(config, self.redactor)
         self.started = False
         self.intake_first = IntakeFirst(config.pipeline.intake_first_max_wait)
         policy = config.supervisor
@@ -105,6 +108,7 @@ class Daemon:
                 log.info("re-queued %d job(s) left running by the previous process", recovered)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._store.close)
+            preload_clients(self.config.targets)
             await stack.enter_async_context(self.targets)
             self.locks = await open_locks(self.config.mitigations, self.targets, stack)
             for sink in self.sinks:
@@ -149,6 +153,8 @@ class Daemon:
             self.supervisor.start(f"worker:{worker.queue}", worker.run)
             self.supervisor.start(f"heartbeat:{worker.queue}", worker.heartbeat)
         self.supervisor.start("queue-depth", self._watch_queue_depth)
+        if self.secrets.interval > 0 and self.secrets.refs:
+            self.supervisor.start("secret-reload", self.secrets.run)
         for sink in self.sinks:
             for name, task in sink.tasks().items():
                 self.supervisor.start(name, task)
@@ -199,17 +205,19 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
     """Run until SIGTERM/SIGINT or a task that keeps failing: then fail readiness, stop accepting,
     drain, close. Raises DaemonFailed when the daemon did not stop cleanly."""
     host, port = daemon.config.server.host_port
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=daemon.config.server.drain_seconds)
+    server = daemon.config.server
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=server.drain_seconds,
+                           keepalive_timeout=server.keepalive_timeout)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.secrets.reload)
     try:
         # Several processes of one daemon share the port; the kernel spreads connections across them.
-        site = web.TCPSite(runner, host, port, reuse_address=True,
-                           reuse_port=daemon.config.server.processes > 1)
+        guard = ConnectionGuard(server.max_connections, server.header_timeout, daemon.metrics)
+        site = GuardedSite(runner, host, port, guard, reuse_port=server.processes > 1)
         await site.start()
         log.info("listening on http://%s:%d (pid %d, event loop %s)", host, port, os.getpid(),
                  type(loop).__module__.split(".")[0])
@@ -223,7 +231,7 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
         daemon.started = False
     finally:
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     supervisor = daemon.supervisor
     if supervisor.failure is not None or supervisor.errors:

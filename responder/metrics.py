@@ -5,7 +5,27 @@ Each daemon gets its own CollectorRegistry so tests and in-process replays never
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+def labelled(metric: M) -> Callable[..., M]:
+    """`metric.labels(...)` remembered per label values: on the webhook path a lookup per request adds up
+    (prometheus-client takes a lock and builds the key each time). For labels with few values only."""
+    children: dict[tuple[str, ...], M] = {}
+
+    def child(*values: str) -> M:
+        found = children.get(values)
+        if found is None:
+            found = children[values] = metric.labels(*values)
+        return found
+
+    return child
 
 
 class Metrics:
@@ -18,6 +38,9 @@ class Metrics:
         self.alerts_received = Counter(
             "responder_alerts_received_total", "Alerts accepted, by source and status.", ["source", "status"],
             registry=r)
+        self.connections_closed = Counter(
+            "responder_connections_closed_total", "Connections closed by the listener's guard, by reason"
+            " (max_connections, header_timeout).", ["reason"], registry=r)
         self.rule_matches = Counter(
             "responder_rule_matches_total", "Incidents matched to a rule.", ["rule"], registry=r)
         self.unmatched = Counter(

@@ -7,7 +7,8 @@ A plugin is a class with a unique `name`, registered with a decorator in its own
         name = "kubernetes.pods"
 
 A registry imports every module of its package the first time it is asked for a name, so adding a
-plugin is adding one file.
+plugin is adding one file; the package's machinery modules (the interface, runners, the guard), named
+when the registry is made, are left to whoever needs them, so loading the plugins stays cheap.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class UnknownPlugin(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, package: str) -> None:
+    def __init__(self, kind: str, package: str, machinery: tuple[str, ...] = ("base",)) -> None:
         self.kind = kind
         self.package = package
+        self.machinery = machinery
         self._plugins: dict[str, T] = {}
         self._loaded = False
 
@@ -54,6 +56,8 @@ class Registry(Generic[T]):
         self._loaded = True
         package = importlib.import_module(self.package)
         for module in pkgutil.iter_modules(package.__path__):
+            if module.name in self.machinery:
+                continue
             importlib.import_module(f"{self.package}.{module.name}")
 
     def get(self, name: str) -> T:

@@ -13,7 +13,8 @@ from responder.evidence import Evidence
 from responder.mitigations.guard import Decision, Guard
 from responder.mitigations.locks import LocalLocks
 from responder.models import Alert, AlertStatus, Incident, IncidentStatus
-from responder.rules.engine import RenderedStep, RuleSet, RuleVerdict, render_steps
+from responder.rules.engine import RuleSet, RuleVerdict, render_steps
+from responder.steps import RenderedStep
 from responder.store import Store
 from responder.store.actions import ActionStore
 from responder.targets import Targets

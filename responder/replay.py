@@ -2,8 +2,8 @@
 
 The daemon's own machinery runs (intake parsing, the store, rule matching, collectors for real, the
 guard, sinks when asked), but against a temporary SQLite file, so the live daemon's incidents, audit,
-cooldowns and budgets are untouched unless a store is named explicitly. Mitigations run in dry-run
-unless enforcement is asked for.
+cooldowns and budgets are untouched unless a store is named explicitly. Mitigations run in dry-run;
+enforcement is only allowed on the live store, where the live guards apply.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from responder.jobs import PIPELINE_QUEUE
 from responder.models import Delivery, Incident
 from responder.rules.engine import RuleSet
 from responder.store.db import Row
+
+
+class EnforceRefused(Exception):
+    """Enforcement was asked for where the live guards would not apply."""
 
 
 def detect_source(body: bytes) -> str:
@@ -78,7 +82,14 @@ def replay_config(config: Config, *, store_url: str | None, workdir: Path, enfor
 async def replaying(config: Config, ruleset: RuleSet, *, enforce: bool = False, post: bool = False,
                     store_url: str | None = None, on_evidence: Callable[[Evidence], None] | None = None
                     ) -> AsyncIterator[Daemon]:
-    """A daemon without a listening socket, on a throwaway store (unless `store_url`)."""
+    """A daemon without a listening socket, on a throwaway store (unless `store_url`).
+
+    Enforcement is refused on a throwaway store: its kill switch, cooldowns, budgets and audit are
+    empty, so real targets would be acted on outside every live guard. With `store_url` (the live
+    store) the guards and the audit are the live ones."""
+    if enforce and store_url is None:
+        raise EnforceRefused("--enforce acts on real targets, so it needs the live store's guards (kill switch,"
+                             " cooldowns, budgets, audit): add --record to replay into the configured store")
     with tempfile.TemporaryDirectory(prefix="responder-replay-") as tmp:
         daemon = Daemon(replay_config(config, store_url=store_url, workdir=Path(tmp), enforce=enforce), ruleset)
         # The console sink would print the bundle a second time; other sinks only with --post.

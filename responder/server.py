@@ -7,22 +7,25 @@ A webhook is answered 2xx only after its alerts are committed; a store that cann
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+import orjson
+from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from responder.console.clicks import BadInteraction, parse_press
 from responder.daemon import Daemon
-from responder.http_body import BodyTooLarge, read_body
+from responder.http_body import BodyTooLarge, ClientGone, TooManyUnverified, UnverifiedBodies, read_body
 from responder.intake import Intake, PayloadError, Unauthorized
+from responder.intake.auth import constant_time_equal
 from responder.intake.limits import check_delivery
 from responder.jobs import CONSOLE_QUEUE
-from responder.mitigations.approvals import Rejected, verify_fresh
+from responder.metrics import labelled
+from responder.mitigations.approvals import Rejected, check_headers, verify_fresh
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
 from responder.store import StoreUnavailable
 from responder.store.actions import KILL_SWITCH
@@ -32,6 +35,8 @@ from responder.ui import setup_console
 log = logging.getLogger(__name__)
 
 DAEMON = web.AppKey("daemon", Daemon)
+# Ids are 64-bit in the store; anything larger is a malformed request, not a lookup.
+MAX_ID = 2**63 - 1
 
 
 # Seconds a sender is asked to wait when the store cannot commit; the store has already retried briefly.
@@ -51,25 +56,63 @@ def store_unavailable(detail: str = "retry later") -> web.Response:
     return problem(503, "store unavailable", detail, headers={"Retry-After": str(STORE_RETRY_AFTER)})
 
 
+def json_body(body: dict[str, Any], status: int = 200) -> web.Response:
+    """A JSON response encoded by orjson: the webhook answer is on the hot path."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+UNVERIFIED = web.AppKey("unverified_bodies", UnverifiedBodies)
+
+
+async def read_request_body(request: web.Request, limit: int, timeout: float, *, verified: bool) -> bytes:
+    """The body, read once the headers were checked. A body whose sender only its signature can prove
+    takes one of the few unverified slots and must arrive within server.unverified_read_timeout."""
+    if verified:
+        return await read_body(request, limit, timeout)
+    server = request.app[DAEMON].config.server
+    with request.app[UNVERIFIED].slot():
+        return await read_body(request, limit, min(timeout, server.unverified_read_timeout))
+
+
+def body_problem(exc: Exception, limit: int) -> web.Response:
+    """The answer to a body that could not be read (BodyTooLarge, TimeoutError, TooManyUnverified, ClientGone)."""
+    if isinstance(exc, BodyTooLarge):
+        return problem(413, "payload too large", f"the limit is {limit} bytes")
+    if isinstance(exc, TooManyUnverified):
+        response = problem(503, "busy", "too many unauthenticated bodies are being read; retry")
+        response.headers["Retry-After"] = "1"
+        return response
+    if isinstance(exc, ClientGone):
+        # Nobody is left to read the answer: a line in the log, no traceback.
+        log.info("client went away before its body was complete (%s)", exc)
+        return problem(400, "incomplete body", "the connection closed before the body was complete")
+    return problem(408, "request timeout", "the body did not arrive in time")
+
+
 def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], Awaitable[web.Response]]:
     server = daemon.config.server
+    requests = labelled(daemon.metrics.webhook_requests)
+    received = labelled(daemon.metrics.alerts_received)
 
     async def handle(request: web.Request) -> web.Response:
-        response = await _accept(request)
-        daemon.metrics.webhook_requests.labels(intake.name, str(response.status)).inc()
-        return response
+        status = 500  # counted even when something below fails unexpectedly
+        try:
+            response = await _accept(request)
+            status = response.status
+            return response
+        finally:
+            requests(intake.name, str(status)).inc()
 
     async def _accept(request: web.Request) -> web.Response:
         try:
             intake.authenticate_headers(request.headers, request.remote)
-            body = await read_body(request, server.max_body_bytes, server.read_timeout)
+            body = await read_request_body(request, server.max_body_bytes, server.read_timeout,
+                                           verified=not intake.body_authenticates)
             intake.authenticate_body(request.headers, body)
         except Unauthorized as exc:
             return problem(401, "unauthorized", str(exc))
-        except BodyTooLarge:
-            return problem(413, "payload too large", f"the limit is {server.max_body_bytes} bytes")
-        except TimeoutError:
-            return problem(408, "request timeout", f"the body did not arrive within {server.read_timeout:g}s")
+        except (BodyTooLarge, TimeoutError, TooManyUnverified, ClientGone) as exc:
+            return body_problem(exc, server.max_body_bytes)
         try:
             delivery = intake.parse(body, request.headers)
             check_delivery(delivery, server.limits)
@@ -82,11 +125,11 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
             log.warning("webhook %s refused with 503: %s", intake.name, exc)
             return store_unavailable("alerts were not stored; retry later")
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
-        for (source, status), count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
-            daemon.metrics.alerts_received.labels(source, status).inc(count)
+        for key, count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
+            received(*key).inc(count)
         if receipt.opened or receipt.resolved:
             daemon.wake_pipeline()
-        return web.json_response({
+        return json_body({
             "status": "duplicate" if receipt.duplicate else "accepted",
             "payload_id": receipt.payload_id,
             "alerts": receipt.alerts,
@@ -103,19 +146,19 @@ async def slack_interactions(request: web.Request) -> web.Response:
     an answer within 3 s); what it did is posted afterwards."""
     daemon = request.app[DAEMON]
     server = daemon.config.server
+    approvals = daemon.config.mitigations.approvals
     try:
-        body = await read_body(request, server.max_body_bytes, server.read_timeout)
-        await verify_fresh(daemon.config.mitigations.approvals, daemon.actions, request.headers, body)
+        check_headers(approvals, request.headers, time.time())
+        body = await read_request_body(request, approvals.max_body_bytes, server.read_timeout, verified=False)
+        await verify_fresh(approvals, daemon.actions, request.headers, body)
         press = parse_press(body)
         click_id, new = await ConsoleStore(daemon.store).record_click(press.row())
     except Rejected as exc:
         return problem(401, "unauthorized", str(exc))
     except BadInteraction as exc:
         return problem(400, "invalid interaction", str(exc))
-    except BodyTooLarge:
-        return problem(413, "payload too large", f"the limit is {server.max_body_bytes} bytes")
-    except TimeoutError:
-        return problem(408, "request timeout", "the body did not arrive in time")
+    except (BodyTooLarge, TimeoutError, TooManyUnverified, ClientGone) as exc:
+        return body_problem(exc, approvals.max_body_bytes)
     except StoreUnavailable:
         return store_unavailable()
     if new:
@@ -128,8 +171,8 @@ def api_caller(request: web.Request) -> str:
     """Who calls an /api endpoint; raises 401 unless the request carries server.api_token."""
     ref = request.app[DAEMON].config.server.api_token
     token = ref.resolve() if ref is not None else None
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if token is None or not given or not hmac.compare_digest(given.encode(), token.reveal().encode()):
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer" or not constant_time_equal(given.strip(), token.reveal()):
         raise Unauthorized("a valid 'Authorization: Bearer <server.api_token>' is required")
     return f"api:{request.remote or '?'}"
 
@@ -195,8 +238,14 @@ async def replay(request: web.Request) -> web.Response:
         enforce = body.get("enforce", False)
     except (ValueError, KeyError, TypeError):
         return problem(400, "invalid body", 'expected {"alert_id": <id>, "enforce": false}')
-    if not isinstance(alert_id, int) or isinstance(alert_id, bool) or not isinstance(enforce, bool):
-        return problem(400, "invalid body", "alert_id must be an integer and enforce true or false")
+    if not isinstance(alert_id, int) or isinstance(alert_id, bool) or not isinstance(enforce, bool) \
+            or not 0 < alert_id <= MAX_ID:
+        return problem(400, "invalid body", "alert_id must be a positive (64-bit) integer and enforce true or false")
+    if enforce:
+        # A replay runs on a throwaway store, out of reach of the live kill switch, cooldowns, budgets
+        # and audit: acting on real targets from here would bypass them.
+        return problem(403, "enforce refused", "a replay over the API never acts; send the alert to its webhook"
+                       " (the live guards apply) or use `responder replay --enforce --record`")
     row = await daemon.store.get_alert(alert_id)
     if row is None:
         return problem(404, "not found", f"no stored alert with id {alert_id}")
@@ -217,6 +266,16 @@ async def console_home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/ui/incidents")
 
 
+async def expect_continue(request: web.Request) -> None:
+    """`Expect: 100-continue` as aiohttp answers it; any other value is a 417. (aiohttp's own handler
+    puts the header's value in its error text and fails with a 500 when it is not valid UTF-8.)"""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return
+    raise web.HTTPExpectationFailed(text="unsupported Expect header")
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                       ) -> web.StreamResponse:
@@ -226,20 +285,25 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         if exc.status < 400:
             raise
         return problem(exc.status, exc.reason.lower(), f"{request.method} {request.path}")
+    except Exception:
+        # A bug, not the client's fault: logged once with its traceback, answered as JSON.
+        log.exception("%s %s failed", request.method, request.path)
+        return problem(500, "internal error", "see the daemon's log")
 
 
 def build_app(daemon: Daemon) -> web.Application:
     # The body limit is enforced by read_body (with a JSON 413); aiohttp's own cap sits above it.
     app = web.Application(middlewares=[json_errors], client_max_size=daemon.config.server.max_body_bytes + 1)
     app[DAEMON] = daemon
+    app[UNVERIFIED] = UnverifiedBodies(daemon.config.server.max_unverified_bodies)
     app.cleanup_ctx.append(daemon.resources)
     app.cleanup_ctx.append(daemon.background)
     for intake in daemon.intakes:
-        app.router.add_post(intake.path, webhook_handler(daemon, intake))
-    app.router.add_post("/slack/interactions", slack_interactions)
-    app.router.add_get("/api/kill-switch", kill_switch)
-    app.router.add_post("/api/kill-switch", kill_switch)
-    app.router.add_post("/api/replay", replay)
+        app.router.add_post(intake.path, webhook_handler(daemon, intake), expect_handler=expect_continue)
+    app.router.add_post("/slack/interactions", slack_interactions, expect_handler=expect_continue)
+    app.router.add_get("/api/kill-switch", kill_switch, expect_handler=expect_continue)
+    app.router.add_post("/api/kill-switch", kill_switch, expect_handler=expect_continue)
+    app.router.add_post("/api/replay", replay, expect_handler=expect_continue)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

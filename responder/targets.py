@@ -3,17 +3,22 @@ and the clients to reach them, created on first use and closed with the daemon."
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, TypeVar
-
-import aiohttp
-import redis.asyncio as aioredis
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from responder.config import Config, KubernetesTarget, RedisTarget, SecretRef, TargetsConfig
+
+# The client libraries are imported when a target of their kind is first used (or at start by
+# `preload_clients`): a daemon without Kubernetes targets never loads the Kubernetes client, and the CLI
+# stays quick.
+if TYPE_CHECKING:
+    import aiohttp
+    import redis.asyncio as aioredis
+    from kubernetes_asyncio import client as k8s
 
 # Every call through these clients is also bounded by the caller's own timeout; these stop a dead
 # peer from holding a socket open past it.
@@ -32,6 +37,8 @@ class Targets:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._clients: dict[tuple[str, str], Any] = {}
+        # One lock per client being made: concurrent first uses wait for the one client, never make two.
+        self._making: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Targets:
@@ -56,7 +63,9 @@ class Targets:
         the factory registers its cleanup on the stack."""
         key = (kind, name)
         if key not in self._clients:
-            self._clients[key] = await factory(self.spec(kind, name), self._stack)
+            async with self._making[key]:
+                if key not in self._clients:
+                    self._clients[key] = await factory(self.spec(kind, name), self._stack)
         client: C = self._clients[key]
         return client
 
@@ -72,9 +81,12 @@ class Targets:
         return reveal(self.spec("postgres", name).dsn, f"targets.postgres.{name}.dsn")
 
     async def http(self) -> aiohttp.ClientSession:
-        """One HTTP session shared by the HTTP and Prometheus collectors; callers pass their own timeouts."""
+        """One HTTP session shared by every HTTP and Prometheus collector and action; callers pass their own
+        timeouts, TLS verification and headers per request."""
         key = ("session", "http")
         if key not in self._clients:
+            import aiohttp
+
             session = aiohttp.ClientSession()
             self._stack.push_async_callback(session.close)
             self._clients[key] = session
@@ -90,6 +102,9 @@ def reveal(ref: SecretRef, key: str) -> str:
 
 
 async def _kubernetes_client(spec: KubernetesTarget, stack: AsyncExitStack) -> k8s.ApiClient:
+    from kubernetes_asyncio import client as k8s
+    from kubernetes_asyncio import config as k8s_config
+
     configuration = k8s.Configuration()
     if spec.url is not None:
         configuration.host = spec.url
@@ -110,6 +125,8 @@ async def _kubernetes_client(spec: KubernetesTarget, stack: AsyncExitStack) -> k
 
 
 async def _redis_client(spec: RedisTarget, stack: AsyncExitStack) -> aioredis.Redis:
+    import redis.asyncio as aioredis
+
     client = aioredis.from_url(reveal(spec.url, "targets.redis.*.url"), socket_timeout=REDIS_SOCKET_TIMEOUT,
                                socket_connect_timeout=REDIS_SOCKET_TIMEOUT)
     stack.push_async_callback(client.aclose)
@@ -118,3 +135,18 @@ async def _redis_client(spec: RedisTarget, stack: AsyncExitStack) -> aioredis.Re
 
 def target_names(targets: TargetsConfig, kind: str) -> list[str]:
     return sorted(getattr(targets, kind))
+
+
+# The client library each target kind needs.
+CLIENT_MODULES = {"kubernetes": "kubernetes_asyncio.client", "redis": "redis.asyncio", "postgres": "asyncpg",
+                  "prometheus": "aiohttp", "http": "aiohttp"}
+
+
+def preload_clients(targets: TargetsConfig) -> None:
+    """Import the client libraries of the configured target kinds, so the first incident does not wait
+    for them (importing the Kubernetes client takes about half a second)."""
+    import importlib
+
+    for kind, module in CLIENT_MODULES.items():
+        if getattr(targets, kind):
+            importlib.import_module(module)

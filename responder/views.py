@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from responder.models import Incident
 from responder.redaction import Redactor
-from responder.rules.engine import RuleSet
-from responder.sinks.slack_blocks import evidence_kind
 from responder.store import Store
 from responder.store.actions import ActionStore
 from responder.store.db import Row
 from responder.store.history import History
+
+if TYPE_CHECKING:  # the rule engine pulls in every target client; the view only reads rule checklists
+    from responder.rules.engine import RuleSet
 
 
 def decision_row(row: Row) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def evidence_row(row: Row) -> dict[str, Any]:
         "id": int(row["id"]), "rule": row["rule"], "step": row["step"], "collector": row["collector"],
         "title": row["title"], "status": row["status"], "duration_ms": float(row["duration_ms"]),
         "payload": payload, "text": row["text"], "full_text": row["full_text"], "truncated": bool(row["truncated"]),
-        "created_at": float(row["created_at"]), "kind": evidence_kind(payload),
+        "created_at": float(row["created_at"]),
         # Range queries keep their samples; an instant query has one value per series and no chart.
         "chart": isinstance(series, list) and any(isinstance(s, dict) and s.get("values") for s in series),
     }
@@ -109,7 +110,9 @@ class IncidentView:
                 state = "delivered" if job["status"] == "done" else job["status"]
                 events.append(Event(float(job["finished_at"]), f"{job['queue']}: {job['kind']} {state}", "sink"))
         if i.resolved_at is not None:
-            events.append(Event(float(i.resolved_at), "resolved", "incident"))
+            by_hand = f" by hand by {i.extra['resolved_by']}: {i.extra.get('resolution', '')}" \
+                if i.extra.get("resolved_by") else ""
+            events.append(Event(float(i.resolved_at), f"resolved{by_hand}", "incident"))
         return sorted(events, key=lambda e: e.at)
 
     def as_json(self) -> dict[str, Any]:

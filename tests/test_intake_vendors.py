@@ -189,3 +189,34 @@ async def test_grafana_timestamped_signature_refuses_stale_requests(
     # A signature over the body alone is not accepted when a timestamp is configured.
     plain = headers(now) | {"X-Grafana-Alerting-Signature": grafana_signature(body, "grafana-hmac-secret")}
     assert (await client.post("/webhooks/grafana", data=body, headers=plain)).status == 401
+
+
+async def test_replayed_signed_deliveries_are_stored_once(
+        daemon_client: Any, store_url: str, tmp_path: Path, secrets: None) -> None:
+    """Dedup keys come from signed data: a captured body sent again, whatever unsigned headers it now
+    carries, is a duplicate; a poison timestamp is refused before the body is read."""
+    client, daemon = await start(daemon_client, store_url, tmp_path, {"timestamp_header": "X-Grafana-Timestamp"})
+    event = pd_event()
+    first = await post_pd(client, event, "new-pagerduty-secret")
+    assert (await first.json())["status"] == "accepted"
+    for webhook_id in ("another-id", "", "x" * 300):
+        again = await post_pd(client, event, "new-pagerduty-secret", webhook_id=webhook_id)
+        assert again.status == 200 and (await again.json())["status"] == "duplicate", webhook_id
+    assert await stored_payloads(daemon) == 1
+
+    body = dumps(grafana_payload())
+    stamp = str(int(time.time()))
+    signed = {"Authorization": "Bearer grafana-bearer-token", "X-Grafana-Timestamp": stamp,
+              "X-Grafana-Alerting-Signature": grafana_signature(body, "grafana-hmac-secret", stamp)}
+    statuses = [(await (await client.post("/webhooks/grafana", data=body, headers=signed)).json())["status"]
+                for _ in range(3)]
+    assert statuses == ["accepted", "duplicate", "duplicate"]
+    later = str(int(time.time()) + 1)
+    resigned = signed | {"X-Grafana-Timestamp": later,
+                         "X-Grafana-Alerting-Signature": grafana_signature(body, "grafana-hmac-secret", later)}
+    assert (await (await client.post("/webhooks/grafana", data=body, headers=resigned)).json())["status"] == "accepted"
+    for poison in ("nan", "inf", "-inf", "1e3", " 1", "²", stamp + ".5", "9" * 40):
+        forged = signed | {"X-Grafana-Timestamp": poison,
+                           "X-Grafana-Alerting-Signature": grafana_signature(body, "grafana-hmac-secret", poison)}
+        assert (await client.post("/webhooks/grafana", data=body, headers=forged)).status == 401, poison
+    assert await stored_payloads(daemon) == 3

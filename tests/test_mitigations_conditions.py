@@ -9,8 +9,8 @@ import pytest
 
 from responder.cli import main as cli_main
 from responder.evidence import Evidence, EvidenceStatus
-from responder.mitigations.conditions import ConditionError, evaluate, parse_condition
 from responder.models import Incident, IncidentStatus
+from responder.rules.conditions import ConditionError, evaluate, parse_condition
 
 INCIDENT = Incident(7, "alertmanager", "fp", "PgConnections", IncidentStatus.OPEN, time.time() - 60, time.time(),
                     time.time(), 3, {"severity": "critical", "namespace": "prod"}, {"summary": "too many"}, 1)

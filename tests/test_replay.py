@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from responder.store import open_store
+from responder.store.actions import KILL_SWITCH, ActionStore
 from tests.conftest import make_config, write_rules
 from tests.support.alertmanager import Alertmanager
 from tests.support.alerts import am_alert, am_payload
@@ -108,7 +110,26 @@ async def test_replay_of_a_real_alertmanager_payload_matches_live_delivery(
     assert not action_log.exists(), "dry-run replay wrote nothing"
     assert not (tmp_path / "unused.db").exists(), "replay did not touch the configured store"
 
-    enforced = cli("replay", str(payload), "--config", str(config_file), "--json", "--enforce", action_log=action_log)
+    # Enforcement on a throwaway store would act outside the live kill switch, cooldowns, budgets and
+    # audit: refused. With --record it runs on the configured store, under its guards and in its audit.
+    refused = cli("replay", str(payload), "--config", str(config_file), "--json", "--enforce", action_log=action_log)
+    assert refused.returncode != 0 and "needs the live store's guards" in refused.stderr
+    assert not action_log.exists()
+    live_store = await open_store(f"sqlite:///{tmp_path / 'unused.db'}")
+    try:
+        await ActionStore(live_store).set_setting(KILL_SWITCH, {"enabled": True, "reason": "test"}, "test")
+    finally:
+        await live_store.close()
+    stopped = cli("replay", str(payload), "--config", str(config_file), "--json", "--enforce", "--record",
+                  action_log=action_log)
+    assert stopped.returncode == 0, stopped.stderr
+    assert [a["guard"] for a in json.loads(stopped.stdout)[0]["actions"]] == ["kill_switch"], stopped.stdout
+    assert not action_log.exists(), "the live store's kill switch stopped the replay"
+    audit = cli("actions", "list", "--config", str(config_file), "--json")
+    assert [a["guard"] for a in json.loads(audit.stdout)] == ["kill_switch"], audit.stdout
+    other = write_setup(tmp_path / "other", f"sqlite:///{tmp_path / 'other.db'}", action_log)
+    enforced = cli("replay", str(payload), "--config", str(other), "--json", "--enforce", "--record",
+                   action_log=action_log)
     assert enforced.returncode == 0, enforced.stderr
     assert [a["outcome"] for a in json.loads(enforced.stdout)[0]["actions"]] == ["executed"]
     assert action_log.read_text().split() == ["1", "db-1"]
@@ -186,6 +207,12 @@ async def test_alerts_export_and_api_replay(tmp_path: Path, store_url: str, daem
     auth = {"Authorization": "Bearer api-token-123456"}
     assert (await client.post("/api/replay", json={"alert_id": "x"}, headers=auth)).status == 400
     assert (await client.post("/api/replay", json={"alert_id": 999999}, headers=auth)).status == 404
+    for bad in (2**70, -1, 0, True):
+        assert (await client.post("/api/replay", json={"alert_id": bad}, headers=auth)).status == 400, bad
+    refused = await client.post("/api/replay", json={"alert_id": alert["id"], "enforce": True}, headers=auth)
+    assert refused.status == 403 and "never acts" in (await refused.json())["detail"]
+    bare = {"Authorization": "api-token-123456"}
+    assert (await client.post("/api/replay", json={"alert_id": alert["id"]}, headers=bare)).status == 401
     resp = await client.post("/api/replay", json={"alert_id": alert["id"]}, headers=auth)
     assert resp.status == 200, await resp.text()
     [result] = (await resp.json())["results"]

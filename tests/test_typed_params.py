@@ -17,9 +17,10 @@ from responder.evidence import EvidenceStatus
 from responder.mitigations.http import HttpRequest
 from responder.mitigations.redis import DeleteKeys
 from responder.models import Alert, AlertStatus
-from responder.rules.engine import RenderedStep, render_steps
+from responder.rules.engine import render_steps
 from responder.rules.loader import load_rules
 from responder.rules.model import Rule
+from responder.steps import RenderedStep
 from tests.conftest import write_rules
 from tests.support.admin import admin_endpoint
 from tests.support.collectors import config_with, run_steps

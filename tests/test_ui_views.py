@@ -4,6 +4,7 @@ test_ui_browser.py cover the pages themselves)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from responder.store import Store
 from responder.store.history import History
 from responder.ui.auth import SESSION_SECONDS, UiAuth
 from responder.views import load_incident_view
+from tests.conftest import DaemonClient, make_config, write_rules
 from tests.support.alerts import am_alert, am_payload
 
 
@@ -93,3 +95,42 @@ def test_no_token_configured_means_no_console() -> None:
     auth = UiAuth(ServerConfig())
     assert not auth.configured
     assert not auth.allowed({}, {}) and not auth.allowed({"Authorization": "Bearer "}, {})
+
+
+async def test_console_http_edges(daemon_client: DaemonClient, store_url: str, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the browser tests do not look at: headers, the login form's limits and where it may redirect."""
+    monkeypatch.setenv("T_UI_TOKEN", "the-ui-token")
+    config = make_config(store_url, write_rules(tmp_path / "rules", "rules: []\n"),
+                         **{"server.ui_token": {"env": "T_UI_TOKEN"}})
+    client, _ = await daemon_client(config)
+    bearer = {"Authorization": "Bearer the-ui-token"}
+
+    page = await client.get("/ui/incidents", headers=bearer)
+    assert page.status == 200
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff" and page.headers["Cache-Control"] == "no-store"
+    assert (await client.get("/ui/incidents/999", headers=bearer)).status == 404
+
+    login = await client.post("/ui/login", data={"token": "the-ui-token", "next": "//evil.example/x"},
+                              allow_redirects=False)
+    assert login.status == 303 and login.headers["Location"] == "/ui/incidents"
+    login = await client.post("/ui/login", data={"token": "the-ui-token", "next": "/ui/actions?outcome=failed"},
+                              allow_redirects=False)
+    assert login.headers["Location"] == "/ui/actions?outcome=failed"
+    too_big = await client.post("/ui/login", data={"token": "x" * 10_000})
+    assert too_big.status == 400
+    home = await client.get("/", allow_redirects=False)
+    assert home.status == 303 and home.headers["Location"] == "/ui/incidents"
+    css = await client.get("/ui/static/ui.css")
+    assert css.status == 200 and css.content_type == "text/css"
+
+
+async def test_console_without_a_token_is_closed(daemon_client: DaemonClient, store_url: str,
+                                                 tmp_path: Path) -> None:
+    config = make_config(store_url, write_rules(tmp_path / "rules", "rules: []\n"))
+    client, _ = await daemon_client(config)
+    page = await client.get("/ui/incidents")
+    assert page.status == 403 and "server.ui_token" in await page.text()
+    login = await client.post("/ui/login", data={"token": ""})
+    assert login.status == 401 and "Set-Cookie" not in login.headers

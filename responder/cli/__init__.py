@@ -1,10 +1,14 @@
 """The `responder` command. Each subcommand lives in its own module here and registers itself:
-a module with `register(subparsers)` that sets `func` on its parser."""
+a module with `register(subparsers)` that sets `func` on its parser.
+
+Modules import what a command needs inside the command, not at the top: building the parser imports
+every module here, and `responder --help` should not pay for the store, pydantic or the client libraries."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -25,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asking for completions (`responder completion`)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)  # answers and exits
+    args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
-from responder.config import Config, ConfigError, load_config
-from responder.rules.engine import RuleSet
-from responder.rules.loader import RuleProblem, load_rules
+    from responder.config import Config
+    from responder.rules.engine import RuleSet
+    from responder.rules.loader import RuleProblem
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+
+PIPE_WIDTH = 160
+
+
+class LazyConsole:
+    """A rich Console made on first use, so `responder --help` does not pay for importing rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def _stream(self) -> Any:
+        return sys.stderr if self._options.get("stderr") else sys.stdout
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            options = dict(self._options)
+            if not self._stream().isatty() and "COLUMNS" not in os.environ:
+                # Piped or redirected: rich would assume 80 columns; tables and paths read better wider.
+                options["width"] = PIPE_WIDTH
+            self._console = Console(**options)
+        return getattr(self._console, name)
+
+
+err = LazyConsole(stderr=True, highlight=False)
+out = LazyConsole(highlight=False)
 
 
 class CliError(Exception):
@@ -42,6 +71,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
+    from responder.config import ConfigError, load_config
+
     try:
         config = load_config(args.config, {**config_overrides(args), **extra})
     except ConfigError as exc:
@@ -59,6 +90,9 @@ def load_plugins(config: Config) -> None:
 
 
 def ruleset_from_config(config: Config) -> tuple[RuleSet, list[RuleProblem]]:
+    from responder.rules.engine import RuleSet
+    from responder.rules.loader import load_rules
+
     rules, problems = load_rules(config.rule_dirs())
     try:
         return RuleSet(rules, config.rules.default_rule), problems
@@ -87,3 +121,29 @@ def run_cli(func: Any) -> Any:
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def fold_table(*headers: str) -> Table:
+    """A table that never cuts a value ("HighErr…"): values wrap, and a word too long for its column folds
+    onto the next line. Print it through `fitted`."""
+    from rich.table import Table
+
+    table = Table()
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
+def fitted(table: Table, text: tuple[str, ...] = (), longest: int = 40, text_width: int = 20) -> Table:
+    """Names, ids and keys kept whole (each column at least as wide as its longest value, up to `longest`)
+    while the `text` columns, free text, give way first; on a terminal too narrow for that, the widest
+    columns fold too."""
+    widths = {str(column.header): min(max(len(str(c)) for c in [column.header, *column.cells]), longest)
+              for column in table.columns if column.header not in text}
+    folding = 8  # room a folded column keeps
+    budget = out.width - 3 * len(table.columns) - 1 - text_width * len(text) - folding * len(widths)
+    while widths and sum(w - folding for w in widths.values()) > budget:
+        del widths[max(widths, key=lambda header: widths[header])]
+    for column in table.columns:
+        column.min_width = widths.get(str(column.header))
+    return table

@@ -4,17 +4,11 @@ what was refused by which guard and why."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import Any
 
-from rich.table import Table
-
-from responder.cli._common import add_config_args, out, run_cli
+from responder.cli._common import add_config_args, fitted, fold_table, out, run_cli
 from responder.cli.incidents import open_cli_store
-from responder.sinks.render import ts
-from responder.store.actions import ActionStore
-from responder.views import decision_row
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +24,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 @run_cli
 def list_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.markup import escape
+
+    from responder.sinks.render import ts
+    from responder.store.actions import ActionStore
+    from responder.views import decision_row
+
     async def fetch() -> list[dict[str, Any]]:
         store = await open_cli_store(args)
         try:
@@ -41,14 +43,15 @@ def list_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table("id", "incident", "when", "action", "target", "mode", "outcome", "guard", "reason / description")
+    table = fold_table("id", "incident", "when", "rule", "step", "action", "target", "mode", "outcome", "guard",
+                       "reason / description")
     for r in rows:
         verified = r["verification"]
         note = r["reason"] or r["description"]
         if verified is not None:
             note += f" [verify: {'recovered' if verified['recovered'] else 'NOT recovered'}]"
-        table.add_row(str(r["id"]), str(r["incident_id"] or "-"), ts(r["created_at"]), r["action"], r["target"],
-                      r["mode"], r["outcome"], r["guard"] or "-", note)
-    out.print(table)
+        table.add_row(str(r["id"]), str(r["incident_id"] or "-"), ts(r["created_at"]), r["rule"], r["step"],
+                      r["action"], r["target"], r["mode"], r["outcome"], r["guard"] or "-", escape(note))
+    out.print(fitted(table, ("reason / description",)))
     out.print(f"{len(rows)} decision(s)")
     return 0

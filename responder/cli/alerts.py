@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import sys
+from typing import TYPE_CHECKING
 
-from rich.table import Table
-
-from responder.cli._common import CliError, add_config_args, out, run_cli
+from responder.cli._common import CliError, add_config_args, fitted, fold_table, out, run_cli
 from responder.cli.incidents import open_cli_store
-from responder.sinks.render import ts
-from responder.store.db import Row
+
+if TYPE_CHECKING:
+    from responder.store.db import Row
+
+
+ALERT_FIELDS = ("id", "payload_id", "incident_id", "source", "alertname", "status", "fingerprint", "starts_at",
+                "received_at")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = actions.add_parser("list", help="stored alerts, newest first")
     add_config_args(listing, store=True)
     listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
     listing.set_defaults(func=list_command)
     export = actions.add_parser("export", help="print the raw payload an alert arrived in (for replay)")
     export.add_argument("id", type=int)
@@ -29,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 @run_cli
 def list_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from responder.sinks.render import ts
+
     async def fetch() -> list[Row]:
         store = await open_cli_store(args)
         try:
@@ -36,18 +45,23 @@ def list_command(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    table = Table("id", "source", "alert", "status", "incident", "received", "fingerprint")
     rows = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps([{k: row[k] for k in ALERT_FIELDS} for row in rows], indent=2))
+        return 0
+    table = fold_table("id", "source", "alert", "status", "incident", "received", "fingerprint")
     for row in rows:
         table.add_row(str(row["id"]), row["source"], row["alertname"], row["status"], str(row["incident_id"] or "-"),
                       ts(row["received_at"]), row["fingerprint"])
-    out.print(table)
+    out.print(fitted(table))
     out.print(f"{len(rows)} alert(s)")
     return 0
 
 
 @run_cli
 def export_command(args: argparse.Namespace) -> int:
+    import asyncio
+
     async def fetch() -> Row | None:
         store = await open_cli_store(args)
         try:

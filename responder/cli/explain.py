@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
-
-from rich.markup import escape
+from typing import TYPE_CHECKING
 
 from responder.cli._common import CliError, add_config_args, config_from_args, out, ruleset_from_config, run_cli
-from responder.intake import PayloadError
-from responder.preview import AlertPreview, preview, step_params, why_not
-from responder.replay import parse_payload
-from responder.store import StoreUnavailable, open_store
+
+if TYPE_CHECKING:
+    from responder.config import Config
+    from responder.models import Incident
+    from responder.preview import AlertPreview
+    from responder.steps import RenderedStep
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +24,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=command)
 
 
-def show(p: AlertPreview) -> None:
+def show(p: AlertPreview, config: Config) -> None:
+    from rich.markup import escape
+
+    from responder.checks import rendered_target
+    from responder.preview import as_incident, step_params, why_not
+    from responder.rules.model import MitigationSpec
+
     labels = ", ".join(f"{k}={v}" for k, v in sorted(p.alert.labels.items()))
     out.print(f"[bold]alert {escape(p.alert.name or '(no alertname)')}[/] ({p.alert.status.value}) "
               f"[dim]{escape(labels)}[/]")
@@ -36,22 +42,65 @@ def show(p: AlertPreview) -> None:
         out.print(f"  [dim]✗ {escape(verdict.rule.name)}: {escape('; '.join(why_not(p.alert, verdict)))}[/]")
     if not p.rules:
         out.print("  [yellow]no rule matches: the incident would be recorded as unmatched[/]")
+
+    def target(step: RenderedStep) -> str:
+        found = rendered_target(config, step)
+        if found is None:
+            return ""
+        kind, name, configured = found
+        return f"  [green]target {kind}.{name}[/]" if configured \
+            else f"  [red]target {kind}.{name} is not configured[/]"
+
+    incident = as_incident(p.alert)
     for rule in p.rules:
         out.print(f"\n  [bold]rule {escape(rule.rule)}[/]")
         for error in rule.errors:
             out.print(f"    [red]! {escape(error)}[/]")
         for step in rule.collectors:
-            out.print(f"    collect  {step.id}: {step.type} {escape(json.dumps(step_params(step)))}")
+            out.print(f"    collect  {step.id}: {step.type} {escape(json.dumps(step_params(step)))}{target(step)}",
+                      soft_wrap=True)
         for step, decision in zip(rule.mitigations, rule.decisions, strict=True):
             guard_says = ("[green]would run[/]" if decision.outcome == "allowed"
                           else f"[red]blocked by {decision.guard}[/]: {escape(decision.reason)}")
-            out.print(f"    mitigate {step.id}: {step.type} {escape(json.dumps(step_params(step)))}")
+            out.print(f"    mitigate {step.id}: {step.type} {escape(json.dumps(step_params(step)))}{target(step)}",
+                      soft_wrap=True)
+            assert isinstance(step.spec, MitigationSpec)
+            if step.spec.requires_approval:
+                out.print("             needs approval in Slack before it runs")
+            for text, state in conditions_now(step.spec.when, incident):
+                out.print(f"             when {escape(text)}: {escape(state)}", soft_wrap=True)
             out.print(f"             {decision.mode}, {guard_says}"
-                      f"{' ' + escape(decision.reason) if decision.outcome == 'allowed' and decision.reason else ''}")
+                      f"{' ' + escape(decision.reason) if decision.outcome == 'allowed' and decision.reason else ''}",
+                      soft_wrap=True)
+
+
+def conditions_now(conditions: list[str], incident: Incident) -> list[tuple[str, str]]:
+    """Each `when:` condition with what it says now. Conditions on evidence cannot be judged without the
+    collectors (explain runs none): `replay` runs them."""
+    from responder.rules.conditions import evaluate, parse_condition
+
+    states = []
+    for text in conditions:
+        comparison = parse_condition(text)
+        steps = [o.reference.split(".")[1] for o in (comparison.left, comparison.right)
+                 if o.reference and o.reference.startswith("evidence.")]
+        if steps:
+            states.append((text, f"depends on the evidence of step {steps[0]!r} (replay collects it)"))
+            continue
+        holds, why = evaluate([text], incident, [])
+        states.append((text, "true now" if holds else why.removeprefix(f"condition {text!r} is ")))
+    return states
 
 
 @run_cli
 def command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from responder.intake import PayloadError
+    from responder.preview import preview
+    from responder.replay import parse_payload
+    from responder.store import StoreUnavailable, open_store
+
     config = config_from_args(args)
     ruleset, problems = ruleset_from_config(config)
     if problems:
@@ -74,5 +123,5 @@ def command(args: argparse.Namespace) -> int:
             await store.close()
 
     for item in asyncio.run(run()):
-        show(item)
+        show(item, config)
     return 0

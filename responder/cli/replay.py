@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-from rich.panel import Panel
-from rich.table import Table
+from responder.cli._common import (
+    CliError,
+    add_config_args,
+    config_from_args,
+    fitted,
+    fold_table,
+    out,
+    ruleset_from_config,
+    run_cli,
+)
 
-from responder.cli._common import CliError, add_config_args, config_from_args, out, ruleset_from_config, run_cli
-from responder.config import Config
-from responder.evidence import Evidence
-from responder.intake import PayloadError
-from responder.plugins import UnknownPlugin
-from responder.replay import ReplayResult, only_alert, parse_payload, replaying, result_json, run_replay
-from responder.rules.engine import RuleSet
-from responder.sinks.render import STATUS_MARK
-from responder.store import StoreUnavailable, open_store
+if TYPE_CHECKING:
+    from responder.config import Config
+    from responder.evidence import Evidence
+    from responder.replay import ReplayResult
+    from responder.rules.engine import RuleSet
+
+
+IGNORED_AGE = "36500d"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,15 +37,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_config_args(parser, rules=True)
     parser.add_argument("--source", choices=["alertmanager", "grafana", "pagerduty"], help="payload kind")
     parser.add_argument("--rule", metavar="NAME", help="run this rule whatever the matchers say")
-    parser.add_argument("--enforce", action="store_true", help="let mitigations act (the guards still apply)")
+    parser.add_argument("--enforce", action="store_true",
+                        help="let mitigations act; needs --record, so the live store's guards and audit apply")
     parser.add_argument("--post", action="store_true", help="also send the bundle to the configured sinks")
     parser.add_argument("--record", action="store_true",
                         help="replay into the configured store instead of a throwaway one")
+    parser.add_argument("--ignore-age", action="store_true",
+                        help="judge an old alert as if it had just fired (mitigations.max_alert_age is not applied)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=command)
 
 
 def force_rule(ruleset: RuleSet, name: str) -> RuleSet:
+    from responder.rules.engine import RuleSet
+
     rule = next((r for r in ruleset.rules if r.name == name), None)
     if rule is None:
         raise CliError(f"no rule named {name!r} (known: {', '.join(r.name for r in ruleset.rules)})")
@@ -47,6 +58,8 @@ def force_rule(ruleset: RuleSet, name: str) -> RuleSet:
 
 
 async def load_stored_alert(config: Config, alert_id: int) -> tuple[bytes, str, str, float]:
+    from responder.store import StoreUnavailable, open_store
+
     try:
         store = await open_store(config.store_url(), pool_size=2, timeout=config.store.connect_timeout)
     except (StoreUnavailable, OSError) as exc:
@@ -61,32 +74,51 @@ async def load_stored_alert(config: Config, alert_id: int) -> tuple[bytes, str, 
 
 
 def show_progress(evidence: Evidence) -> None:
+    from rich.markup import escape
+
+    from responder.sinks.render import STATUS_MARK
+
     mark = STATUS_MARK.get(evidence.status.value, "?")
-    out.print(f"  {mark} {escape(evidence.title)} [dim]({evidence.status.value}, {evidence.duration_ms:.0f} ms)[/]")
+    out.print(f"  {mark} {escape(evidence.step)}: {escape(evidence.title)}"
+              f" [dim]({evidence.status.value}, {evidence.duration_ms:.0f} ms)[/]", soft_wrap=True)
 
 
 def show_result(result: ReplayResult) -> None:
+    from rich.markup import escape
+    from rich.panel import Panel
+
+    from responder.sinks.render import STATUS_MARK
+
     incident = result.incident
     out.print(f"\n[bold]{escape(incident.alertname)}[/] → rule [bold]{escape(incident.rule or '(none matched)')}[/]"
               f"  [dim]{escape(', '.join(f'{k}={v}' for k, v in sorted(incident.labels.items())))}[/]")
     if incident.error:
         out.print(f"[red]step errors:[/] {escape(incident.error)}")
     for row in result.evidence:
-        title = f"{STATUS_MARK.get(row['status'], '?')} {row['title']} ({row['status']}, {row['duration_ms']:.0f} ms)"
+        title = (f"{STATUS_MARK.get(row['status'], '?')} {row['step']}: {row['title']}"
+                 f" ({row['status']}, {row['duration_ms']:.0f} ms)")
         out.print(Panel(escape(row["text"] or "(no text)"), title=escape(title), title_align="left"))
     if result.actions:
-        table = Table("step", "action", "target", "mode", "outcome", "why", title="mitigations")
+        table = fold_table("step", "action", "target", "mode", "outcome", "why")
+        table.title = "mitigations"
         for row in result.actions:
             table.add_row(row["step"], row["action"], row["target"], row["mode"], row["outcome"],
                           escape(row["reason"] or ""))
-        out.print(table)
+        out.print(fitted(table, ("why",)))
 
 
 @run_cli
 def command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from responder.intake import PayloadError
+    from responder.plugins import UnknownPlugin
+    from responder.replay import EnforceRefused, only_alert, parse_payload, replaying, result_json, run_replay
+
     if (args.file is None) == (args.alert is None):
         raise CliError("give a payload FILE or --alert ID (one of them)")
-    config = config_from_args(args)
+    # A replayed alert is usually an old one: --ignore-age lets the guards judge everything but its age.
+    config = config_from_args(args, **({"mitigations.max_alert_age": IGNORED_AGE} if args.ignore_age else {}))
     ruleset, problems = ruleset_from_config(config)
     if problems:
         raise CliError("rules have problems:\n" + "\n".join(str(p) for p in problems))
@@ -122,6 +154,8 @@ def command(args: argparse.Namespace) -> int:
         results = asyncio.run(run())
     except TimeoutError:
         raise CliError("the replay did not finish within the job timeout") from None
+    except EnforceRefused as exc:
+        raise CliError(str(exc)) from None
     if args.json:
         json.dump([result_json(r) for r in results], sys.stdout, indent=2)
         print()

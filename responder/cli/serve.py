@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from responder.cli._common import (
     CliError,
@@ -16,14 +15,12 @@ from responder.cli._common import (
     ruleset_from_config,
     run_cli,
 )
-from responder.config import Config
-from responder.daemon import Daemon, DaemonFailed, serve
-from responder.intake import build_intakes
-from responder.logs import setup_logging
-from responder.processes import run_processes
-from responder.rules.engine import RuleSet
-from responder.server import build_app
-from responder.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from responder.config import Config
+    from responder.rules.engine import RuleSet
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 @run_cli
 def command(args: argparse.Namespace) -> int:
+    from responder.intake import build_intakes
+    from responder.logs import setup_logging
+    from responder.processes import run_processes
+
     overrides: dict[str, Any] = {}
     if args.listen:
         overrides["server.listen"] = args.listen
@@ -64,6 +65,12 @@ def command(args: argparse.Namespace) -> int:
 
 
 def run_daemon(config: Config, ruleset: RuleSet) -> int:
+    import asyncio
+
+    from responder.daemon import Daemon, DaemonFailed, serve
+    from responder.server import build_app
+    from responder.store import StoreUnavailable
+
     daemon = Daemon(config, ruleset)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(config.server.event_loop)) as runner:

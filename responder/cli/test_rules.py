@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
-from rich.markup import escape
-
 from responder.cli._common import CliError, add_config_args, config_from_args, out, run_cli
-from responder.rule_tests import run_files
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +30,12 @@ def expand(paths: list[Path]) -> list[Path]:
 
 @run_cli
 def command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.markup import escape
+
+    from responder.rule_tests import run_files
+
     config = config_from_args(args)
     files = expand(args.files)
     if not files:

@@ -6,11 +6,8 @@ import asyncio
 import datetime
 import ssl
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import aiohttp
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from responder.collectors.base import Collector, CollectorContext, Finding, registry
@@ -18,6 +15,9 @@ from responder.collectors.common import TargetParams
 from responder.config import Duration, HttpTarget
 from responder.evidence import EvidenceStatus
 from responder.params import UrlPath, under_base
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 Hostname = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$",
                                             max_length=253)]
@@ -44,6 +44,8 @@ class HttpCheck(Collector[HttpCheckParams]):
     params_model = HttpCheckParams
 
     async def collect(self, params: HttpCheckParams, ctx: CollectorContext) -> Finding:
+        import aiohttp
+
         spec: HttpTarget = ctx.targets.spec("http", params.target)
         url = under_base(spec.url, params.path)
         headers = {name: value.reveal() for name, ref in spec.headers.items() if (value := ref.resolve()) is not None}
@@ -85,6 +87,8 @@ class TlsParams(BaseModel):
 
 
 def _name(name: x509.Name) -> str:
+    from cryptography.x509.oid import NameOID
+
     common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(common[0].value) if common else name.rfc4514_string()
 
@@ -107,6 +111,8 @@ class TlsCertificate(Collector[TlsParams]):
     params_model = TlsParams
 
     async def collect(self, params: TlsParams, ctx: CollectorContext) -> Finding:
+        from cryptography import x509
+
         server_name = params.server_name or params.host
         unverified = ssl.create_default_context()
         unverified.check_hostname = False

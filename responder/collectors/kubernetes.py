@@ -7,8 +7,6 @@ import re
 from collections import Counter
 from typing import Any, Literal
 
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import Field, field_validator, model_validator
 
 from responder.collectors.base import Collector, CollectorContext, Finding, registry
@@ -88,6 +86,8 @@ class Pods(Collector[SelectorParams]):
     params_model = SelectorParams
 
     async def collect(self, params: SelectorParams, ctx: CollectorContext) -> Finding:
+        from kubernetes_asyncio import client as k8s
+
         core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.target))
         found = await core.list_namespaced_pod(params.namespace,
                                                **given(label_selector=params.selector, limit=params.max_pods))
@@ -140,6 +140,8 @@ class Events(Collector[EventsParams]):
     params_model = EventsParams
 
     async def collect(self, params: EventsParams, ctx: CollectorContext) -> Finding:
+        from kubernetes_asyncio import client as k8s
+
         core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.target))
         fields = [f"involvedObject.{k}={v}" for k, v in (("kind", params.kind), ("name", params.name)) if v]
         if params.type:
@@ -202,6 +204,9 @@ class Logs(Collector[LogsParams]):
     params_model = LogsParams
 
     async def collect(self, params: LogsParams, ctx: CollectorContext) -> Finding:
+        from kubernetes_asyncio import client as k8s
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.target))
         if params.pod is not None:
             pods = [params.pod]
@@ -250,6 +255,8 @@ class Rollout(Collector[RolloutParams]):
     params_model = RolloutParams
 
     async def collect(self, params: RolloutParams, ctx: CollectorContext) -> Finding:
+        from kubernetes_asyncio import client as k8s
+
         apps = k8s.AppsV1Api(await ctx.targets.kubernetes(params.target))
         deployment = await apps.read_namespaced_deployment(params.name, params.namespace,
                                                            _request_timeout=REQUEST_TIMEOUT)
@@ -317,6 +324,8 @@ class Nodes(Collector[NodesParams]):
     params_model = NodesParams
 
     async def collect(self, params: NodesParams, ctx: CollectorContext) -> Finding:
+        from kubernetes_asyncio import client as k8s
+
         core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.target))
         found = await core.list_node(**given(label_selector=params.selector))
         nodes: list[dict[str, Any]] = []
@@ -369,6 +378,9 @@ class PodMetrics(Collector[SelectorParams]):
     params_model = SelectorParams
 
     async def collect(self, params: SelectorParams, ctx: CollectorContext) -> Finding:
+        from kubernetes_asyncio import client as k8s
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         custom = k8s.CustomObjectsApi(await ctx.targets.kubernetes(params.target))
         try:
             found = await custom.list_namespaced_custom_object(

@@ -11,15 +11,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
 from pydantic import Field
 
 from responder.collectors.base import Collector, CollectorContext, Finding, registry
 from responder.collectors.common import TargetParams, human_seconds, table
 from responder.config import Duration, PostgresTarget
 from responder.evidence import EvidenceStatus
+
+if TYPE_CHECKING:
+    import asyncpg
 
 APPLICATION_NAME = "alert-responder collector"
 CONNECT_TIMEOUT = 5.0
@@ -28,6 +30,8 @@ QUERY_CHARS = 1000
 
 @asynccontextmanager
 async def connect(ctx: CollectorContext, target: str) -> AsyncIterator[asyncpg.Connection]:
+    import asyncpg
+
     spec: PostgresTarget = ctx.targets.spec("postgres", target)
     conn = await asyncpg.connect(
         ctx.targets.postgres_dsn(target), timeout=min(CONNECT_TIMEOUT, spec.statement_timeout + 1),
@@ -61,6 +65,8 @@ class Connectivity(Collector[ConnectivityParams]):
     params_model = ConnectivityParams
 
     async def collect(self, params: ConnectivityParams, ctx: CollectorContext) -> Finding:
+        import asyncpg
+
         started = time.monotonic()
         try:
             async with connect(ctx, params.target) as conn:
@@ -264,6 +270,8 @@ class TopStatements(Collector[TopStatementsParams]):
     params_model = TopStatementsParams
 
     async def collect(self, params: TopStatementsParams, ctx: CollectorContext) -> Finding:
+        import asyncpg
+
         async with connect(ctx, params.target) as conn:
             if not await conn.fetchval("SELECT true FROM pg_extension WHERE extname = 'pg_stat_statements'"):
                 return Finding("pg_stat_statements is not installed", {"reason": "extension absent"},

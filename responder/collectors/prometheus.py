@@ -7,20 +7,23 @@ import math
 import time
 from typing import Any
 
-import aiohttp
 from pydantic import Field, model_validator
 
 from responder.collectors.base import Collector, CollectorContext, Finding, registry
-from responder.collectors.common import TargetParams, table
+from responder.collectors.common import TargetParams, human_seconds, table
 from responder.config import Duration, PrometheusTarget
 from responder.evidence import EvidenceStatus
 from responder.params import PromQLQuery
 
+TITLE_CHARS = 60
 MAX_POINTS = 11_000  # Prometheus' own limit per series for a range query
 
 
 class QueryParams(TargetParams):
     query: PromQLQuery
+    # What the query measures ("5xx ratio"), for titles; without it the title shows the query's start. The
+    # whole query is always the first line of the evidence text.
+    title: str | None = Field(default=None, max_length=120)
     timeout: Duration = Field(default=10.0, gt=0, le=120)
     # At most this many series are kept in the evidence (the rest are counted).
     max_series: int = Field(default=20, ge=1, le=500)
@@ -56,6 +59,8 @@ def _labels(metric: dict[str, str]) -> str:
 
 
 async def _api(ctx: CollectorContext, params: QueryParams, path: str, query: dict[str, str]) -> dict[str, Any]:
+    import aiohttp
+
     spec: PrometheusTarget = ctx.targets.spec("prometheus", params.target)
     headers = {}
     token = spec.bearer_token.resolve() if spec.bearer_token is not None else None
@@ -72,6 +77,14 @@ async def _api(ctx: CollectorContext, params: QueryParams, path: str, query: dic
         raise PrometheusError(str(body.get("errorType", f"HTTP {resp.status}")), str(body.get("error", "")))
     data: dict[str, Any] = body["data"]
     return data
+
+
+def heading(params: QueryParams) -> str:
+    """A short title: the step's own words, else the start of the query (a whole query is unreadable there)."""
+    if params.title:
+        return params.title
+    query = " ".join(params.query.split())
+    return query if len(query) <= TITLE_CHARS else query[:TITLE_CHARS - 1] + "…"
 
 
 def _error(params: QueryParams, exc: PrometheusError) -> Finding:
@@ -105,8 +118,9 @@ class Query(Collector[QueryParams]):
                    "series": series[: params.max_series]}
         rows = [{"series": _labels(s["metric"]) or "(scalar)", "value": s["value"]} for s in payload["series"]]
         more = f"\n… {len(series) - params.max_series} more series" if len(series) > params.max_series else ""
-        return Finding(f"{params.query}: {len(series)} series" + (f", max {payload['max_value']:g}" if numbers else ""),
-                       payload, table(rows, ["series", "value"], empty="empty result") + more)
+        maximum = f", max {payload['max_value']:g}" if numbers else ""
+        return Finding(f"{heading(params)}: {len(series)} series{maximum}", payload,
+                       f"query: {params.query}\n" + table(rows, ["series", "value"], empty="empty result") + more)
 
 
 @registry.register
@@ -138,7 +152,8 @@ class RangeQuery(Collector[RangeQueryParams]):
                    "series_count": len(series), "max_value": max(maxima, default=None),
                    "last_value": series[0]["last"] if series else None, "series": series[: params.max_series]}
         more = f"\n… {len(series) - params.max_series} more series" if len(series) > params.max_series else ""
-        return Finding(f"{params.query} over {params.range:g}s: {len(series)} series"
+        return Finding(f"{heading(params)} over {human_seconds(params.range)}: {len(series)} series"
                        + (f", max {payload['max_value']:g}" if maxima else ""), payload,
-                       table(rows[: params.max_series], ["series", "points", "min", "max", "last"],
-                             empty="empty result") + more)
+                       f"query: {params.query}\n" + table(rows[: params.max_series],
+                                                           ["series", "points", "min", "max", "last"],
+                                                           empty="empty result") + more)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from pydantic import Field, StringConstraints
 
 from responder.collectors.base import Collector, CollectorContext, Finding, registry
@@ -34,6 +33,8 @@ class Ping(Collector[PingParams]):
     params_model = PingParams
 
     async def collect(self, params: PingParams, ctx: CollectorContext) -> Finding:
+        import redis.asyncio as aioredis
+
         client = await ctx.targets.redis(params.target)
         timings = []
         try:

@@ -135,6 +135,13 @@ def load_versioned(body: bytes, model: type[P], version: str) -> P:
         raise PayloadError.from_validation(exc) from None
 
 
-def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers worth keeping with the raw payload; never credentials."""
-    return {str(k): str(v) for k, v in headers.items() if k.lower() in ("user-agent", "content-type", "x-request-id")}
+def kept_headers(headers: Mapping[str, str], names: tuple[str, ...] = ("user-agent", "content-type", "x-request-id")
+                 ) -> dict[str, str]:
+    """Headers worth keeping with the raw payload; never credentials. A header is whatever the client
+    sent: kept as printable text (undecodable bytes and control characters replaced), bounded."""
+    return {str(k): header_text(v) for k, v in headers.items() if k.lower() in names}
+
+
+def header_text(value: str, limit: int = 256) -> str:
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:limit]
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)

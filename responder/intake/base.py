@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from responder.config import IntakeConfig
+from responder.config import IntakeConfig, Secret
 from responder.intake.auth import HeaderAuth, Unauthorized
 from responder.models import Delivery
 from responder.plugins import Registry
@@ -45,14 +45,28 @@ class Intake(abc.ABC):
         self.config = config
         self.options: Any = self.options_model.model_validate(config.options)
         self.auth = HeaderAuth(config.auth)
-        self.signing_secrets = [s for ref in config.auth.signing_secrets if (s := ref.resolve()) is not None]
+
+    @property
+    def signing_secrets(self) -> list[Secret]:
+        """Looked up on every request, so a rotated secret applies at once."""
+        return [s for ref in self.config.auth.signing_secrets if (s := ref.resolve()) is not None]
+
+    @property
+    def body_authenticates(self) -> bool:
+        """True when only a signature over the body proves the sender (no header credentials)."""
+        return bool(self.signing_secrets) and not self.auth.has_credentials
 
     def authenticate_headers(self, headers: Mapping[str, str], remote: str | None) -> None:
         """Checked before the body is read, so an unauthenticated sender cannot make us read it.
-        With signing secrets and no header credentials, the body's signature alone decides."""
-        if self.signing_secrets and not self.auth.has_credentials:
-            return
-        self.auth.check(headers, remote)
+        With signing secrets and no header credentials, the body's signature decides, but its header
+        (and timestamp) must already be present and well-formed."""
+        if not self.body_authenticates:
+            self.auth.check(headers, remote)
+        if self.signing_secrets:
+            self.check_signature_headers(headers)
+
+    def check_signature_headers(self, headers: Mapping[str, str]) -> None:
+        """Before the body is read: refuse what cannot be a valid signature (intakes that sign override)."""
 
     def authenticate_body(self, headers: Mapping[str, str], body: bytes) -> None:
         """Checked after the body is read; intakes whose senders sign the body override this."""

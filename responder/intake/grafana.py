@@ -6,6 +6,7 @@ of the body, or of `timestamp:body` when a timestamp header is configured on the
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from responder.intake.alertmanager import WireAlert, WirePayload, kept_headers, load_versioned, normalize
-from responder.intake.auth import Unauthorized, any_signature_matches
+from responder.intake.auth import Unauthorized, any_signature_matches, is_hex_sha256
 from responder.intake.base import Intake, IntakeOptions, registry
 from responder.models import Delivery
 
@@ -50,25 +51,30 @@ class GrafanaIntake(Intake):
     path = "/webhooks/grafana"
     options_model = GrafanaOptions
 
+    def check_signature_headers(self, headers: Mapping[str, str]) -> None:
+        options: GrafanaOptions = self.options
+        if not is_hex_sha256(headers.get(options.signature_header, "").strip()):
+            raise Unauthorized(f"missing or malformed {options.signature_header} (hex HMAC-SHA256)")
+        if options.timestamp_header:
+            stamp = headers.get(options.timestamp_header, "")
+            # Whole seconds since the epoch, as Grafana sends them: no float, so no nan, inf or exponent.
+            if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+                raise Unauthorized(f"missing or malformed {options.timestamp_header} (epoch seconds)")
+            skew = abs(time.time() - int(stamp))
+            if skew > options.max_clock_skew_seconds:
+                raise Unauthorized(f"{options.timestamp_header} is {skew:.0f}s away from now")
+
+    def signed_data(self, headers: Mapping[str, str], body: bytes) -> bytes:
+        stamp = headers.get(self.options.timestamp_header, "") if self.options.timestamp_header else ""
+        return stamp.encode() + b":" + body if stamp else body
+
     def authenticate_body(self, headers: Mapping[str, str], body: bytes) -> None:
         if not self.signing_secrets:
             return
-        options: GrafanaOptions = self.options
-        signature = headers.get(options.signature_header, "")
-        if not signature:
-            raise Unauthorized(f"missing {options.signature_header}")
-        signed = body
-        if options.timestamp_header:
-            stamp = headers.get(options.timestamp_header, "")
-            try:
-                skew = abs(time.time() - float(stamp))
-            except ValueError:
-                raise Unauthorized(f"missing or malformed {options.timestamp_header}") from None
-            if skew > options.max_clock_skew_seconds:
-                raise Unauthorized(f"{options.timestamp_header} is {skew:.0f}s away from now")
-            signed = stamp.encode() + b":" + body
-        if not any_signature_matches([signature], self.signing_secrets, signed):
-            raise Unauthorized(f"{options.signature_header} does not match the body")
+        self.check_signature_headers(headers)
+        signature = headers.get(self.options.signature_header, "")
+        if not any_signature_matches([signature], self.signing_secrets, self.signed_data(headers, body)):
+            raise Unauthorized(f"{self.options.signature_header} does not match the body")
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
         payload = load_versioned(body, GrafanaPayload, "1")
@@ -77,4 +83,8 @@ class GrafanaIntake(Intake):
              "value_string": a.valueString, "values": a.values or {}, "org_id": payload.orgId}
             for a in payload.alerts
         ]
-        return Delivery(self.name, body, normalize(self.name, payload, extras=extras), headers=kept_headers(headers))
+        # A signed delivery is stored once: the same signed body (and timestamp) sent again within the
+        # skew window is a replay, answered as a duplicate.
+        dedup = hashlib.sha256(self.signed_data(headers, body)).hexdigest() if self.signing_secrets else None
+        return Delivery(self.name, body, normalize(self.name, payload, extras=extras), dedup_key=dedup,
+                        headers=kept_headers(headers))

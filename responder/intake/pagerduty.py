@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from responder.intake.alertmanager import decode_json, parse_time
-from responder.intake.auth import Unauthorized, any_signature_matches
+from responder.intake.alertmanager import decode_json, kept_headers, parse_time
+from responder.intake.auth import Unauthorized, any_signature_matches, is_hex_sha256
 from responder.intake.base import Intake, PayloadError, registry
 from responder.models import Alert, AlertStatus, Delivery
 
@@ -82,12 +82,14 @@ class PagerDutyIntake(Intake):
     name = "pagerduty"
     path = "/webhooks/pagerduty"
 
+    def check_signature_headers(self, headers: Mapping[str, str]) -> None:
+        if not any(is_hex_sha256(s) for s in signatures(headers.get("X-PagerDuty-Signature", ""))):
+            raise Unauthorized("missing or malformed X-PagerDuty-Signature (v1=<hex HMAC-SHA256>)")
+
     def authenticate_body(self, headers: Mapping[str, str], body: bytes) -> None:
         if not self.signing_secrets:
             return
         given = signatures(headers.get("X-PagerDuty-Signature", ""))
-        if not given:
-            raise Unauthorized("missing X-PagerDuty-Signature (v1=...)")
         if not any_signature_matches(given, self.signing_secrets, body):
             raise Unauthorized("X-PagerDuty-Signature does not match the body under any configured secret")
 
@@ -102,7 +104,7 @@ class PagerDutyIntake(Intake):
         # The event id is inside the signed body; X-Webhook-Id is not signed, so a captured body sent again
         # with a new (or no) header must still be the same delivery.
         dedup = event.id
-        kept = {k: headers[k] for k in ("X-Webhook-Id", "X-Webhook-Subscription", "User-Agent") if k in headers}
+        kept = kept_headers(headers, ("x-webhook-id", "x-webhook-subscription", "user-agent"))
         alerts = [self._alert(event)] if _about_an_incident(event) else []
         return Delivery(self.name, body, alerts, dedup_key=dedup, headers=kept)
 

@@ -13,7 +13,8 @@ import hmac
 import time
 from collections.abc import Mapping
 
-from responder.config import ApprovalsConfig
+from responder.config import ApprovalsConfig, Secret
+from responder.intake.auth import constant_time_equal, is_hex_sha256
 from responder.store.actions import ActionStore
 
 
@@ -21,20 +22,31 @@ class Rejected(Exception):
     """The request is not a genuine, fresh Slack request."""
 
 
-def verify_signature(config: ApprovalsConfig, headers: Mapping[str, str], body: bytes, now: float) -> str:
-    """The request's signature when it is valid and fresh; raises Rejected otherwise."""
+def check_headers(config: ApprovalsConfig, headers: Mapping[str, str], now: float) -> Secret:
+    """Everything that can be checked before the body is read: a secret to verify with, a well-formed
+    signature and a fresh timestamp. Returns the secret; raises Rejected otherwise."""
     secret = config.slack_signing_secret.resolve() if config.slack_signing_secret is not None else None
     if secret is None:
         raise Rejected("no Slack signing secret is configured (mitigations.approvals.slack_signing_secret)")
     timestamp = headers.get("X-Slack-Request-Timestamp", "")
     signature = headers.get("X-Slack-Signature", "")
-    if not timestamp.isdigit() or not signature.startswith("v0="):
+    # ASCII digits only: str.isdigit() alone accepts '²', which int() refuses.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12) \
+            or not (signature.startswith("v0=") and is_hex_sha256(signature[3:])):
         raise Rejected("missing or malformed X-Slack-Request-Timestamp / X-Slack-Signature")
     if abs(now - int(timestamp)) > config.max_clock_skew:
         raise Rejected(f"the request timestamp is more than {config.max_clock_skew:g}s away from now")
+    return secret
+
+
+def verify_signature(config: ApprovalsConfig, headers: Mapping[str, str], body: bytes, now: float) -> str:
+    """The request's signature when it is valid and fresh; raises Rejected otherwise."""
+    secret = check_headers(config, headers, now)
+    timestamp = headers["X-Slack-Request-Timestamp"]
+    signature = headers["X-Slack-Signature"]
     base = b"v0:" + timestamp.encode() + b":" + body
     expected = "v0=" + hmac.new(secret.reveal().encode(), base, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature):
+    if not constant_time_equal(signature, expected):
         raise Rejected("the signature does not match")
     return signature
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 
 from responder.models import Incident
 from responder.plugins import Registry
+from responder.steps import action_types
 from responder.targets import Targets
 
 P = TypeVar("P", bound=BaseModel)
@@ -43,4 +44,5 @@ class Action(abc.ABC, Generic[P]):
         """Do it; returns what happened, for the audit."""
 
 
-registry: Registry[type[Action[Any]]] = Registry("action", "responder.mitigations")
+# The one action registry (responder.steps), seen with the action interface it holds.
+registry = cast("Registry[type[Action[Any]]]", action_types)

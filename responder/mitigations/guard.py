@@ -27,11 +27,11 @@ from responder.metrics import Metrics
 from responder.mitigations import budgets
 from responder.mitigations.base import Action, ActionContext, registry
 from responder.mitigations.budgets import Limits
-from responder.mitigations.conditions import evaluate
 from responder.mitigations.locks import LockUnavailable, TargetLocks
 from responder.models import Incident, IncidentStatus
-from responder.rules.engine import RenderedStep
+from responder.rules.conditions import evaluate
 from responder.rules.model import MitigationSpec, Rule
+from responder.steps import RenderedStep
 from responder.store.actions import ActionStore
 from responder.targets import Targets
 

@@ -6,7 +6,6 @@ import datetime
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from kubernetes_asyncio import client as k8s
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from responder.mitigations.base import Action, ActionContext, registry
@@ -48,6 +47,8 @@ class RolloutRestart(_WorkloadAction):
         return f"rollout restart {params.kind} {params.namespace}/{params.name} on cluster {params.target}"
 
     async def execute(self, params: WorkloadParams, ctx: ActionContext) -> dict[str, Any]:
+        from kubernetes_asyncio import client as k8s
+
         apps = k8s.AppsV1Api(await ctx.targets.kubernetes(params.target))
         restarted_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         annotations = {"kubectl.kubernetes.io/restartedAt": restarted_at}
@@ -86,6 +87,8 @@ class Scale(_WorkloadAction):
                 f" (at most {params.max_replicas}{'' if params.allow_scale_down else ', never down'})")
 
     async def execute(self, params: ScaleParams, ctx: ActionContext) -> dict[str, Any]:
+        from kubernetes_asyncio import client as k8s
+
         apps = k8s.AppsV1Api(await ctx.targets.kubernetes(params.target))
         # The workload itself, not its scale sub-resource: the same reads and patches the other actions
         # need, so the RBAC the chart grants stays small.
@@ -132,6 +135,8 @@ class RolloutUndo(Action[RollbackParams]):
                 " to the previous revision")
 
     async def execute(self, params: RollbackParams, ctx: ActionContext) -> dict[str, Any]:
+        from kubernetes_asyncio import client as k8s
+
         api = await ctx.targets.kubernetes(params.target)
         apps = k8s.AppsV1Api(api)
         deployment = await apps.read_namespaced_deployment(params.name, params.namespace,
@@ -187,6 +192,8 @@ class DeletePod(Action[PodParams]):
         return f"delete pod {params.namespace}/{params.name} on cluster {params.target}"
 
     async def execute(self, params: PodParams, ctx: ActionContext) -> dict[str, Any]:
+        from kubernetes_asyncio import client as k8s
+
         core = k8s.CoreV1Api(await ctx.targets.kubernetes(params.target))
         options = k8s.V1DeleteOptions(grace_period_seconds=params.grace_period_seconds)
         await core.delete_namespaced_pod(params.name, params.namespace, body=options, _request_timeout=REQUEST_TIMEOUT)

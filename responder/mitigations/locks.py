@@ -13,11 +13,13 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
 
 from responder.config import MitigationsConfig
 from responder.targets import Targets
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 
 class LockUnavailable(Exception):
@@ -66,6 +68,8 @@ class RedisLocks(TargetLocks):
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[bool]:
+        import redis.asyncio as aioredis
+
         name = f"{self.prefix}lock:{key}"
         token = secrets.token_hex(16)
         try:
@@ -93,6 +97,8 @@ async def open_locks(config: MitigationsConfig, targets: Targets, stack: AsyncEx
     """The configured lock service; its client is closed with `stack`."""
     if config.redis is None:
         return LocalLocks()
+    import redis.asyncio as aioredis
+
     if config.redis.url is not None:
         secret = config.redis.url.resolve()
         if secret is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar, Literal
 
-import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from responder.config import Duration
@@ -86,6 +85,8 @@ class _SessionAction(Action[Any]):
         """Seconds a session must have been in that state."""
 
     async def execute(self, params: Any, ctx: ActionContext) -> dict[str, Any]:
+        import asyncpg
+
         spec = ctx.targets.spec("postgres", params.target)
         dsn = spec.dsn.resolve()
         if dsn is None:
@@ -120,8 +121,9 @@ class TerminateIdle(_SessionAction):
 
     def describe(self, params: IdleParams) -> str:
         where = params.where()
-        return (f"terminate up to {params.max_sessions} session(s) on {params.target} in state"
-                f" {' / '.join(params.states)} for over {params.idle_for:g}s{f' ({where})' if where else ''}")
+        # Says which sessions, not how many: the count is only known when it runs (the evidence shows it).
+        return (f"terminate the sessions on {params.target} in state {' / '.join(params.states)} for over"
+                f" {params.idle_for:g}s{f' ({where})' if where else ''}, if any, at most {params.max_sessions}")
 
 
 @registry.register
@@ -139,5 +141,5 @@ class CancelRunaway(_SessionAction):
 
     def describe(self, params: RunawayParams) -> str:
         where = params.where()
-        return (f"cancel up to {params.max_sessions} query(ies) on {params.target} running for over"
-                f" {params.running_for:g}s{f' ({where})' if where else ''}")
+        return (f"cancel the queries on {params.target} running for over {params.running_for:g}s"
+                f"{f' ({where})' if where else ''}, if any, at most {params.max_sessions}")

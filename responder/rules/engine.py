@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from responder.collectors import registry as collector_registry
-from responder.mitigations import registry as action_registry
 from responder.models import Alert
 from responder.params import render_as
 from responder.plugins import Registry
 from responder.rules.matchers import Matcher
 from responder.rules.model import MitigationSpec, Rule, StepSpec
 from responder.rules.templating import TemplateError, alert_context, render_value
+from responder.steps import RenderedStep, StepType, action_types, collector_types
 
 
 class StepError(ValueError):
@@ -23,14 +21,6 @@ class StepError(ValueError):
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedStep:
-    id: str
-    type: str
-    spec: StepSpec
-    params: BaseModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +76,8 @@ def render_steps(rule: Rule, alert: Alert) -> tuple[list[RenderedStep], list[Ren
     )
     errors: list[StepError] = []
 
-    def render_all(steps: list[StepSpec] | list[MitigationSpec], registry: Registry[Any]) -> list[RenderedStep]:
+    def render_all(steps: list[StepSpec] | list[MitigationSpec], registry: Registry[type[StepType]]
+                   ) -> list[RenderedStep]:
         rendered = []
         for index, spec in enumerate(steps):
             step_id = spec.step_id(index)
@@ -95,7 +86,7 @@ def render_steps(rule: Rule, alert: Alert) -> tuple[list[RenderedStep], list[Ren
                 # Each value is written in the way its parameter's type demands (see params.RenderAs).
                 params = {key: render_value(value, context, kind.escape if (kind := render_as(model, key)) else None)
                           for key, value in spec.params.items()}
-                rendered.append(RenderedStep(step_id, spec.type, spec, model.model_validate(params)))
+                rendered.append(RenderedStep(step_id, spec.type, spec, model.model_validate(params), spec.timeout))
             except TemplateError as exc:
                 errors.append(StepError(step_id, str(exc)))
             except ValidationError as exc:
@@ -103,6 +94,6 @@ def render_steps(rule: Rule, alert: Alert) -> tuple[list[RenderedStep], list[Ren
                 errors.append(StepError(step_id, f"rendered parameters are invalid: {detail}"))
         return rendered
 
-    collectors = render_all(rule.collectors, collector_registry)
-    mitigations = render_all(rule.mitigations, action_registry)
+    collectors = render_all(rule.collectors, collector_types)
+    mitigations = render_all(rule.mitigations, action_types)
     return collectors, mitigations, errors

@@ -11,14 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from responder.collectors import registry as collector_registry
-from responder.mitigations import registry as action_registry
 from responder.params import render_as
 from responder.plugins import Registry, UnknownPlugin
 from responder.problems import Problem, dotted, validation_messages
 from responder.rules.matchers import MatcherError
 from responder.rules.model import Rule, StepSpec
 from responder.rules.templating import check_typed, check_value, is_templated
+from responder.steps import StepType, action_types, collector_types
 from responder.yamlsource import Located, YamlDocument, YamlError, parse_yaml
 
 # Rule problems are ordinary problems whose `rule` is set.
@@ -91,15 +90,15 @@ def _load_rule(origin: str, document: YamlDocument, index: int, raw: Any) -> tup
         return None, [problem(dotted(loc), message) for loc, message in validation_messages(exc, Rule)]
     rule.read_from(located)
     problems = []
-    for section, steps, registry in (("collectors", rule.collectors, collector_registry),
-                                     ("mitigations", rule.mitigations, action_registry)):
+    for section, steps, registry in (("collectors", rule.collectors, collector_types),
+                                     ("mitigations", rule.mitigations, action_types)):
         for i, step in enumerate(steps):
             for key, message in validate_step(step, registry):
                 problems.append(problem(f"{section}.{i}.{key}", message))
     return rule, problems
 
 
-def validate_step(step: StepSpec, registry: Registry[Any]) -> list[tuple[str, str]]:
+def validate_step(step: StepSpec, registry: Registry[type[StepType]]) -> list[tuple[str, str]]:
     """Check a step's type and parameters now; templated values are checked when rendered."""
     try:
         plugin = registry.get(step.type)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from responder.config import Duration
-from responder.mitigations.conditions import ConditionText
+from responder.rules.conditions import ConditionText
 from responder.rules.matchers import Matcher, parse_matchers
 from responder.yamlsource import Located
 

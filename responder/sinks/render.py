@@ -33,11 +33,11 @@ def render_event(kind: str, event: IncidentEvent) -> str:
             lines.append(f"    ! {error}")
         for ev in bundle.evidence:
             mark = STATUS_MARK.get(ev.status.value, "?")
-            lines.append(f"    {mark} {ev.title} ({ev.status.value}, {ev.duration_ms:.0f} ms)")
+            lines.append(f"    {mark} {ev.step}: {ev.title} ({ev.status.value}, {ev.duration_ms:.0f} ms)")
             lines += [f"      {line}" for line in ev.text.splitlines()[:40]]
         for decision in bundle.decisions:
-            lines.append(f"    → {decision['action']} on {decision['target']}: {decision['outcome']}"
-                         f"{' (' + decision['reason'] + ')' if decision.get('reason') else ''}")
+            lines.append(f"    → {decision['step']}: {decision['action']} on {decision['target']}:"
+                         f" {decision['outcome']}{' (' + decision['reason'] + ')' if decision.get('reason') else ''}")
         for item in bundle.checklist:
             lines.append(f"    [ ] {item}")
     return "\n".join(lines)

@@ -21,12 +21,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import aiohttp
-from slack_sdk.errors import SlackApiError, SlackRequestError
-from slack_sdk.web.async_client import AsyncWebClient
-from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from responder.backoff import backoff_delay
 from responder.config import Config
@@ -53,6 +48,11 @@ from responder.store import Store
 from responder.store.console import ConsoleStore
 from responder.store.db import Connection
 from responder.store.slack_threads import LEAD, REFIRE, SlackThreads, Thread
+
+if TYPE_CHECKING:
+    import aiohttp
+    from slack_sdk.web.async_client import AsyncWebClient
+    from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,9 @@ class SlackSink(Sink):
         return config.sinks.slack.token_value is not None
 
     async def start(self, store: Store, metrics: Metrics) -> None:
+        import aiohttp
+        from slack_sdk.web.async_client import AsyncWebClient
+
         token = self.settings.token_value
         assert token is not None
         self._session = aiohttp.ClientSession()
@@ -429,6 +432,9 @@ class SlackSink(Sink):
     async def _call(self, method: str, channel: str | None, request: Callable[[], Awaitable[AsyncSlackResponse]],
                     attempts: int) -> AsyncSlackResponse:
         """One Slack call, paced per channel, with its failure sorted into wait, retry or give up."""
+        import aiohttp
+        from slack_sdk.errors import SlackApiError, SlackRequestError
+
         pace_key = self._channel_ids.get(channel, channel) if channel is not None else None
         if pace_key is not None:
             await self.pacer.wait(pace_key)

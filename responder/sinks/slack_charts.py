@@ -11,10 +11,6 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.dates import DateFormatter
-from matplotlib.figure import Figure
-
 MAX_SERIES = 10
 
 
@@ -40,6 +36,10 @@ def _points(values: list[Any]) -> tuple[list[Any], list[float]]:
 
 def series_png(title: str, series: list[dict[str, Any]]) -> bytes | None:
     """The chart as PNG bytes, or None when no series has a plottable point."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import DateFormatter
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(8, 3.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

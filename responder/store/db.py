@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-import aiosqlite
-import asyncpg
+# Each driver is imported when a store of its kind is opened: SQLite users never load asyncpg.
+if TYPE_CHECKING:
+    import aiosqlite
+    import asyncpg
 
 from responder.backoff import backoff_delay
 
@@ -142,6 +144,8 @@ class SqliteDatabase(Database):
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteDatabase:
         path.parent.mkdir(parents=True, exist_ok=True)
+        import aiosqlite
+
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute("PRAGMA journal_mode=WAL")
@@ -179,18 +183,23 @@ class SqliteDatabase(Database):
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,  # connection lost or refused
-    asyncpg.InterfaceError,  # the connection closed under us
-    asyncpg.OperatorInterventionError,  # shutting down, starting up, crashed
-    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
-    asyncpg.InsufficientResourcesError,  # too many connections, disk full
-    asyncpg.ReadOnlySQLTransactionError,  # a replica after a failover, or a database made read-only
-    # A pooled connection whose server session was killed can be handed out mid-teardown; asyncpg then
-    # refuses to use it ("cannot switch to state ..."): a lost connection too.
-    asyncpg.exceptions.InternalClientError,
+@functools.cache
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Errors meaning the database cannot serve us now (retry later), not that a statement is wrong."""
+    import asyncpg
+
+    return (
+        OSError,
+        asyncio.TimeoutError,
+        asyncpg.PostgresConnectionError,  # connection lost or refused
+        asyncpg.InterfaceError,  # the connection closed under us
+        asyncpg.OperatorInterventionError,  # shutting down, starting up, crashed
+        asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+        asyncpg.InsufficientResourcesError,  # too many connections, disk full
+        asyncpg.ReadOnlySQLTransactionError,  # a replica after a failover, or a database made read-only
+        # A pooled connection whose server session was killed can be handed out mid-teardown; asyncpg then
+        # refuses to use it ("cannot switch to state ..."): a lost connection too.
+        asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -229,6 +238,8 @@ class PostgresDatabase(Database):
         settings = {"search_path": schema} if schema else {}
         if schema:
             await _ensure_schema(dsn, schema, timeout)
+        import asyncpg
+
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -238,7 +249,7 @@ class PostgresDatabase(Database):
                 command_timeout=max(timeout, 30.0),
                 server_settings=settings,
             )
-        except _UNAVAILABLE as exc:
+        except _connection_errors() as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
         return cls(pool, schema)
 
@@ -247,7 +258,7 @@ class PostgresDatabase(Database):
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 yield _PostgresConnection(conn)
-        except _UNAVAILABLE as exc:
+        except _connection_errors() as exc:
             raise await self._unavailable(exc) from exc
 
     @asynccontextmanager
@@ -255,10 +266,12 @@ class PostgresDatabase(Database):
         try:
             async with self._pool.acquire() as conn:
                 yield _PostgresConnection(conn)
-        except _UNAVAILABLE as exc:
+        except _connection_errors() as exc:
             raise await self._unavailable(exc) from exc
 
     async def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        import asyncpg
+
         if isinstance(exc, asyncpg.ReadOnlySQLTransactionError | asyncpg.exceptions.InternalClientError):
             # Every pooled session may be on the old primary, began read-only, or be half torn down: replace
             # them all, so the next transactions connect afresh (to the new primary, or a writable database).
@@ -281,9 +294,11 @@ def split_schema(url: str) -> tuple[str, str | None]:
 
 
 async def _ensure_schema(dsn: str, schema: str, timeout: float) -> None:
+    import asyncpg
+
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout)
-    except _UNAVAILABLE as exc:
+    except _connection_errors() as exc:
         raise StoreUnavailable(f"postgresql: {exc}") from exc
     try:
         # Replicas may start together; the advisory lock keeps CREATE SCHEMA from racing itself.

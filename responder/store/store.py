@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from responder.evidence import Evidence, EvidenceStatus
+from responder.jobs import RESOLVE, IncidentJob
 from responder.models import Delivery, DeliveryReceipt, Incident, IncidentStatus
 from responder.store.db import Connection, Database, Row, open_database
 from responder.store.group_commit import GroupCommit
@@ -79,6 +80,22 @@ class Store:
         async with self.db.read() as conn:
             row = await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
         return incident_from_row(row) if row else None
+
+    async def resolve_by_hand(self, incident_id: int, actor: str, reason: str) -> Incident | None:
+        """Close an open incident by hand. Who and why are kept with it (`extra.resolved_by`,
+        `extra.resolution`), and a resolve job is queued in the same transaction, so the sinks hear of it
+        as if its alert had resolved. None when no open incident has this id."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow("UPDATE incidents SET status = 'resolved', resolved_at = $1"
+                                      " WHERE id = $2 AND status = 'open' RETURNING extra", now, incident_id)
+            if row is None:
+                return None
+            extra = json.loads(row["extra"]) | {"resolved_by": actor, "resolution": reason}
+            await conn.execute("UPDATE incidents SET extra = $1 WHERE id = $2", dumps(extra), incident_id)
+            await self.queue.enqueue(conn, RESOLVE.new(f"incident:{incident_id}", IncidentJob(),
+                                                       incident_id=incident_id))
+        return await self.get_incident(incident_id)
 
     async def find_incident(self, source: str, fingerprint: str, starts_at: float) -> Incident | None:
         async with self.db.read() as conn:

@@ -27,6 +27,7 @@ from responder.preview import AlertPreview, preview, step_params, why_not
 from responder.replay import parse_payload
 from responder.sinks import mrkdwn
 from responder.sinks.render import ts
+from responder.sinks.slack_blocks import evidence_kind
 from responder.store import StoreUnavailable
 from responder.store.actions import ActionStore
 from responder.store.history import History
@@ -74,6 +75,8 @@ def environment() -> jinja2.Environment:
     env.globals["columns"] = columns
     env.globals["scalar"] = scalar
     env.globals["zip"] = zip
+    # Evidence is shown as Slack shows it: a table, fields, text, or a chart.
+    env.globals["evidence_kind"] = evidence_kind
     return env
 
 
@@ -170,13 +173,13 @@ class Console:
             log.warning("console: failed login from %s", request.remote)
             return self.page("login.html", 401, next=next_path, error="That token is not valid here.",
                              configured=self.auth.configured, authenticated=False)
-        response = web.HTTPSeeOther(next_path)
+        response = web.Response(status=303, headers={"Location": next_path})
         response.set_cookie(COOKIE, self.auth.session_cookie(token), max_age=SESSION_SECONDS, path="/ui",
                             httponly=True, samesite="Strict", secure=request.secure)
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        response = web.HTTPSeeOther("/ui/login")
+        response = web.Response(status=303, headers={"Location": "/ui/login"})
         response.del_cookie(COOKIE, path="/ui")
         return response
 

@@ -13,8 +13,8 @@ from responder.evidence import Evidence
 from responder.metrics import Metrics
 from responder.models import Incident, IncidentStatus
 from responder.redaction import Redactor
-from responder.rules.engine import RenderedStep
 from responder.rules.model import StepSpec
+from responder.steps import RenderedStep
 from responder.targets import Targets
 
 
@@ -33,7 +33,7 @@ def step(collector: str, params: dict[str, Any], *, step_id: str | None = None,
          timeout: float | None = None) -> RenderedStep:
     spec = StepSpec(type=collector, id=step_id, params=params, timeout=timeout)
     model = registry.get(collector).params_model
-    return RenderedStep(step_id or collector, collector, spec, model.model_validate(params))
+    return RenderedStep(step_id or collector, collector, spec, model.model_validate(params), timeout)
 
 
 async def run_steps(config: Config, *steps: RenderedStep, total_timeout: float = 30.0,

@@ -1,0 +1,93 @@
+"""The package layers, as a test over the import graph: which package may import which.
+
+Imports are read from the source (every `import` and `from ... import`, also inside functions and
+`TYPE_CHECKING` blocks), so a forbidden dependency fails here however it is written.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = ("responder.collectors", "responder.mitigations", "responder.intake", "responder.sinks")
+
+# (importer, imported, why it is forbidden)
+FORBIDDEN = [
+    ("responder.store", "responder.pipeline", "the store keeps state; it does not run the pipeline"),
+    ("responder.store", "responder.sinks", "the store does not know who reads its events"),
+    ("responder.store", "responder.mitigations", "guard policy lives in mitigations, the store answers queries"),
+    ("responder.rules", "responder.mitigations", "rules name step types through responder.steps"),
+    ("responder.rules", "responder.collectors", "rules name step types through responder.steps"),
+    ("responder.collectors", "responder.rules", "collectors run rendered steps (responder.steps), not rules"),
+    ("responder.sinks", "responder.pipeline", "sinks receive events (responder.events), not pipeline internals"),
+    *((plugin, "responder.server", "plugins never reach into the HTTP server") for plugin in PLUGINS),
+    ("responder.ui", "responder.server", "the server mounts the console, never the reverse"),
+    ("responder.views", "responder.ui", "the incident view serves the CLI as well: it knows no HTML"),
+    ("responder.store", "responder.views", "views read the store, not the other way round"),
+]
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(root: Path) -> dict[str, set[str]]:
+    """Every module under root/responder and the modules it imports."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((root / "responder").rglob("*.py")):
+        name = module_name(root, path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                found.add(base)
+                found |= {f"{base}.{alias.name}" for alias in node.names}
+        graph[name] = found
+    return graph
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def violations(root: Path) -> list[str]:
+    found = []
+    for importer, imported in sorted(imports(root).items()):
+        for source, target, why in FORBIDDEN:
+            if within(importer, source):
+                found += [f"{importer} imports {name}: {why}" for name in sorted(imported) if within(name, target)]
+    return found
+
+
+def test_no_forbidden_imports() -> None:
+    assert violations(REPO) == []
+
+
+def test_the_contract_catches_an_added_forbidden_import(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "responder", tmp_path / "responder", ignore=shutil.ignore_patterns("__pycache__"))
+    assert violations(tmp_path) == []
+    runner = tmp_path / "responder" / "collectors" / "runner.py"
+    runner.write_text(runner.read_text() + "\n\ndef _late() -> None:\n    from responder.rules import engine  # noqa\n")
+    store = tmp_path / "responder" / "store" / "queue.py"
+    store.write_text(store.read_text().replace("from __future__ import annotations",
+                                               "from __future__ import annotations\n\nfrom ..pipeline import worker"))
+    assert violations(tmp_path) == [
+        "responder.collectors.runner imports responder.rules: collectors run rendered steps (responder.steps),"
+        " not rules",
+        "responder.collectors.runner imports responder.rules.engine: collectors run rendered steps"
+        " (responder.steps), not rules",
+        "responder.store.queue imports responder.pipeline: the store keeps state; it does not run the pipeline",
+        "responder.store.queue imports responder.pipeline.worker: the store keeps state; it does not run the"
+        " pipeline",
+    ]
