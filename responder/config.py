@@ -90,6 +90,9 @@ class SecretRef(Strict):
     file: Path | None = None
     # A value written in the config itself; only `PlainUrlOrSecret` makes one, from a URL without a password.
     _plain: str | None = PrivateAttr(default=None)
+    # The value as last read (at load, then by `reload`): request paths never read the file. A 1-tuple, so
+    # that "read, and empty" (None,) differs from "never read" None.
+    _read: tuple[str | None] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -114,18 +117,32 @@ class SecretRef(Strict):
         return f"variable {self.env}" if self.env is not None else f"file {self.file}"
 
     def resolve(self) -> Secret | None:
-        """The secret, or None when the variable is unset or empty. A missing file is an error."""
+        """The secret as last read (it is read at load), or None when the variable is unset or the file
+        empty. A missing file is an error."""
         if self._plain is not None:
             return Secret(self._plain, "the config")
+        if self._read is None:
+            self.reload()
+        assert self._read is not None
+        (value,) = self._read
+        return Secret(value, self.describe()) if value else None
+
+    def reload(self) -> bool:
+        """Read the value again from its variable or file (a rotated secret); True when it changed. A file
+        that cannot be read raises ValueError and the value read before stays."""
+        if self._plain is not None:
+            return False
         if self.env is not None:
             value = os.environ.get(self.env, "")
-            return Secret(value, f"env {self.env}") if value else None
-        assert self.file is not None
-        try:
-            value = self.file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
-        return Secret(value, f"file {self.file}") if value else None
+        else:
+            assert self.file is not None
+            try:
+                value = self.file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+        changed = self._read is not None and self._read != (value or None,)
+        self._read = (value or None,)
+        return changed
 
 
 def _url_without_password(value: Any) -> Any:
@@ -274,6 +291,12 @@ class SupervisorConfig(Strict):
     # non-zero so that its own supervisor (Kubernetes, systemd) restarts it.
     max_restarts: int = Field(default=5, ge=0)
     restart_window: Duration = 60.0
+
+
+class SecretsConfig(Strict):
+    # `{file: ...}` secrets are read at load, then again this often (Kubernetes rotates mounted secrets
+    # in place) and on SIGHUP; 0 turns the interval off.
+    reload_interval: Duration = 60.0
 
 
 class RulesConfig(Strict):
@@ -506,6 +529,7 @@ class Config(Strict):
     store: StoreConfig = StoreConfig()
     pipeline: PipelineConfig = PipelineConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    secrets: SecretsConfig = SecretsConfig()
     rules: RulesConfig = RulesConfig()
     intakes: dict[str, IntakeConfig] = Field(
         default_factory=lambda: {"alertmanager": IntakeConfig(auth=IntakeAuthConfig(unauthenticated="loopback"))}
@@ -664,6 +688,10 @@ def secret_values(config: Config) -> list[str]:
     values = []
     for _, ref in iter_secret_refs(config):
         secret = None if ref.is_plain else ref.resolve()  # a plain URL is no secret, and evidence may name it
-        if secret is not None and len(secret.reveal()) >= 4:
+        if secret is not None and len(secret.reveal()) >= MIN_REDACTED:
             values.append(secret.reveal())
     return values
+
+
+# Shorter values would mask ordinary words in evidence.
+MIN_REDACTED = 4

@@ -35,6 +35,7 @@ from responder.pipeline.process import IncidentProcessor
 from responder.pipeline.worker import QueueWorker, WorkerSettings
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet
+from responder.secret_reload import SecretReloader
 from responder.sinks import Sink
 from responder.sinks import registry as sink_registry
 from responder.sinks.slack import SlackSink
@@ -59,6 +60,7 @@ class Daemon:
         self.intakes = build_intakes(config)
         self.sinks = build_sinks(config)
         self.redactor = Redactor(secret_values(config), config.redact)
+        self.secrets = SecretReloader(config, self.redactor)
         self.started = False
         self.intake_first = IntakeFirst(config.pipeline.intake_first_max_wait)
         policy = config.supervisor
@@ -151,6 +153,8 @@ class Daemon:
             self.supervisor.start(f"worker:{worker.queue}", worker.run)
             self.supervisor.start(f"heartbeat:{worker.queue}", worker.heartbeat)
         self.supervisor.start("queue-depth", self._watch_queue_depth)
+        if self.secrets.interval > 0 and self.secrets.refs:
+            self.supervisor.start("secret-reload", self.secrets.run)
         for sink in self.sinks:
             for name, task in sink.tasks().items():
                 self.supervisor.start(name, task)
@@ -209,6 +213,7 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.secrets.reload)
     try:
         # Several processes of one daemon share the port; the kernel spreads connections across them.
         guard = ConnectionGuard(server.max_connections, server.header_timeout, daemon.metrics)
@@ -226,7 +231,7 @@ async def serve(daemon: Daemon, app: web.Application) -> None:
         daemon.started = False
     finally:
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     supervisor = daemon.supervisor
     if supervisor.failure is not None or supervisor.errors:

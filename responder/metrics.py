@@ -74,6 +74,9 @@ class Metrics:
         self.slack_calls = Counter(
             "responder_slack_calls_total", "Slack Web API calls by method and outcome (ok, ratelimited, transient,"
             " permanent).", ["method", "outcome"], registry=r)
+        self.slack_clicks = Counter(
+            "responder_slack_clicks_total", "Presses of the Slack console's buttons by button and outcome (done,"
+            " unchanged, declined, refused, failed).", ["button", "outcome"], registry=r)
         self.slack_outbox_depth = Gauge(
             "responder_slack_outbox_depth", "Slack messages, updates and uploads not yet delivered.", registry=r)
         self.slack_oldest_pending = Gauge(

@@ -36,8 +36,12 @@ def run_processes(count: int, child: Callable[[], int], *, stop_timeout: float) 
         stopping = True
         _signal_all(children, signum)
 
+    def reload(signum: int, frame: FrameType | None) -> None:
+        _signal_all(children, signum)  # each process re-reads its secrets
+
     # Installed before forking, so a SIGTERM during start-up still reaches the processes already started.
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
         for number in range(count):
             if stopping:
@@ -86,6 +90,7 @@ def _run_child(child: Callable[[], int]) -> int:
     """A forked process: run, report anything raised, flush, and never return into the parent's code."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the daemon's loop handles it: a reload must not kill
     try:
         code = child()
     except SystemExit as exc:

@@ -31,8 +31,15 @@ _BUILTIN = [
 
 class Redactor:
     def __init__(self, secret_values: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
-        self._values = sorted({v for v in secret_values if v}, key=len, reverse=True)
+        self._values: list[str] = []
         self._patterns = [(re.compile(p), MASK) for p in patterns]
+        self.add(secret_values)
+
+    def add(self, secret_values: Iterable[str]) -> None:
+        """Redact these values too. Values are never dropped: evidence may still quote a rotated secret."""
+        known = set(self._values) | {v for v in secret_values if v}
+        # Longest first, so a value containing another is masked whole.
+        self._values = sorted(known, key=len, reverse=True)
 
     def text(self, value: str) -> str:
         for secret in self._values:

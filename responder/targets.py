@@ -3,6 +3,8 @@ and the clients to reach them, created on first use and closed with the daemon."
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -35,6 +37,8 @@ class Targets:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._clients: dict[tuple[str, str], Any] = {}
+        # One lock per client being made: concurrent first uses wait for the one client, never make two.
+        self._making: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Targets:
@@ -59,7 +63,9 @@ class Targets:
         the factory registers its cleanup on the stack."""
         key = (kind, name)
         if key not in self._clients:
-            self._clients[key] = await factory(self.spec(kind, name), self._stack)
+            async with self._making[key]:
+                if key not in self._clients:
+                    self._clients[key] = await factory(self.spec(kind, name), self._stack)
         client: C = self._clients[key]
         return client
 
@@ -75,7 +81,8 @@ class Targets:
         return reveal(self.spec("postgres", name).dsn, f"targets.postgres.{name}.dsn")
 
     async def http(self) -> aiohttp.ClientSession:
-        """One HTTP session shared by the HTTP and Prometheus collectors; callers pass their own timeouts."""
+        """One HTTP session shared by every HTTP and Prometheus collector and action; callers pass their own
+        timeouts, TLS verification and headers per request."""
         key = ("session", "http")
         if key not in self._clients:
             import aiohttp

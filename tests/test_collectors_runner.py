@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +16,7 @@ import tests.support.plugins  # noqa: F401  (registers test.sleep)
 from responder.evidence import EvidenceStatus
 from responder.metrics import Metrics
 from responder.redaction import Redactor
+from responder.targets import Targets
 from tests.support.collectors import collect, config_with, run_steps, step
 
 
@@ -96,3 +100,30 @@ def test_check_names_file_rule_and_key_of_a_bad_collector_param(tmp_path: Path) 
     assert result.returncode == 1
     assert "db.yaml" in output and "db-slow" in output and "collectors.0.params.min_duration" in output
     assert "collectors.1.params.argv" in output and "literally" in output
+
+
+async def test_cancelling_a_job_cancels_and_awaits_its_collectors() -> None:
+    config = config_with()
+    running = asyncio.create_task(run_steps(config, step("test.sleep", {"seconds": 3600}, step_id="long-a"),
+                                            step("test.sleep", {"seconds": 3600}, step_id="long-b")))
+    await asyncio.sleep(0.2)
+    assert {t.get_name() for t in asyncio.all_tasks()} >= {"collector:long-a", "collector:long-b"}
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("collector:")], "a collector outlived its job"
+
+
+async def test_a_target_client_is_made_once_however_many_ask_for_it_first() -> None:
+    made: list[str] = []
+
+    async def slow_factory(spec: Any, stack: AsyncExitStack) -> object:
+        made.append(spec.url.env)
+        await asyncio.sleep(0.05)  # a kubeconfig being read: others ask meanwhile
+        return object()
+
+    config = config_with(**{"targets.redis": {"cache": {"url": {"env": "CACHE_URL"}}}})
+    async with Targets(config) as targets:
+        clients = await asyncio.gather(*(targets.client("redis", "cache", slow_factory) for _ in range(10)))
+    assert made == ["CACHE_URL"]
+    assert all(c is clients[0] for c in clients)

@@ -3,6 +3,8 @@ from widening what an action touches."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -21,8 +23,10 @@ from tests.support.admin import admin_endpoint
 INCIDENT = Incident(1, "test", "fp", "CacheFull", IncidentStatus.OPEN, 0, 0, 0, 1, {}, {}, 1)
 
 
-def context(targets: dict[str, Any]) -> ActionContext:
-    return ActionContext(INCIDENT, Targets(load_config(None, {"targets": targets})))
+@asynccontextmanager
+async def context(targets: dict[str, Any]) -> AsyncIterator[ActionContext]:
+    async with Targets(load_config(None, {"targets": targets})) as opened:
+        yield ActionContext(INCIDENT, opened)
 
 
 async def test_delete_keys_scans_matching_keys_and_stops_at_the_cap(
@@ -32,12 +36,12 @@ async def test_delete_keys_scans_matching_keys_and_stops_at_the_cap(
     try:
         await client.mset({f"{redis_prefix}cache:old:{i}": i for i in range(1200)})
         await client.mset({f"{redis_prefix}cache:new:{i}": i for i in range(10)})
-        ctx = context({"redis": {"cache": {"url": {"env": "CACHE_URL"}}}})
-        params = DeleteKeysParams(target="cache", pattern=f"{redis_prefix}cache:old:*", max_keys=1000)
-        first = await DeleteKeys().execute(params, ctx)
-        assert first == {"deleted": 1000, "cap": 1000, "cap_reached": True}
-        second = await DeleteKeys().execute(params, ctx)
-        assert second == {"deleted": 200, "cap": 1000, "cap_reached": False}
+        async with context({"redis": {"cache": {"url": {"env": "CACHE_URL"}}}}) as ctx:
+            params = DeleteKeysParams(target="cache", pattern=f"{redis_prefix}cache:old:*", max_keys=1000)
+            first = await DeleteKeys().execute(params, ctx)
+            assert first == {"deleted": 1000, "cap": 1000, "cap_reached": True}
+            second = await DeleteKeys().execute(params, ctx)
+            assert second == {"deleted": 200, "cap": 1000, "cap_reached": False}
         assert len([k async for k in client.scan_iter(match=f"{redis_prefix}cache:old:*")]) == 0
         assert len([k async for k in client.scan_iter(match=f"{redis_prefix}cache:new:*")]) == 10
     finally:
@@ -53,9 +57,8 @@ def test_delete_keys_refuses_patterns_without_a_literal_prefix(pattern: str) -> 
 async def test_http_request_sends_secret_headers_and_fails_on_an_unexpected_status(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADMIN_TOKEN", "Bearer t0ken-value")
-    async with admin_endpoint(status=500) as endpoint:
-        ctx = context({"http": {"app": {"url": endpoint.url + "/base",
-                                        "headers": {"Authorization": {"env": "ADMIN_TOKEN"}}}}})
+    async with admin_endpoint(status=500) as endpoint, context({"http": {"app": {"url": endpoint.url + "/base",
+                                         "headers": {"Authorization": {"env": "ADMIN_TOKEN"}}}}}) as ctx:
         params = HttpParams.model_validate({"target": "app", "path": "/admin/rate-limit/emergency",
                                             "json": {"requests_per_minute": 100}})
         with pytest.raises(RuntimeError, match="answered 500"):
@@ -63,6 +66,7 @@ async def test_http_request_sends_secret_headers_and_fails_on_an_unexpected_stat
         endpoint.status = 202
         result = await HttpRequest().execute(params, ctx)
     assert result["status"] == 202
+    assert len({c["peer"] for c in endpoint.calls}) == 1, "both actions went over the targets' shared session"
     assert [(c["method"], c["path"], c["body"], c["authorization"]) for c in endpoint.calls] == [
         ("POST", "/base/admin/rate-limit/emergency", '{"requests_per_minute": 100}', "Bearer t0ken-value")] * 2
 

@@ -7,6 +7,7 @@ evidence. Every finding is redacted and size-capped before anyone sees it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -87,20 +88,17 @@ async def run_collectors(steps: Sequence[RenderedStep], ctx: CollectorContext, *
             on_evidence(evidence)
         return evidence
 
-    tasks = [asyncio.create_task(run_one(step), name=f"collector:{step.id}") for step in steps]
-    if not tasks:
-        return []
-    done, pending = await asyncio.wait(tasks, timeout=limits.total_timeout)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    results = []
-    for step, task in zip(steps, tasks, strict=True):
-        if task in done:
-            results.append(task.result())
-        else:
-            results.append(finalize(step, Finding(
-                f"{step.type} timed out", {"timeout_s": limits.total_timeout},
-                f"cut off by the rule's total collector budget of {limits.total_timeout:g}s",
-                EvidenceStatus.TIMEOUT), started, redactor, limits))
-    return results
+    gathered: dict[int, Evidence] = {}
+
+    async def run_into(index: int, step: RenderedStep) -> None:
+        gathered[index] = await run_one(step)
+
+    # A task group: cancelling the job (its timeout, a shutdown) cancels and awaits every collector of it.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limits.total_timeout), asyncio.TaskGroup() as group:
+            for index, step in enumerate(steps):
+                group.create_task(run_into(index, step), name=f"collector:{step.id}")
+    return [gathered.get(index) or finalize(step, Finding(
+        f"{step.type} timed out", {"timeout_s": limits.total_timeout},
+        f"cut off by the rule's total collector budget of {limits.total_timeout:g}s",
+        EvidenceStatus.TIMEOUT), started, redactor, limits) for index, step in enumerate(steps)]

@@ -65,13 +65,20 @@ class HeaderAuth:
     """Checks the Authorization header against the resolved credentials of one intake."""
 
     def __init__(self, config: IntakeAuthConfig) -> None:
-        self.token: Secret | None = config.bearer_token.resolve() if config.bearer_token else None
-        self.basic: tuple[str, Secret] | None = None
-        if config.basic is not None:
-            password = config.basic.password.resolve()
-            if password is not None:
-                self.basic = (config.basic.username, password)
+        self.config = config
         self.unauthenticated = config.unauthenticated
+
+    # Looked up on every request: a rotated secret (re-read on SIGHUP or its interval) applies at once.
+
+    @property
+    def token(self) -> Secret | None:
+        return self.config.bearer_token.resolve() if self.config.bearer_token else None
+
+    @property
+    def basic(self) -> tuple[str, Secret] | None:
+        basic = self.config.basic
+        password = basic.password.resolve() if basic is not None else None
+        return (basic.username, password) if basic is not None and password is not None else None
 
     @property
     def has_credentials(self) -> bool:
@@ -93,17 +100,18 @@ class HeaderAuth:
         header = headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         value = value.strip()
-        if self.token is not None and scheme.lower() == "bearer" and constant_time_equal(value, self.token.reveal()):
+        token, basic = self.token, self.basic
+        if token is not None and scheme.lower() == "bearer" and constant_time_equal(value, token.reveal()):
             return
-        if self.basic is not None and scheme.lower() == "basic":
+        if basic is not None and scheme.lower() == "basic":
             try:
                 decoded = base64.b64decode(value.encode("ascii"), validate=True).decode("utf-8")
                 user, _, password = decoded.partition(":")
             except (binascii.Error, UnicodeError):
                 raise Unauthorized("malformed basic credentials") from None
             # Both halves compared, always, so timing says nothing about which one was wrong.
-            user_ok = constant_time_equal(user, self.basic[0])
-            password_ok = constant_time_equal(password, self.basic[1].reveal())
+            user_ok = constant_time_equal(user, basic[0])
+            password_ok = constant_time_equal(password, basic[1].reveal())
             if user_ok and password_ok:
                 return
         raise Unauthorized("missing or wrong credentials" if header else "missing Authorization header")

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from responder.config import IntakeConfig
+from responder.config import IntakeConfig, Secret
 from responder.intake.auth import HeaderAuth, Unauthorized
 from responder.models import Delivery
 from responder.plugins import Registry
@@ -45,7 +45,11 @@ class Intake(abc.ABC):
         self.config = config
         self.options: Any = self.options_model.model_validate(config.options)
         self.auth = HeaderAuth(config.auth)
-        self.signing_secrets = [s for ref in config.auth.signing_secrets if (s := ref.resolve()) is not None]
+
+    @property
+    def signing_secrets(self) -> list[Secret]:
+        """Looked up on every request, so a rotated secret applies at once."""
+        return [s for ref in self.config.auth.signing_secrets if (s := ref.resolve()) is not None]
 
     @property
     def body_authenticates(self) -> bool:

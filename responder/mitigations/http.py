@@ -43,10 +43,9 @@ class HttpRequest(Action[HttpParams]):
         spec = ctx.targets.spec("http", params.target)
         headers = {name: s.reveal() for name, ref in spec.headers.items() if (s := ref.resolve()) is not None}
         url = under_base(spec.url, params.path)
-        timeout = aiohttp.ClientTimeout(total=params.timeout)
-        connector = aiohttp.TCPConnector(ssl=bool(spec.verify_tls))
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, session.request(
-                params.method, url, json=params.json_body, headers=headers, allow_redirects=False) as resp:
+        session = await ctx.targets.http()
+        async with session.request(params.method, url, json=params.json_body, headers=headers, allow_redirects=False,
+                                   ssl=spec.verify_tls, timeout=aiohttp.ClientTimeout(total=params.timeout)) as resp:
             text = (await resp.text(errors="replace"))[:2000]
         if resp.status not in params.expect_status:
             raise RuntimeError(f"{params.method} {params.path} answered {resp.status}: {text[:300]}")

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from responder.collectors.base import CollectorContext
 from responder.collectors.runner import EvidenceLimits, run_collectors
@@ -27,6 +27,9 @@ from responder.rules.model import MitigationSpec, PrometheusCheck, VerifySpec
 from responder.store import Store
 from responder.store.actions import ActionStore
 from responder.store.db import Row
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ class MitigationJobs:
         """Whether the incident recovered, why, and the evidence a collector check gathered."""
         if verify.prometheus is not None:
             target: PrometheusTarget = self.guard.targets.spec("prometheus", verify.prometheus.target)
-            value = await query_prometheus(target, verify.prometheus.query)
+            value = await query_prometheus(await self.guard.targets.http(), target, verify.prometheus.query)
             return (*threshold_met(verify.prometheus, value), [])
         rule = next(r for r in self.ruleset.rules if r.name == row["rule"])
         collectors, _, _ = render_steps(rule, incident.as_alert())
@@ -165,16 +168,16 @@ def threshold_met(check: PrometheusCheck, value: float | None) -> tuple[bool, st
     return value > check.above, f"{check.query!r} = {value:g} (recovered above {check.above:g})"
 
 
-async def query_prometheus(target: PrometheusTarget, query: str, timeout: float = 10.0) -> float | None:
-    """The first value of an instant query, or None when it returns nothing."""
-    import aiohttp
-
+async def query_prometheus(session: aiohttp.ClientSession, target: PrometheusTarget, query: str,
+                           timeout: float = 10.0) -> float | None:
+    """The first value of an instant query, or None when it returns nothing (on the targets' shared
+    session)."""
     headers = {}
     token = target.bearer_token.resolve() if target.bearer_token is not None else None
     if token is not None:
         headers["Authorization"] = f"Bearer {token.reveal()}"
-    async with asyncio.timeout(timeout), aiohttp.ClientSession(headers=headers) as session, session.get(
-            target.url.rstrip("/") + "/api/v1/query", params={"query": query}) as resp:
+    async with asyncio.timeout(timeout), session.get(target.url.rstrip("/") + "/api/v1/query", params={"query": query},
+                                                     headers=headers) as resp:
         resp.raise_for_status()
         data = (await resp.json())["data"]
     result = data["result"]

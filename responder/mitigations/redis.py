@@ -43,24 +43,16 @@ class DeleteKeys(Action[DeleteKeysParams]):
         return f"delete up to {params.max_keys} key(s) matching {params.pattern!r} on redis {params.target}"
 
     async def execute(self, params: DeleteKeysParams, ctx: ActionContext) -> dict[str, Any]:
-        import redis.asyncio as aioredis
-
-        url = ctx.targets.spec("redis", params.target).url.resolve()
-        if url is None:
-            raise RuntimeError(f"targets.redis.{params.target}.url is empty")
-        client = aioredis.from_url(url.reveal(), socket_timeout=5, socket_connect_timeout=5)
+        client = await ctx.targets.redis(params.target)
         deleted = 0
         batch: list[bytes] = []
-        try:
-            async for key in client.scan_iter(match=params.pattern, count=_BATCH):
-                batch.append(key)
-                if len(batch) >= min(_BATCH, params.max_keys - deleted):
-                    deleted += int(await client.unlink(*batch))
-                    batch.clear()
-                    if deleted >= params.max_keys:
-                        break
-            if batch:
+        async for key in client.scan_iter(match=params.pattern, count=_BATCH):
+            batch.append(key)
+            if len(batch) >= min(_BATCH, params.max_keys - deleted):
                 deleted += int(await client.unlink(*batch))
-        finally:
-            await client.aclose()
+                batch.clear()
+                if deleted >= params.max_keys:
+                    break
+        if batch:
+            deleted += int(await client.unlink(*batch))
         return {"deleted": deleted, "cap": params.max_keys, "cap_reached": deleted >= params.max_keys}

@@ -23,7 +23,9 @@ class AdminEndpoint:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.text()
         self.calls.append({"method": request.method, "path": request.path_qs, "raw_path": request.raw_path,
-                           "body": body, "authorization": request.headers.get("Authorization")})
+                           "body": body, "authorization": request.headers.get("Authorization"),
+                           # the client's address and port: one per connection it opened
+                           "peer": request.transport.get_extra_info("peername") if request.transport else None})
         await asyncio.sleep(self.delay)
         return web.json_response({"ok": self.status < 400}, status=self.status)
 
