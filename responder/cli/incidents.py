@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from responder.cli._common import CliError, add_config_args, config_from_args, fold_table, out, run_cli
+from responder.cli._common import CliError, add_config_args, config_from_args, fitted, fold_table, out, run_cli
 
 if TYPE_CHECKING:
     from responder.models import Incident
@@ -84,7 +84,7 @@ def list_command(args: argparse.Namespace) -> int:
     for i in incidents:
         table.add_row(str(i.id), i.alertname, i.rule or "-", i.status.value, ts(i.opened_at),
                       ts(i.resolved_at), str(i.deliveries), i.fingerprint)
-    out.print(table)
+    out.print(fitted(table))
     out.print(f"{len(incidents)} incident(s)")
     return 0
 
@@ -176,7 +176,8 @@ def show_view(view: IncidentView, *, full: bool) -> None:
         out.print("  deliveries: " + ", ".join(f"{n} {k}" for k, n in sorted(states.items())))
     for job in view.deliveries:
         if job["status"] not in ("done", "queued", "running"):
-            out.print(f"  [red]{job['queue']} {job['kind']}: {job['status']} {escape(str(job.get('error') or ''))}[/]",
+            out.print(f"  [red]{job['queue']} {job['kind']}: {job['status']} after {job['attempts']} attempt(s):"
+                      f" {escape(str(job['last_error'] or ''))}[/]",
                       soft_wrap=True)
     out.print("\n[bold]timeline[/]")
     for event in view.timeline():

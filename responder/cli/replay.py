@@ -12,6 +12,7 @@ from responder.cli._common import (
     CliError,
     add_config_args,
     config_from_args,
+    fitted,
     fold_table,
     out,
     ruleset_from_config,
@@ -103,7 +104,7 @@ def show_result(result: ReplayResult) -> None:
         for row in result.actions:
             table.add_row(row["step"], row["action"], row["target"], row["mode"], row["outcome"],
                           escape(row["reason"] or ""))
-        out.print(table)
+        out.print(fitted(table, ("why",)))
 
 
 @run_cli
