@@ -230,8 +230,10 @@ class ServerConfig(Strict):
     # Bodies whose sender is only known from a signature over the body (PagerDuty, Grafana without a
     # token, Slack) are read at most this many at a time, each within unverified_read_timeout; more
     # get 503 at once (the senders retry).
-    max_unverified_bodies: int = Field(default=8, gt=0)
+    max_unverified_bodies: int = Field(default=4, gt=0)
     unverified_read_timeout: Duration = Field(default=5.0, gt=0)
+    # ... and at most this large (PagerDuty events are a few kB; a Grafana group of 300 alerts fits).
+    max_unverified_body_bytes: int = Field(default=512 * 1024, gt=0)
 
     @property
     def host_port(self) -> tuple[str, int]:

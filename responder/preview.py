@@ -14,6 +14,7 @@ from responder.evidence import Evidence
 from responder.mitigations.guard import Decision, Guard
 from responder.mitigations.locks import LocalLocks
 from responder.models import Alert, AlertStatus, Incident, IncidentStatus, common_labels
+from responder.rules.conditions import evaluate, parse_condition
 from responder.rules.engine import RuleSet, RuleVerdict, render_steps
 from responder.rules.grouping import group_key
 from responder.steps import RenderedStep
@@ -78,6 +79,22 @@ def why_not(alert: Alert, verdict: RuleVerdict) -> list[str]:
     if verdict.wrong_source:
         why.insert(0, f"source {alert.source} not in {verdict.rule.sources}")
     return why
+
+
+def conditions_now(conditions: list[str], incident: Incident) -> list[tuple[str, str]]:
+    """Each `when:` condition with what it says now (explain, the console). Conditions on evidence cannot be
+    judged without the collectors, which explain does not run: `replay` runs them."""
+    states = []
+    for text in conditions:
+        comparison = parse_condition(text)
+        steps = [o.reference.split(".")[1] for o in (comparison.left, comparison.right)
+                 if o.reference and o.reference.startswith("evidence.")]
+        if steps:
+            states.append((text, f"depends on the evidence of step {steps[0]!r} (replay collects it)"))
+            continue
+        holds, why = evaluate([text], incident, [])
+        states.append((text, "true now" if holds else why.removeprefix(f"condition {text!r} is ")))
+    return states
 
 
 def step_params(step: RenderedStep) -> dict[str, Any]:

@@ -86,11 +86,17 @@ def test_either_token_logs_in_and_sessions_expire(auth: UiAuth) -> None:
     assert not auth.allowed({"Authorization": "Bearer nope"}, {"responder_ui": cookie})
 
 
-def test_rotating_the_token_ends_its_sessions(auth: UiAuth, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rotating_the_token_ends_its_sessions(tmp_path: Path) -> None:
+    token_file = tmp_path / "ui-token"
+    token_file.write_text("the-ui-token\n")
+    server = ServerConfig.model_validate({"ui_token": {"file": str(token_file)}})
+    auth = UiAuth(server)
     cookie = auth.session_cookie("the-ui-token")
     assert auth.valid_session(cookie)
-    monkeypatch.setenv("T_UI_TOKEN", "a-new-ui-token")
+    token_file.write_text("a-new-ui-token\n")
+    assert server.ui_token is not None and server.ui_token.reload()  # what SIGHUP or the reload interval does
     assert not auth.valid_session(cookie)
+    assert auth.valid_token("a-new-ui-token") and not auth.valid_token("the-ui-token")
 
 
 def test_no_token_configured_means_no_console() -> None:
