@@ -369,6 +369,9 @@ class SlackSinkConfig(Strict):
     mentions: dict[str, str] = Field(default_factory=dict)
     # Slack allows about one message per second per channel; bursts above this wait their turn.
     rate_per_channel: float = Field(default=1.0, gt=0)
+    # Edits of parent messages (chat.update) per second for the whole workspace: Slack's own limit for the
+    # method (about 50 a minute), apart from the channel's messages.
+    update_rate: float = Field(default=0.8, gt=0)
     # Every Slack call gives up after this long (and is retried).
     timeout: Duration = 10.0
     # A message that cannot be delivered yet (outage, rate limit) is retried this many times, with

@@ -77,7 +77,7 @@ def slack_config(store_url: str, tmp_path: Path, slack: FakeSlack, rules: str = 
         "sinks.slack.token": {"env": "TEST_SLACK_TOKEN"},
         "sinks.slack.api_url": slack.api_url,
         "sinks.slack.default_channel": "#incidents",
-        "sinks.slack.rate_per_channel": 50,
+        "sinks.slack.rate_per_channel": 50, "sinks.slack.update_rate": 50,
         "sinks.slack.timeout": "2s",
         **overrides,
     })

@@ -181,7 +181,7 @@ async def test_outcomes_of_approve_deny_expire_and_verify_are_told_in_the_thread
         config = make_config(store_url, write_rules(tmp_path / "rules", APPROVAL_RULES), **{
             "plugins": ["tests.support.plugins"], "sinks.console.enabled": False,
             "sinks.slack.token": {"env": "TEST_SLACK_TOKEN"}, "sinks.slack.api_url": slack.api_url,
-            "sinks.slack.rate_per_channel": 50, "sinks.slack.timeout": "2s",
+            "sinks.slack.rate_per_channel": 50, "sinks.slack.update_rate": 50, "sinks.slack.timeout": "2s",
             "sinks.slack.permissions": {"approve": ["U123"]},
             "targets": {"http": {"app": {"url": endpoint.url,
                                          "headers": {"Authorization": {"env": "APP_ADMIN_TOKEN"}}}}},

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from responder.backoff import backoff_delay
@@ -100,23 +101,36 @@ LOOKUP_PAGES = 10
 
 
 class ChannelPacer:
-    """Spaces out messages to one channel (Slack allows about one per second) and honours Retry-After."""
+    """Spaces out calls per key (a channel: Slack allows about one message per second there; chat.update:
+    its own limit per workspace) and honours Retry-After. A call starts `interval` after the previous one
+    on its key was answered, so no two reach Slack closer than that, whatever the network's jitter."""
 
     def __init__(self, per_second: float) -> None:
         self.interval = 1.0 / per_second
         self._next: dict[str, float] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # A channel's id -> the name it was first paced under (its messages share one turn).
+        self._same: dict[str, str] = {}
 
-    async def wait(self, channel: str) -> None:
-        async with self._locks[channel]:
-            now = time.monotonic()
-            start = max(now, self._next.get(channel, 0.0))
-            self._next[channel] = start + self.interval
-            if start > now:
-                await asyncio.sleep(start - now)
+    def same(self, name: str, channel_id: str) -> None:
+        """`channel_id` is the channel first paced as `name`."""
+        self._same.setdefault(channel_id, self._same.get(name, name))
 
-    def pause(self, channel: str, seconds: float) -> None:
-        self._next[channel] = max(self._next.get(channel, 0.0), time.monotonic() + seconds)
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        key = self._same.get(key, key)
+        async with self._locks[key]:
+            wait = self._next.get(key, 0.0) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                yield
+            finally:
+                self._next[key] = max(self._next.get(key, 0.0), time.monotonic() + self.interval)
+
+    def pause(self, key: str, seconds: float) -> None:
+        key = self._same.get(key, key)
+        self._next[key] = max(self._next.get(key, 0.0), time.monotonic() + seconds)
 
 
 @registry.register
@@ -127,6 +141,8 @@ class SlackSink(Sink):
         super().__init__(config)
         self.settings = config.sinks.slack
         self.pacer = ChannelPacer(self.settings.rate_per_channel)
+        # Edits of parent messages do not count against a channel's messages; chat.update has its own limit.
+        self.update_pacer = ChannelPacer(self.settings.update_rate)
         self._client: AsyncWebClient | None = None
         self._session: aiohttp.ClientSession | None = None
         self._threads: SlackThreads | None = None
@@ -390,6 +406,7 @@ class SlackSink(Sink):
             found = {"channel": posted["channel"], "ts": posted["ts"]}
         channel_id, ts = str(found["channel"]), str(found["ts"])
         self._channel_ids[thread.channel] = channel_id
+        self.pacer.same(thread.channel, channel_id)
 
         async def writes(conn: Connection) -> None:
             await SlackThreads.set_parent(conn, thread.id, channel_id, ts)
@@ -494,6 +511,7 @@ class SlackSink(Sink):
             for item in page.get("channels") or []:
                 if item.get("name") == name:
                     self._channel_ids[channel] = str(item["id"])
+                    self.pacer.same(channel, str(item["id"]))
                     return str(item["id"])
             cursor = (page.get("response_metadata") or {}).get("next_cursor")
             if not cursor:
@@ -510,33 +528,40 @@ class SlackSink(Sink):
         import aiohttp
         from slack_sdk.errors import SlackApiError, SlackRequestError
 
-        pace_key = self._channel_ids.get(channel, channel) if channel is not None else None
-        if pace_key is not None:
-            await self.pacer.wait(pace_key)
-        try:
-            async with asyncio.timeout(self.settings.timeout * 4):  # an upload is three requests
-                response = await request()
-        except SlackApiError as exc:
-            status = exc.response.status_code
-            error = exc.response.data.get("error", "") if isinstance(exc.response.data, dict) else ""
-            if status == 429 or error == "ratelimited":
-                retry_after = _retry_after(exc.response.headers)
-                if pace_key is not None:
-                    self.pacer.pause(pace_key, retry_after)
-                self._count(method, "ratelimited")
-                raise SinkError(f"{method}: rate limited, retry after {retry_after:g}s",
-                                retry_after=retry_after) from None
-            if status >= 500 or error in TRANSIENT_ERRORS:
+        pacer, pace_key = self._pacing(method, channel)
+        async with pacer.slot(pace_key) if pace_key is not None else contextlib.nullcontext():
+            try:
+                async with asyncio.timeout(self.settings.timeout * 4):  # an upload is three requests
+                    response = await request()
+            except SlackApiError as exc:
+                status = exc.response.status_code
+                error = exc.response.data.get("error", "") if isinstance(exc.response.data, dict) else ""
+                if status == 429 or error == "ratelimited":
+                    retry_after = _retry_after(exc.response.headers)
+                    if pace_key is not None:
+                        pacer.pause(pace_key, retry_after)
+                    self._count(method, "ratelimited")
+                    raise SinkError(f"{method}: rate limited, retry after {retry_after:g}s",
+                                    retry_after=retry_after) from None
+                if status >= 500 or error in TRANSIENT_ERRORS:
+                    self._count(method, "transient")
+                    raise SinkError(f"{method}: HTTP {status} {error}".rstrip(),
+                                    retry_after=self._backoff(attempts)) from None
+                self._count(method, "permanent")
+                raise SinkError(f"{method}: {error or f'HTTP {status}'}", permanent=True) from None
+            except (aiohttp.ClientError, SlackRequestError, TimeoutError, OSError) as exc:
                 self._count(method, "transient")
-                raise SinkError(f"{method}: HTTP {status} {error}".rstrip(),
+                raise SinkError(f"{method}: {type(exc).__name__}: {exc}",
                                 retry_after=self._backoff(attempts)) from None
-            self._count(method, "permanent")
-            raise SinkError(f"{method}: {error or f'HTTP {status}'}", permanent=True) from None
-        except (aiohttp.ClientError, SlackRequestError, TimeoutError, OSError) as exc:
-            self._count(method, "transient")
-            raise SinkError(f"{method}: {type(exc).__name__}: {exc}", retry_after=self._backoff(attempts)) from None
         self._count(method, "ok")
         return response
+
+    def _pacing(self, method: str, channel: str | None) -> tuple[ChannelPacer, str | None]:
+        """Which pacer and key a call waits its turn on: edits on the workspace's chat.update limit, messages
+        and uploads on their channel's; lookups are not paced."""
+        if method == "chat.update":
+            return self.update_pacer, method
+        return self.pacer, channel
 
     def _backoff(self, attempts: int) -> float:
         pipeline = self.config.pipeline

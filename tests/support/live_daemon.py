@@ -87,7 +87,7 @@ def write_config(workdir: Path, port: int, prometheus_url: str, slack: FakeSlack
                     "http": {"self": {"url": f"http://127.0.0.1:{port}"}}, **targets},
         "sinks": {"console": {"enabled": False},
                   "slack": {"token": {"env": "RESPONDER_SLACK_TOKEN"}, "api_url": slack.api_url,
-                            "default_channel": "#incidents", "rate_per_channel": 50, "timeout": "2s",
+                            "default_channel": "#incidents", "rate_per_channel": 50, "update_rate": 50, "timeout": "2s",
                             "workspace_url": SLACK_WORKSPACE}},
     }
     path = workdir / "config.yaml"
