@@ -13,7 +13,11 @@ from typing import Any
 
 import pytest
 
-from responder.models import Incident
+from responder.models import Alert, AlertStatus, Delivery, Incident
+from responder.store import open_store
+from responder.store.db import open_database
+from responder.store.migrations import migrate
+from responder.store.slack_threads import SlackThreads
 from tests.conftest import make_config, write_rules
 from tests.fakes.slack_api import FakeSlack
 from tests.support.admin import AdminEndpoint, admin_endpoint
@@ -198,3 +202,73 @@ rules:
         assert [c["path"] for c in endpoint.calls] == ["/gateway/health"]
         shared = [[bool(e["shared"]) for e in await daemon.store.evidence(i.id)] for i in incidents]
         assert sorted(shared) == [[False], [True]]
+
+
+async def test_refresh_gathers_again_when_members_join_and_not_more_often(
+        tmp_path: Path, store_url: str, daemon_client: Any) -> None:
+    rules = """
+rules:
+  - name: crashloop
+    match: ['alertname="PodCrashLooping"']
+    group_by: [deployment]
+    refresh: {on: new_members, min_interval: 1s}
+    collectors:
+      - {id: deployment, type: http.check, params: {target: app, path: "/deployments/{{ labels.deployment }}"}}
+"""
+    async with admin_endpoint() as endpoint:
+        client, daemon = await daemon_client(config_for(tmp_path, store_url, endpoint, rules,
+                                                        **{"collectors.cache_ttl": 0}))
+        await client.post("/webhooks/alertmanager", json=am_payload(pod(0)))
+        [incident] = await settled(daemon)
+        # Two deliveries with new members in quick succession: one refresh, a second after them.
+        await client.post("/webhooks/alertmanager", json=am_payload(pod(0), pod(1)))
+        await client.post("/webhooks/alertmanager", json=am_payload(pod(0), pod(1), pod(2)))
+        await asyncio.sleep(0.2)
+        await settled(daemon)
+        # A re-send with no new member refreshes nothing.
+        await client.post("/webhooks/alertmanager", json=am_payload(pod(0), pod(1), pod(2)))
+        await asyncio.sleep(1.5)
+        await settled(daemon)
+        refreshes = [j for j in await daemon.store.queue.rows(incident_id=incident.id) if j["kind"] == "refresh"]
+        evidence = await daemon.store.evidence(incident.id)
+    assert len(refreshes) == 1 and refreshes[0]["finished_at"] - refreshes[0]["created_at"] >= 0.5
+    assert [c["path"] for c in endpoint.calls] == ["/deployments/api"] * 2
+    assert len(evidence) == 2
+
+
+async def test_a_store_of_the_previous_release_opens_and_its_open_incident_keeps_its_thread(
+        store_url: str) -> None:
+    db = await open_database(store_url)
+    try:
+        assert await migrate(db, upto=4) == 4  # the schema the previous release ran on
+        async with db.transaction() as conn:
+            payload = await conn.fetchval("INSERT INTO payloads (source, received_at, headers, body)"
+                                          " VALUES ('alertmanager', 1, '{}', $1) RETURNING id", b"{}")
+            incident = await conn.fetchval(
+                "INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, rule, opened_at, last_seen,"
+                " labels, annotations, extra, last_alert_id) VALUES ('alertmanager', 'old-fp', 100, 'PodDown', 'open',"
+                " 'pods', 1, 1, '{\"alertname\": \"PodDown\"}', '{}', '{}', 0) RETURNING id")
+            await conn.execute("INSERT INTO alerts (payload_id, incident_id, source, fingerprint, status, alertname,"
+                               " starts_at, labels, annotations, extra, received_at) VALUES ($1, $2, 'alertmanager',"
+                               " 'old-fp', 'firing', 'PodDown', 100, '{}', '{}', '{}', 1)", payload, incident)
+            thread = await conn.fetchval(
+                "INSERT INTO slack_threads (thread_key, channel, channel_id, ts, lead_incident_id, parent_queued,"
+                " created_at, updated_at) VALUES ('incident:1', '#incidents', 'C0INCIDENTS', '1.000001', $1, 1, 1, 1)"
+                " RETURNING id", incident)
+            await conn.execute("INSERT INTO slack_thread_incidents (incident_id, thread_id, role, joined_at)"
+                               " VALUES ($1, $2, 'lead', 1)", incident, thread)
+    finally:
+        await db.close()
+    store = await open_store(store_url)
+    try:
+        [old] = await store.list_incidents()
+        assert (old.status.value, old.members_firing, old.members_total) == ("open", 1, 1)
+        # Its alert resolves in a group the old release never knew: the incident it belongs to resolves.
+        resolved = Alert("alertmanager", AlertStatus.RESOLVED, "old-fp", 100.0, {"alertname": "PodDown"},
+                         group_key="{}:{alertname=\"PodDown\"}")
+        receipt = await store.record_delivery(Delivery("alertmanager", b"{}", [resolved]))
+        assert receipt.resolved == 1 and len(await store.list_incidents()) == 1
+        assigned, role = await SlackThreads(store).assign(old, "#incidents", 86400)
+        assert (assigned.id, assigned.ts, role) == (thread, "1.000001", "lead")
+    finally:
+        await store.close()

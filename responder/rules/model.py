@@ -89,6 +89,14 @@ class RefreshSpec(_Strict):
     on: Literal["new_members"] = "new_members"
     min_interval: Duration = 300.0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean true.
+        if isinstance(data, dict) and True in data:
+            return {"on" if key is True else key: value for key, value in data.items()}
+        return data
+
 
 class Rule(_Strict):
     name: str

@@ -300,8 +300,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 
 
-async def migrate(db: Database) -> int:
-    """Bring the schema to the newest version; returns that version."""
+async def migrate(db: Database, upto: int | None = None) -> int:
+    """Bring the schema to the newest version (or to `upto`: the schema an earlier release ran on);
+    returns that version."""
     async with db.transaction() as conn:
         if db.dialect == "postgres":
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('responder-migrations'))")
@@ -311,7 +312,7 @@ async def migrate(db: Database) -> int:
         )
         current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         for version, description, script in MIGRATIONS:
-            if version <= current:
+            if version <= current or (upto is not None and version > upto):
                 continue
             for statement in script.format(**_TYPES[db.dialect]).split(";"):
                 if statement.strip():
