@@ -142,15 +142,15 @@ class Daemon:
         for sink in self.sinks:
             sink.register(table, self.store)
         table.check()
-        sink_queues = {s.queue for s in self.sinks}
+        sink_queues = {q for s in self.sinks for q in s.queues}
 
         def wake_sinks() -> None:
             self.wake(*sink_queues)
 
-        # The pipeline's, the mitigations' and the console's jobs end with sink events: wake the sink
-        # workers rather than wait for their poll.
+        # The pipeline's, the mitigations' and the console's jobs end with sink events, and a sink's events
+        # with its outbox rows: wake the sink workers rather than wait for their poll.
         self.workers = [QueueWorker(self.store.queue, queue, table.handler(queue), settings, self.owner, self.metrics,
-                                    on_done=None if queue in sink_queues else wake_sinks,
+                                    on_done=wake_sinks,
                                     before_claim=self.intake_first.turn if queue == PIPELINE_QUEUE else None)
                         for queue in table.queues()]
         for worker in self.workers:

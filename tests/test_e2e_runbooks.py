@@ -224,7 +224,7 @@ async def complete_thread(slack: FakeSlack, store: Store, alertname: str, rule: 
         thread = slack.thread(CHANNEL, parents[0].ts)
         if not any(m.text == f"Checklist for {rule}" for m in thread[1:]):
             return None
-        jobs = await store.queue.rows(queue="sink:slack")
+        jobs = [j for q in ("sink:slack", "sink:slack:outbox") for j in await store.queue.rows(queue=q)]
         return thread if all(j["status"] == "done" for j in jobs) else None
 
     thread = await until(complete, timeout, f"the {alertname} thread is complete", daemon)

@@ -89,7 +89,7 @@ async def settled(store: Store, timeout: float = 30) -> list[dict[str, Any]]:
     while await store.queue.depth() > 0:
         assert time.monotonic() < deadline, f"jobs still pending: {await store.queue.depth()}"
         await asyncio.sleep(0.1)
-    return [dict(r) for r in await store.queue.rows(queue="sink:slack")]
+    return [dict(r) for q in ("sink:slack", "sink:slack:outbox") for r in await store.queue.rows(queue=q)]
 
 
 def outbox_ids(messages: list[Message]) -> list[int]:

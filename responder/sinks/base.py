@@ -86,12 +86,17 @@ class Sink(abc.ABC):
         return Delivered({"ignored": True})
 
     def outbox(self) -> list[tuple[JobKind[Any], SinkHandler[Any]]]:
-        """The further kinds this sink queues on its own queue, with their handlers."""
+        """The further kinds this sink queues (on its queue, unless the kind names one), with their handlers."""
         return []
 
     @property
     def queue(self) -> str:
         return f"sink:{self.name}"
+
+    @property
+    def queues(self) -> list[str]:
+        """Its event queue and the queues of its outbox kinds (an outbox may have a queue of its own)."""
+        return sorted({self.queue, *(kind.queue for kind, _ in self.outbox() if kind.queue)})
 
     def register(self, table: JobTable, store: Store) -> None:
         """Bind this sink's kinds on its queue: incident events and its outbox rows."""
@@ -108,7 +113,7 @@ class Sink(abc.ABC):
             table.add(kind, finishing(store, event), queue=self.queue)
         table.add(INCIDENT_NOTE, finishing(store, note), queue=self.queue)
         for kind, handler in self.outbox():
-            table.add(kind, finishing(store, handler), queue=self.queue)
+            table.add(kind, finishing(store, handler), queue=kind.queue or self.queue)
 
 
 async def load_evidence(store: Store, bundles: list[Bundle]) -> list[Bundle]:

@@ -67,6 +67,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUE = "sink:slack"
+# The outbox rows (one Slack call each) have a queue and workers of their own: a row waiting its channel's
+# turn holds a worker, and must not hold up the expansion of incident events into rows.
+OUTBOX = "sink:slack:outbox"
 
 
 class ThreadRow(Payload):
@@ -84,11 +87,11 @@ class UploadRow(ThreadRow):
     content_b64: str
 
 
-POST_PARENT = JobKind("slack.post_parent", ThreadRow, queue=QUEUE)
-UPDATE = JobKind("slack.update", ThreadRow, queue=QUEUE)
-REPLY = JobKind("slack.reply", ReplyRow, queue=QUEUE)
-UPLOAD = JobKind("slack.upload", UploadRow, queue=QUEUE)
-SUMMARY = JobKind("slack.summary", ThreadRow, queue=QUEUE)
+POST_PARENT = JobKind("slack.post_parent", ThreadRow, queue=OUTBOX)
+UPDATE = JobKind("slack.update", ThreadRow, queue=OUTBOX)
+REPLY = JobKind("slack.reply", ReplyRow, queue=OUTBOX)
+UPLOAD = JobKind("slack.upload", UploadRow, queue=OUTBOX)
+SUMMARY = JobKind("slack.summary", ThreadRow, queue=OUTBOX)
 R = TypeVar("R", bound=ThreadRow)
 # A parent edit or summary waits for the parent message (behind a channel's backlog) this many attempts,
 # 1 s more each time up to 10 s, about 20 minutes in all, then gives up.
@@ -273,20 +276,21 @@ class SlackSink(Sink):
         if await SlackThreads.claim_parent(conn, thread.id):
             await queue.enqueue(conn, self._row(job, POST_PARENT, ThreadRow(thread_id=thread.id)))
         elif not paced:
-            if not await queue.hasten(conn, self.queue, key, UPDATE.name):
+            if not await queue.hasten(conn, OUTBOX, key, UPDATE.name):
                 await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id), key=key))
-        elif not await queue.queued(conn, self.queue, key, UPDATE.name):
+        elif not await queue.queued(conn, OUTBOX, key, UPDATE.name):
             await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id), key=key),
                                 delay=_due_in(thread.parent_updated_at, self.settings.min_update_interval))
 
     async def _queue_summary(self, conn: Connection, job: Job, thread: Thread) -> None:
-        """One waiting member summary per thread, due `summary_interval` after the last (or the parent)."""
+        """One waiting member summary per thread."""
         queue = self.threads.store.queue
         key = f"slack-summary:{thread.id}"
-        if not await queue.queued(conn, self.queue, key, SUMMARY.name):
-            await queue.enqueue(conn, self._row(job, SUMMARY, ThreadRow(thread_id=thread.id), key=key),
-                                delay=_due_in(thread.summary_at or thread.parent_updated_at,
-                                              self.settings.summary_interval))
+        if not await queue.queued(conn, OUTBOX, key, SUMMARY.name):
+            # The first summary comes when an edit would; the next ones `summary_interval` after the last.
+            delay = _due_in(thread.summary_at, self.settings.summary_interval) if thread.summary_at is not None \
+                else _due_in(thread.parent_updated_at, self.settings.min_update_interval)
+            await queue.enqueue(conn, self._row(job, SUMMARY, ThreadRow(thread_id=thread.id), key=key), delay=delay)
 
     async def note(self, job: Job, note: Note) -> Delivered:
         """A console press or a mitigation outcome: a reply in the incident's thread, and the parent edited
@@ -573,7 +577,7 @@ class SlackSink(Sink):
     async def _watch_outbox(self) -> None:
         while True:
             try:
-                depth, oldest = await self.threads.outbox(self.queue, "slack.")
+                depth, oldest = await self.threads.outbox(OUTBOX, "slack.")
                 self.metrics.slack_outbox_depth.set(depth)
                 self.metrics.slack_oldest_pending.set(time.time() - oldest if oldest is not None else 0)
             except Exception as exc:  # the gauges must never take the daemon down
@@ -582,9 +586,9 @@ class SlackSink(Sink):
 
 
 def _due_in(last: float | None, interval: float) -> float:
-    """Seconds until `interval` has passed since `last`. Before the parent is posted there is no `last`: the
-    row is due now, waits for the parent, and then finds the parent already shows what it would tell."""
-    return max(0.0, last + interval - time.time()) if last is not None else 0.0
+    """Seconds until `interval` has passed since `last`, or from now when there is no `last` (the parent is
+    not posted yet: what it shows when posted counts as told, and the row then finds little or nothing new)."""
+    return max(0.0, (time.time() if last is None else last) + interval - time.time())
 
 
 def _digest(message: Message) -> str:
