@@ -45,8 +45,10 @@ def cross_check(config: Config, rules: list[Rule], *, targets_known: bool = True
             problems.append(_rule_problem(rule, "alertmanager", f"no alertmanager target named {rule.alertmanager!r}"))
     # An Alertmanager target is also chosen at run time, by the externalURL of a delivery: never "unused".
     used |= {("alertmanager", name) for name in config.targets.alertmanager}
-    if config.sinks.slack.permissions.approve is None and any(m.requires_approval for r in rules
-                                                               for m in r.mitigations):
+    # Only where Slack's buttons are on at all (their requests are verified with the signing secret).
+    buttons = config.mitigations.approvals.slack_signing_secret is not None
+    if buttons and config.sinks.slack.permissions.approve is None and any(
+            m.requires_approval for r in rules for m in r.mitigations):
         problems.append(Problem(origin, None, "sinks.slack.permissions.approve",
                                 "rules ask for approvals but nobody may approve from Slack until this lists users"
                                 " or user groups", config.line("sinks.slack.permissions"), "warning"))
@@ -126,6 +128,17 @@ def _missing_targets(targets: TargetsConfig, rule: Rule, used: set[tuple[str, st
             rule, f"{key}.params.target" if "target" in first.params else f"{key}.type",
             f"no {kind} target named {name!r} in the config (targets.{kind}: {known}), so "
             f"{'this step' if len(steps) == 1 else f'{len(steps)} steps'} cannot run: {names}"))
+    for i, mitigation in enumerate(rule.mitigations):
+        check = mitigation.verify.prometheus if mitigation.verify is not None else None
+        if check is None:
+            continue
+        used.add(("prometheus", check.target))
+        if targets_known and check.target not in targets.prometheus:
+            known = ", ".join(sorted(targets.prometheus)) or "none"
+            problems.append(_rule_problem(
+                rule, f"mitigations.{i}.verify.prometheus.target",
+                f"no prometheus target named {check.target!r} in the config (targets.prometheus: {known}), so"
+                " this step's verification cannot run"))
     return problems
 
 

@@ -47,6 +47,7 @@ rules:
         params: {target: orders}
         when:
           - count(evidence.sesions.payload.rows) > 5
+        verify: {prometheus: {target: thanos, query: up, below: 1}}
   - name: unsafe-query
     match: ['alertname="B"']
     collectors:
@@ -97,10 +98,13 @@ def test_check_reports_config_and_rule_problems_in_one_pass(tmp_path: Path) -> N
     # A `when:` naming a step that does not exist.
     when = problems["needs-postgres:mitigations.0.when.0"]
     assert "'evidence.sesions.payload.rows' names no collector step" in when["message"] and when["line"] == 15
+    # A verification asking a Prometheus that is not configured.
+    verify = problems["needs-postgres:mitigations.0.verify.prometheus.target"]
+    assert "no prometheus target named 'thanos'" in verify["message"] and verify["line"] == 16
     # A templated value that skips its safe filter.
     unsafe = problems["unsafe-query:collectors.0.params.query"]
     assert "{{ labels.job }} in a PromQL query must end with '| promql'" in unsafe["message"]
-    assert unsafe["line"] == 20
+    assert unsafe["line"] == 21
     # A secret whose variable is unset, and a target nothing uses.
     unset = problems[":targets.kubernetes.default.token"]
     assert (unset["severity"], unset["line"]) == ("error", 9)

@@ -94,6 +94,9 @@ def targets_for(rules_dir: Path) -> dict[str, dict[str, Any]]:
                                    *((m, action_types) for m in rule.mitigations)]:
                 if (found := step_target(step, registry)) is not None:
                     targets.setdefault(found[0], {})[found[1]] = stub[found[0]]
+            for mitigation in rule.mitigations:
+                if mitigation.verify is not None and mitigation.verify.prometheus is not None:
+                    targets.setdefault("prometheus", {})[mitigation.verify.prometheus.target] = stub["prometheus"]
     return targets
 
 

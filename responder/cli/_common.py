@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from responder.rules.loader import RuleProblem
 
 
+PIPE_WIDTH = 160
+
+
 class LazyConsole:
     """A rich Console made on first use, so `responder --help` does not pay for importing rich."""
 
@@ -24,11 +28,18 @@ class LazyConsole:
         self._options = options
         self._console: Console | None = None
 
+    def _stream(self) -> Any:
+        return sys.stderr if self._options.get("stderr") else sys.stdout
+
     def __getattr__(self, name: str) -> Any:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(**self._options)
+            options = dict(self._options)
+            if not self._stream().isatty() and "COLUMNS" not in os.environ:
+                # Piped or redirected: rich would assume 80 columns; tables and paths read better wider.
+                options["width"] = PIPE_WIDTH
+            self._console = Console(**options)
         return getattr(self._console, name)
 
 
@@ -113,10 +124,26 @@ def stdout_is_tty() -> bool:
 
 
 def fold_table(*headers: str) -> Table:
-    """A table whose long values wrap onto more lines instead of being cut ("HighErr…") on narrow terminals."""
+    """A table that never cuts a value ("HighErr…"): values wrap, and a word too long for its column folds
+    onto the next line. Print it through `fitted`."""
     from rich.table import Table
 
     table = Table()
     for header in headers:
         table.add_column(header, overflow="fold")
+    return table
+
+
+def fitted(table: Table, text: tuple[str, ...] = (), longest: int = 40, text_width: int = 20) -> Table:
+    """Names, ids and keys kept whole (each column at least as wide as its longest value, up to `longest`)
+    while the `text` columns, free text, give way first; on a terminal too narrow for that, the widest
+    columns fold too."""
+    widths = {str(column.header): min(max(len(str(c)) for c in [column.header, *column.cells]), longest)
+              for column in table.columns if column.header not in text}
+    folding = 8  # room a folded column keeps
+    budget = out.width - 3 * len(table.columns) - 1 - text_width * len(text) - folding * len(widths)
+    while widths and sum(w - folding for w in widths.values()) > budget:
+        del widths[max(widths, key=lambda header: widths[header])]
+    for column in table.columns:
+        column.min_width = widths.get(str(column.header))
     return table

@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from responder.cli._common import add_config_args, fold_table, out, run_cli
+from responder.cli._common import add_config_args, fitted, fold_table, out, run_cli
 from responder.cli.incidents import open_cli_store
 
 
@@ -52,6 +52,6 @@ def list_command(args: argparse.Namespace) -> int:
             note += f" [verify: {'recovered' if verified['recovered'] else 'NOT recovered'}]"
         table.add_row(str(r["id"]), str(r["incident_id"] or "-"), ts(r["created_at"]), r["rule"], r["step"],
                       r["action"], r["target"], r["mode"], r["outcome"], r["guard"] or "-", escape(note))
-    out.print(table)
+    out.print(fitted(table, ("reason / description",)))
     out.print(f"{len(rows)} decision(s)")
     return 0

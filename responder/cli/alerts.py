@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from responder.cli._common import CliError, add_config_args, fold_table, out, run_cli
+from responder.cli._common import CliError, add_config_args, fitted, fold_table, out, run_cli
 from responder.cli.incidents import open_cli_store
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def list_command(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(str(row["id"]), row["source"], row["alertname"], row["status"], str(row["incident_id"] or "-"),
                       ts(row["received_at"]), row["fingerprint"])
-    out.print(table)
+    out.print(fitted(table))
     out.print(f"{len(rows)} alert(s)")
     return 0
 

@@ -12,6 +12,7 @@ from responder.cli._common import (
     CliError,
     add_config_args,
     config_from_args,
+    fitted,
     fold_table,
     out,
     ruleset_from_config,
@@ -91,6 +92,8 @@ def show_result(result: ReplayResult) -> None:
     incident = result.incident
     out.print(f"\n[bold]{escape(incident.alertname)}[/] → rule [bold]{escape(incident.rule or '(none matched)')}[/]"
               f"  [dim]{escape(', '.join(f'{k}={v}' for k, v in sorted(incident.labels.items())))}[/]")
+    out.print(f"group [bold]{escape(incident.group_key)}[/]: {incident.members_total} alert(s),"
+              f" incident #{incident.id}")
     if incident.error:
         out.print(f"[red]step errors:[/] {escape(incident.error)}")
     for row in result.evidence:
@@ -103,7 +106,7 @@ def show_result(result: ReplayResult) -> None:
         for row in result.actions:
             table.add_row(row["step"], row["action"], row["target"], row["mode"], row["outcome"],
                           escape(row["reason"] or ""))
-        out.print(table)
+        out.print(fitted(table, ("why",)))
 
 
 @run_cli

@@ -19,7 +19,6 @@ from responder.cli._common import (
 if TYPE_CHECKING:
     import asyncio
 
-if TYPE_CHECKING:
     from responder.config import Config
     from responder.rules.engine import RuleSet
 
