@@ -45,8 +45,10 @@ def cross_check(config: Config, rules: list[Rule], *, targets_known: bool = True
             problems.append(_rule_problem(rule, "alertmanager", f"no alertmanager target named {rule.alertmanager!r}"))
     # An Alertmanager target is also chosen at run time, by the externalURL of a delivery: never "unused".
     used |= {("alertmanager", name) for name in config.targets.alertmanager}
-    if config.sinks.slack.permissions.approve is None and any(m.requires_approval for r in rules
-                                                               for m in r.mitigations):
+    # Only where Slack's buttons are on at all (their requests are verified with the signing secret).
+    buttons = config.mitigations.approvals.slack_signing_secret is not None
+    if buttons and config.sinks.slack.permissions.approve is None and any(
+            m.requires_approval for r in rules for m in r.mitigations):
         problems.append(Problem(origin, None, "sinks.slack.permissions.approve",
                                 "rules ask for approvals but nobody may approve from Slack until this lists users"
                                 " or user groups", config.line("sinks.slack.permissions"), "warning"))

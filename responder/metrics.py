@@ -40,7 +40,7 @@ class Metrics:
             registry=r)
         self.connections_closed = Counter(
             "responder_connections_closed_total", "Connections closed by the listener's guard, by reason"
-            " (max_connections, header_timeout).", ["reason"], registry=r)
+            " (max_connections, header_timeout, head_too_large).", ["reason"], registry=r)
         self.rule_matches = Counter(
             "responder_rule_matches_total", "Incidents matched to a rule.", ["rule"], registry=r)
         self.unmatched = Counter(
@@ -74,6 +74,9 @@ class Metrics:
         self.slack_calls = Counter(
             "responder_slack_calls_total", "Slack Web API calls by method and outcome (ok, ratelimited, transient,"
             " permanent).", ["method", "outcome"], registry=r)
+        self.slack_clicks = Counter(
+            "responder_slack_clicks_total", "Presses of the Slack console's buttons by button and outcome (done,"
+            " unchanged, declined, refused, failed).", ["button", "outcome"], registry=r)
         self.slack_outbox_depth = Gauge(
             "responder_slack_outbox_depth", "Slack messages, updates and uploads not yet delivered.", registry=r)
         self.slack_oldest_pending = Gauge(

@@ -472,9 +472,10 @@ def test_alertmanager_example_is_valid_and_reaches_the_intake() -> None:
 
 def test_slack_and_pagerduty_examples() -> None:
     manifest = yaml.safe_load((ROOT / "docs" / "examples" / "slack-app-manifest.yaml").read_text())
-    # history scopes: a message that may already be posted (crash, timeout) is looked up, not sent twice
+    # history scopes: a message that may already be posted (crash, timeout) is looked up, not sent twice;
+    # usergroups:read: the user groups of sinks.slack.permissions
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == {"chat:write", "files:write", "channels:history",
-                                                              "groups:history", "channels:read"}
+                                                              "groups:history", "channels:read", "usergroups:read"}
     assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/interactions")
     subscription = json.loads((ROOT / "docs" / "examples" / "pagerduty-webhook-subscription.json").read_text())
     body = subscription["webhook_subscription"]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import tests.support.plugins  # noqa: F401  (the test.evidence and test.sleep collectors)
+from responder.cli import main as cli_main
 from tests.conftest import make_config, write_rules
 from tests.fakes.slack_api import FakeSlack, Message
 from tests.support.admin import admin_endpoint
@@ -118,7 +119,8 @@ async def test_acknowledge_and_rerun_from_the_thread(daemon_client: Any, store_u
 
 
 async def test_permissions_by_user_and_user_group_refusals_are_audited(
-        daemon_client: Any, store_url: str, tmp_path: Path, slack: FakeSlack) -> None:
+        daemon_client: Any, store_url: str, tmp_path: Path, slack: FakeSlack,
+        capsys: pytest.CaptureFixture[str]) -> None:
     slack.usergroups["S0SRE"] = ["U555", "U556"]
     config = slack_config(store_url, tmp_path, slack, LIGHT, **SIGNING, **{
         "sinks.slack.permissions": {"acknowledge": ["S0SRE"], "rerun": ["U777"]}})
@@ -137,17 +139,26 @@ async def test_permissions_by_user_and_user_group_refusals_are_audited(
     assert rows[0]["detail"] == "not listed in sinks.slack.permissions.acknowledge"
     assert "You may not press *Acknowledge*" in (await answered(slack, "U123", 2))[0]
     assert "You may not press *Re-run diagnostics*" in (await answered(slack, "U555", 1))[-1]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'responder_slack_clicks_total{button="acknowledge",outcome="refused"} 2.0' in metrics
     # Group members are learnt once and cached.
     assert len(slack.calls_to("usergroups.users.list", ok=True)) == 1
     await settled(daemon.store)
     parent, _ = thread_of(slack)
     assert "Acknowledged by <@U555>" in json.dumps(parent.blocks)
+    # The audit, as `responder clicks list` shows it.
+    assert await asyncio.to_thread(cli_main, ["clicks", "list", "--store", store_url, "--json"]) == 0
+    audit = json.loads(capsys.readouterr().out)
+    assert [(r["user_id"], r["user_name"], r["button"], r["outcome"]) for r in audit][:2] == [
+        ("U555", "sre", "rerun", "refused"), ("U555", "sre", "acknowledge", "done")]
+    assert audit[-1]["detail"] == "not listed in sinks.slack.permissions.acknowledge"
 
 
 APPROVAL_RULES = """
 rules:
   - name: api-down
     match: ['alertname="ApiDown"']
+    group_by: [deployment]
     slack: {escalation: S0ESCALATE}
     collectors:
       - {id: probe, type: test.sleep, params: {seconds: 0.01, label: probed}}

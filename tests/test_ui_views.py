@@ -20,7 +20,7 @@ from tests.support.alerts import am_alert, am_payload
 
 
 async def open_incident(store: Store, name: str, source_labels: dict[str, str] | None = None) -> int:
-    body = json.dumps(am_payload(am_alert(name, labels=source_labels))).encode()
+    body = json.dumps(am_payload(am_alert(name, labels=source_labels), group_key=f"{{}}:{{alertname={name}}}")).encode()
     await store.record_delivery(parse_payload(load_config(None), body, "alertmanager"))
     (incident,) = [i for i in await store.list_incidents() if i.alertname == name]
     return incident.id
@@ -31,9 +31,9 @@ async def test_incidents_filter_by_one_of_their_rules_literally(store: Store) ->
     second = await open_incident(store, "Second")
     third = await open_incident(store, "Third")
     async with store.db.transaction() as conn:
-        await store.save_processing(conn, first, "db_errors,latency", None, [])
-        await store.save_processing(conn, second, "dbXerrors", None, [])
-        await store.save_processing(conn, third, "latency-p99", None, [])
+        # Incidents of the previous release name every rule that matched; a group names one.
+        for incident_id, rule in ((first, "db_errors,latency"), (second, "dbXerrors"), (third, "latency-p99")):
+            await conn.execute("UPDATE incidents SET rule = $2 WHERE id = $1", incident_id, rule)
     history = History(store)
 
     async def names(**filters: str) -> list[str]:
@@ -51,8 +51,10 @@ async def test_incidents_filter_by_one_of_their_rules_literally(store: Store) ->
 
 async def test_incident_view_is_redacted_and_tells_its_story(store: Store) -> None:
     incident_id = await open_incident(store, "Leaky", {"dsn": "postgres://app:hunter2@db/app"})
+    incident = await store.get_incident(incident_id)
+    assert incident is not None
     async with store.db.transaction() as conn:
-        await store.save_processing(conn, incident_id, None, None, [])
+        await store.save_processing(conn, incident_id, incident.labels, None, [])
     view = await load_incident_view(store, incident_id, Redactor())
     assert view is not None
     assert view.incident.labels["dsn"] == "postgres://app:[REDACTED]@db/app"
@@ -84,11 +86,17 @@ def test_either_token_logs_in_and_sessions_expire(auth: UiAuth) -> None:
     assert not auth.allowed({"Authorization": "Bearer nope"}, {"responder_ui": cookie})
 
 
-def test_rotating_the_token_ends_its_sessions(auth: UiAuth, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rotating_the_token_ends_its_sessions(tmp_path: Path) -> None:
+    token_file = tmp_path / "ui-token"
+    token_file.write_text("the-ui-token\n")
+    server = ServerConfig.model_validate({"ui_token": {"file": str(token_file)}})
+    auth = UiAuth(server)
     cookie = auth.session_cookie("the-ui-token")
     assert auth.valid_session(cookie)
-    monkeypatch.setenv("T_UI_TOKEN", "a-new-ui-token")
+    token_file.write_text("a-new-ui-token\n")
+    assert server.ui_token is not None and server.ui_token.reload()  # what SIGHUP or the reload interval does
     assert not auth.valid_session(cookie)
+    assert auth.valid_token("a-new-ui-token") and not auth.valid_token("the-ui-token")
 
 
 def test_no_token_configured_means_no_console() -> None:

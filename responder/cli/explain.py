@@ -11,7 +11,6 @@ from responder.cli._common import CliError, add_config_args, config_from_args, o
 
 if TYPE_CHECKING:
     from responder.config import Config
-    from responder.models import Incident
     from responder.preview import AlertPreview
     from responder.steps import RenderedStep
 
@@ -28,7 +27,7 @@ def show(p: AlertPreview, config: Config) -> None:
     from rich.markup import escape
 
     from responder.checks import rendered_target
-    from responder.preview import as_incident, step_params, why_not
+    from responder.preview import as_incident, conditions_now, step_params, why_not
     from responder.rules.model import MitigationSpec
 
     labels = ", ".join(f"{k}={v}" for k, v in sorted(p.alert.labels.items()))
@@ -53,7 +52,7 @@ def show(p: AlertPreview, config: Config) -> None:
 
     incident = as_incident(p.alert)
     for rule in p.rules:
-        out.print(f"\n  [bold]rule {escape(rule.rule)}[/]")
+        out.print(f"\n  [bold]rule {escape(rule.rule)}[/]  [dim]group {escape(rule.group_key)}[/]")
         for error in rule.errors:
             out.print(f"    [red]! {escape(error)}[/]")
         for step in rule.collectors:
@@ -72,24 +71,6 @@ def show(p: AlertPreview, config: Config) -> None:
             out.print(f"             {decision.mode}, {guard_says}"
                       f"{' ' + escape(decision.reason) if decision.outcome == 'allowed' and decision.reason else ''}",
                       soft_wrap=True)
-
-
-def conditions_now(conditions: list[str], incident: Incident) -> list[tuple[str, str]]:
-    """Each `when:` condition with what it says now. Conditions on evidence cannot be judged without the
-    collectors (explain runs none): `replay` runs them."""
-    from responder.rules.conditions import evaluate, parse_condition
-
-    states = []
-    for text in conditions:
-        comparison = parse_condition(text)
-        steps = [o.reference.split(".")[1] for o in (comparison.left, comparison.right)
-                 if o.reference and o.reference.startswith("evidence.")]
-        if steps:
-            states.append((text, f"depends on the evidence of step {steps[0]!r} (replay collects it)"))
-            continue
-        holds, why = evaluate([text], incident, [])
-        states.append((text, "true now" if holds else why.removeprefix(f"condition {text!r} is ")))
-    return states
 
 
 @run_cli

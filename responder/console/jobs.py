@@ -103,6 +103,8 @@ class ConsoleJobs:
         else:
             outcome = await HANDLERS[click.button](self, click, job)
         outcome = await self._commit(click, outcome)
+        if self.metrics is not None and outcome.outcome != "already":
+            self.metrics.slack_clicks.labels(click.button, outcome.outcome).inc()
         await self.store.queue.finish(job, {"outcome": outcome.outcome, "detail": outcome.detail})
         for queue in outcome.wake:
             self.wake(queue)

@@ -28,7 +28,8 @@ class UiAuth:
         self._server = server
 
     def tokens(self) -> list[str]:
-        """Resolved each time, so a rotated token file takes effect without a restart."""
+        """Looked up per request: a token rotated in its file (re-read on SIGHUP and every
+        secrets.reload_interval) applies at once, and ends the sessions the old one signed."""
         refs = [r for r in (self._server.ui_token, self._server.api_token) if r is not None]
         return [secret.reveal() for ref in refs if (secret := ref.resolve()) is not None]
 

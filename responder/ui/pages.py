@@ -9,6 +9,7 @@ which runs nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,11 +20,12 @@ from urllib.parse import parse_qs
 import jinja2
 from aiohttp import web
 
+from responder.checks import rendered_target
 from responder.daemon import Daemon
 from responder.http_body import BodyTooLarge, read_body
 from responder.intake import PayloadError
 from responder.intake import registry as intake_registry
-from responder.preview import AlertPreview, preview, step_params, why_not
+from responder.preview import AlertPreview, as_incident, conditions_now, preview, step_params, why_not
 from responder.replay import parse_payload
 from responder.sinks import mrkdwn
 from responder.sinks.render import ts
@@ -259,7 +261,8 @@ class Console:
         redact = self.daemon.redactor
         return self.page("explain.html", 422 if error else 200, payload=payload, source=source, sources=sources,
                          previews=previews, error=redact.text(error), why_not=why_not, step_params=step_params,
-                         redact=redact.tree, authenticated=True)
+                         redact=redact.tree, target_of=functools.partial(rendered_target, config),
+                         conditions_now=conditions_now, as_incident=as_incident, authenticated=True)
 
 
 def setup_console(app: web.Application, daemon: Daemon) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,10 +28,11 @@ class Alertmanager:
     """Started with one webhook receiver; group timings short so tests see notifications in seconds."""
 
     def __init__(self, workdir: Path, webhook_url: str, *, bearer_token: str | None = None,
-                 group_wait: str = "1s", group_interval: str = "2s", repeat_interval: str = "1h") -> None:
+                 group_wait: str = "1s", group_interval: str = "2s", repeat_interval: str = "1h",
+                 port: int | None = None) -> None:
         self.binary, self.amtool = find_binaries()
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         webhook: dict[str, Any] = {"url": webhook_url, "send_resolved": True, "max_alerts": 0}
         if bearer_token:
@@ -48,7 +50,8 @@ class Alertmanager:
         config_path.write_text(yaml.safe_dump(self.config))
         self.process = ManagedProcess(
             [self.binary, f"--config.file={config_path}", f"--storage.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
+             f"--web.listen-address=127.0.0.1:{self.port}", f"--web.external-url={self.url}",
+             "--cluster.listen-address=", "--log.level=warn"],
             self.workdir / "alertmanager.log",
         ).start()
         await wait_http(f"{self.url}/-/ready", timeout=30, proc=self.process)
@@ -69,3 +72,8 @@ class Alertmanager:
         if end:
             argv.append(f"--end={end}")
         subprocess.run(argv, check=True, capture_output=True, timeout=20)
+
+    def amtool_json(self, *args: str) -> Any:
+        """An amtool query as an operator would type it, its JSON output parsed."""
+        argv = [self.amtool, *args, "-o", "json", f"--alertmanager.url={self.url}"]
+        return json.loads(subprocess.run(argv, check=True, capture_output=True, timeout=20, text=True).stdout)

@@ -40,8 +40,11 @@ def signed(body: bytes, *, timestamp: float | None = None, secret: str = SECRET)
 async def click(client: Any, action_id: str, value: int, **kwargs: Any) -> dict[str, Any]:
     """Press a button through the daemon's endpoint; the JSON answer (it must be 200)."""
     body = press(action_id, value, **kwargs)
+    started = time.monotonic()
     resp = await client.post("/slack/interactions", data=body, headers=signed(body))
     assert resp.status == 200, await resp.text()
+    # Slack shows an error to whoever clicked unless the answer comes within 3 s.
+    assert time.monotonic() - started < 3.0
     answer: dict[str, Any] = await resp.json()
     return answer
 

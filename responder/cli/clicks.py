@@ -1,0 +1,53 @@
+"""`responder clicks list`: the console audit, newest first: every press of a Slack button, who pressed it,
+and what came of it (done, unchanged, declined, refused by permissions, failed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from rich.table import Table
+
+from responder.cli._common import add_config_args, out, run_cli
+from responder.cli.incidents import open_cli_store
+from responder.sinks.render import ts
+from responder.store.console import ConsoleStore
+
+FIELDS = ("id", "incident_id", "button", "value", "user_id", "user_name", "channel_id", "outcome", "detail",
+          "created_at", "finished_at")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("clicks", help="inspect the Slack console audit (button presses)")
+    commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = commands.add_parser("list", help="list button presses, newest first")
+    add_config_args(listing, store=True)
+    listing.add_argument("--incident", type=int, metavar="ID", help="only this incident's presses")
+    listing.add_argument("--limit", type=int, default=200)
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(func=list_command)
+
+
+@run_cli
+def list_command(args: argparse.Namespace) -> int:
+    async def fetch() -> list[dict[str, Any]]:
+        store = await open_cli_store(args)
+        try:
+            return [{k: r[k] for k in FIELDS} for r in await ConsoleStore(store).clicks(args.incident, args.limit)]
+        finally:
+            await store.close()
+
+    rows = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table("id", "incident", "when", "button", "user", "outcome", "detail")
+    for r in rows:
+        user = r["user_id"] + (f" ({r['user_name']})" if r["user_name"] else "")
+        table.add_row(str(r["id"]), str(r["incident_id"] or "-"), ts(r["created_at"]), r["button"], user,
+                      r["outcome"], r["detail"])
+    out.print(table)
+    out.print(f"{len(rows)} press(es)")
+    return 0
