@@ -12,7 +12,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 
 class BodyTooLarge(Exception):
-    pass
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the limit is {limit} bytes")
+        self.limit = limit
 
 
 class ClientGone(Exception):
@@ -26,12 +28,12 @@ class TooManyUnverified(Exception):
 async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     """Read at most `limit` bytes within `timeout`; a slow or endless body cannot hold a worker."""
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge
+        raise BodyTooLarge(limit)
     if request.content.is_eof():
         # The whole body came with the headers (a usual webhook): nothing to wait for, no timer to set.
         body = request.content.read_nowait()
         if len(body) > limit:
-            raise BodyTooLarge
+            raise BodyTooLarge(limit)
         return body
     chunks, size = [], 0
     try:
@@ -39,7 +41,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             async for chunk in request.content.iter_chunked(64 * 1024):
                 size += len(chunk)
                 if size > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(limit)
                 chunks.append(chunk)
     except (ConnectionError, HttpProcessingError) as exc:
         raise ClientGone(type(exc).__name__) from None

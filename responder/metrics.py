@@ -40,7 +40,7 @@ class Metrics:
             registry=r)
         self.connections_closed = Counter(
             "responder_connections_closed_total", "Connections closed by the listener's guard, by reason"
-            " (max_connections, header_timeout).", ["reason"], registry=r)
+            " (max_connections, header_timeout, head_too_large).", ["reason"], registry=r)
         self.rule_matches = Counter(
             "responder_rule_matches_total", "Incidents matched to a rule.", ["rule"], registry=r)
         self.unmatched = Counter(

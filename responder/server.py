@@ -71,22 +71,29 @@ async def read_request_body(request: web.Request, limit: int, timeout: float, *,
         return await read_body(request, limit, timeout)
     server = request.app[DAEMON].config.server
     with request.app[UNVERIFIED].slot():
-        return await read_body(request, limit, min(timeout, server.unverified_read_timeout))
+        return await read_body(request, min(limit, server.max_unverified_body_bytes),
+                               min(timeout, server.unverified_read_timeout))
 
 
-def body_problem(exc: Exception, limit: int) -> web.Response:
+def refused(response: web.Response) -> web.Response:
+    """A refusal answered before the body was read (or while reading it): the connection is closed
+    after the answer, so the rest of the body is never read, not even to be thrown away."""
+    response.force_close()
+    return response
+
+
+def body_problem(exc: Exception) -> web.Response:
     """The answer to a body that could not be read (BodyTooLarge, TimeoutError, TooManyUnverified, ClientGone)."""
     if isinstance(exc, BodyTooLarge):
-        return problem(413, "payload too large", f"the limit is {limit} bytes")
+        return refused(problem(413, "payload too large", str(exc)))
     if isinstance(exc, TooManyUnverified):
-        response = problem(503, "busy", "too many unauthenticated bodies are being read; retry")
-        response.headers["Retry-After"] = "1"
-        return response
+        return refused(problem(503, "busy", "too many unauthenticated bodies are being read; retry",
+                               headers={"Retry-After": "1"}))
     if isinstance(exc, ClientGone):
         # Nobody is left to read the answer: a line in the log, no traceback.
         log.info("client went away before its body was complete (%s)", exc)
-        return problem(400, "incomplete body", "the connection closed before the body was complete")
-    return problem(408, "request timeout", "the body did not arrive in time")
+        return refused(problem(400, "incomplete body", "the connection closed before the body was complete"))
+    return refused(problem(408, "request timeout", "the body did not arrive in time"))
 
 
 def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -110,9 +117,9 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
                                            verified=not intake.body_authenticates)
             intake.authenticate_body(request.headers, body)
         except Unauthorized as exc:
-            return problem(401, "unauthorized", str(exc))
+            return refused(problem(401, "unauthorized", str(exc)))
         except (BodyTooLarge, TimeoutError, TooManyUnverified, ClientGone) as exc:
-            return body_problem(exc, server.max_body_bytes)
+            return body_problem(exc)
         try:
             delivery = intake.parse(body, request.headers)
             check_delivery(delivery, server.limits)
@@ -127,7 +134,7 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
         for key, count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
             received(*key).inc(count)
-        if receipt.opened or receipt.resolved:
+        if receipt.opened or receipt.resolved or receipt.updated:
             daemon.wake_pipeline()
         return json_body({
             "status": "duplicate" if receipt.duplicate else "accepted",
@@ -154,11 +161,11 @@ async def slack_interactions(request: web.Request) -> web.Response:
         press = parse_press(body)
         click_id, new = await ConsoleStore(daemon.store).record_click(press.row())
     except Rejected as exc:
-        return problem(401, "unauthorized", str(exc))
+        return refused(problem(401, "unauthorized", str(exc)))
     except BadInteraction as exc:
         return problem(400, "invalid interaction", str(exc))
     except (BodyTooLarge, TimeoutError, TooManyUnverified, ClientGone) as exc:
-        return body_problem(exc, approvals.max_body_bytes)
+        return body_problem(exc)
     except StoreUnavailable:
         return store_unavailable()
     if new:
