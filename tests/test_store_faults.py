@@ -30,10 +30,12 @@ pytestmark = pytest.mark.slow
 # The HA pair's alerts match a rule, so their jobs finish (and update the incidents) while the same
 # alerts are still being delivered: on the release before this test, deliveries and job completions
 # locked incidents in different orders and deadlocked (a 500 within about 5 of the 20 runs).
+# Every delivery groups the alerts differently here, so each alert is its own incident (`group_by: ['...']`).
 RULES = """
 rules:
   - name: ha-pair
     match: ['alertname=~"HaPair.*"']
+    group_by: ['...']
     collectors:
       - {type: test.sleep, params: {seconds: 0}}
 """
