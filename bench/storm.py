@@ -1,16 +1,24 @@
 """Alert storm: 10,000 alerts over 60 s in 100 Alertmanager groups, each group re-sent every group
-interval with all its firing alerts so far (as Alertmanager does), against the daemon with the console sink.
+interval with all its firing alerts so far (as Alertmanager does), against the daemon with the console sink
+or (`--slack`) the Slack API fake at its per-channel rate.
 
     .venv/bin/python bench/storm.py [--target sqlite|postgres] [--alerts 10000] [--groups 100] [--seconds 60]
+                                    [--slack [--slack-rate 1]] [--group-wait 0]
 
-Reports peak RSS, queue depth over time, time until every bundle is delivered, the number of sink
-messages, and checks that every alert has exactly one incident. Writes bench/results/storm-<target>.json.
+An incident is an alert group: the storm should make one incident per group, gather its evidence once (the
+rule's collector is rendered per group, so identical calls are not shared across groups), keep one Slack
+thread per group and stay inside Slack's rate. Reports incidents, members (every alert stored exactly once as
+a member), collector runs (the daemon's own counter), Slack threads, calls, 429 answers, time from a group's
+first delivery to its thread's first message, time until everything is delivered, peak RSS and queue depth
+over time. Writes bench/results/storm-<target>[-slack].json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,8 +41,9 @@ RULES = """
 rules:
   - name: storm
     match: ['alertname="StormAlert"']
+    group_wait: {group_wait}s
     collectors:
-      - {type: test.sleep, params: {seconds: 0.05}}
+      - {{type: test.sleep, params: {{seconds: 0.05, label: "{{{{ labels.group }}}}"}}}}
 """
 
 
@@ -71,16 +80,19 @@ def group_payload(group: int, firing: list[int]) -> dict[str, Any]:
 
 
 async def send_storm(port: int, alerts: int, groups: int, seconds: float, interval: float,
-                     statuses: dict[int, int]) -> None:
-    """Alert n starts firing at n/alerts * seconds in group n % groups; every group notifies each interval."""
+                     statuses: dict[int, int], first_delivered: dict[str, float]) -> None:
+    """Alert n starts firing at n/alerts * seconds in group n % groups; every group notifies each interval.
+    `first_delivered`: the wall-clock time each group's first notification was accepted, by group key."""
     started = time.monotonic()
     url = f"http://127.0.0.1:{port}/webhooks/alertmanager"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         async def notify(group: int, firing: list[int]) -> None:
+            payload = group_payload(group, firing)
             for _ in range(20):  # Alertmanager retries a failed notification
-                async with session.post(url, json=group_payload(group, firing)) as resp:
+                async with session.post(url, json=payload) as resp:
                     statuses[resp.status] = statuses.get(resp.status, 0) + 1
                     if resp.status == 200:
+                        first_delivered.setdefault(payload["groupKey"], time.time())
                         return
                 await asyncio.sleep(1)
 
@@ -116,16 +128,49 @@ async def storm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     async with FakeSlack(SLACK_TOKEN) as slack:
         slack.rate_limit(args.slack_rate, retry_after=1.0)
-        result = await run_storm(args, workdir, slack)
-        posted = slack.calls_to("chat.postMessage", ok=True)
-        result["slack"] = {
-            "messages_posted": len(posted),
-            "threads": len(slack.parents("#incidents")),
-            "updates": len(slack.calls_to("chat.update", ok=True)),
-            "rate_limited_429": len([c for c in slack.calls if c.status == 429]),
-            "calls": len(slack.calls),
-        }
-        return result
+        return await run_storm(args, workdir, slack)
+
+
+def slack_numbers(slack: Any, groups: int, first_delivered: dict[str, float],
+                  group_of_incident: dict[int, str]) -> dict[str, Any]:
+    """What the Slack fake received: threads, calls per group, 429s, and per group the time from its first
+    accepted delivery to its thread's parent message."""
+    parents = slack.parents("#incidents")
+    latency = []
+    for parent in parents:
+        incident_id = ((parent.metadata or {}).get("event_payload") or {}).get("incident_id")
+        key = group_of_incident.get(int(incident_id)) if incident_id is not None else None
+        if key in first_delivered:
+            latency.append(_posted_at(slack, parent) - first_delivered[key])
+    latency.sort()
+    calls = [c for c in slack.calls if c.method in ("chat.postMessage", "chat.update")]
+    return {
+        "threads": len(parents),
+        "messages_posted": len(slack.calls_to("chat.postMessage", ok=True)),
+        "updates": len(slack.calls_to("chat.update", ok=True)),
+        "rate_limited_429": len([c for c in slack.calls if c.status == 429]),
+        "calls": len(slack.calls),
+        "calls_per_group": round(len([c for c in calls if c.status == 200]) / max(groups, 1), 2),
+        "first_message_p50_s": round(statistics.median(latency), 2) if latency else None,
+        "first_message_max_s": round(max(latency), 2) if latency else None,
+    }
+
+
+def _posted_at(slack: Any, message: Any) -> float:
+    """When the fake accepted a parent message: its successful chat.postMessage call."""
+    for call in slack.calls:
+        if call.method == "chat.postMessage" and call.status == 200 and not call.args.get("thread_ts") \
+                and (call.args.get("metadata") or {}) == (message.metadata or {}):
+            return float(call.time)
+    return float("nan")
+
+
+async def collector_runs(port: int) -> int:
+    """The daemon's own count of collector executions (shared results are not runs)."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("responder_collector_runs_total{")))
 
 
 async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict[str, Any]:
@@ -137,7 +182,7 @@ async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict
         store_url = f"{PG}?schema={schema}"
     rules = workdir / "rules"
     rules.mkdir(exist_ok=True)
-    (rules / "storm.yaml").write_text(RULES)
+    (rules / "storm.yaml").write_text(RULES.format(group_wait=args.group_wait))
     config = workdir / "storm.yaml"
     config.write_text(
         "intakes: {alertmanager: {auth: {unauthenticated: loopback}}}\n"
@@ -149,10 +194,12 @@ async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict
     if slack is not None:
         config.write_text(config.read_text() + (
             "sinks: {console: {enabled: false}, slack: {token: {env: STORM_SLACK_TOKEN}, default_channel: '#incidents',"
-            f" api_url: '{slack.api_url}', rate_per_channel: {args.slack_rate}}}}}\n"))
+            f" api_url: '{slack.api_url}', rate_per_channel: {args.slack_rate},"
+            f" min_update_interval: {args.min_update_interval}, summary_interval: {args.summary_interval}}}}}\n"))
     port = free_port()
     proc = start_daemon(config, store_url, port)
     statuses: dict[int, int] = {}
+    first_delivered: dict[str, float] = {}
     depth: list[tuple[float, int]] = []
     try:
         await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/readyz", proc)
@@ -161,7 +208,7 @@ async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict
         try:
             started = time.monotonic()
             sending = asyncio.create_task(send_storm(port, args.alerts, args.groups, args.seconds, args.interval,
-                                                     statuses))
+                                                     statuses, first_delivered))
             while True:
                 queued = await store.queue.depth()
                 depth.append((round(time.monotonic() - started, 1), queued))
@@ -173,12 +220,17 @@ async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict
             await sending
             delivered_after = time.monotonic() - started
             await asyncio.sleep(0.5)  # the last blocks on their way through the pipe
+            runs = await collector_runs(port)
             async with store.db.read() as conn:
                 incidents = int(await conn.fetchval("SELECT COUNT(*) FROM incidents"))
-                distinct = int(await conn.fetchval("SELECT COUNT(DISTINCT fingerprint) FROM incidents"))
+                members = int(await conn.fetchval("SELECT COUNT(*) FROM incident_members"))
+                distinct = int(await conn.fetchval(
+                    "SELECT COUNT(*) FROM (SELECT DISTINCT fingerprint, starts_at FROM incident_members) m"))
                 alerts_rows = int(await conn.fetchval("SELECT COUNT(*) FROM alerts"))
                 unlinked = int(await conn.fetchval("SELECT COUNT(*) FROM alerts WHERE incident_id IS NULL"))
                 failed = int(await conn.fetchval("SELECT COUNT(*) FROM jobs WHERE status <> 'done'"))
+                group_of_incident = {int(r["id"]): r["group_key"]
+                                     for r in await conn.fetch("SELECT id, group_key FROM incidents")}
         finally:
             await store.close()
         rss = peak_rss_mb(proc.pid)
@@ -187,15 +239,19 @@ async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict
         proc.wait(timeout=30)
         if schema:
             await asyncio.to_thread(drop_schema, schema)
-    return {
+    result = {
         "target": args.target, "alerts": args.alerts, "groups": args.groups, "seconds": args.seconds,
-        "group_interval_s": args.interval, "webhooks": statuses, "alert_rows": alerts_rows,
-        "incidents": incidents, "incidents_distinct": distinct, "alerts_without_incident": unlinked,
-        "jobs_not_done": failed, "sink_messages": messages.count, "peak_rss_mb": round(rss, 1),
-        "all_delivered_after_s": round(delivered_after, 1),
+        "group_interval_s": args.interval, "group_wait_s": args.group_wait, "webhooks": statuses,
+        "alert_rows": alerts_rows, "incidents": incidents, "members": members, "alerts_without_incident": unlinked,
+        "collector_runs": runs, "jobs_not_done": failed, "sink_messages": messages.count,
+        "peak_rss_mb": round(rss, 1), "all_delivered_after_s": round(delivered_after, 1),
         "max_queue_depth": max(d for _, d in depth), "queue_depth": depth,
-        "every_alert_has_one_incident": incidents == distinct == args.alerts and unlinked == 0,
+        "one_incident_per_group": incidents == args.groups,
+        "every_alert_one_member": members == distinct == args.alerts and unlinked == 0,
     }
+    if slack is not None:
+        result["slack"] = slack_numbers(slack, args.groups, first_delivered, group_of_incident)
+    return result
 
 
 def main() -> None:
@@ -209,19 +265,27 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300, help="give up this long after the storm")
     parser.add_argument("--slack", action="store_true", help="deliver to the Slack fake instead of the console")
     parser.add_argument("--slack-rate", type=float, default=1.0, help="Slack messages per second per channel")
+    parser.add_argument("--group-wait", type=float, default=0.0, help="the rule's group_wait, seconds")
+    parser.add_argument("--min-update-interval", type=float, default=20.0, help="sinks.slack.min_update_interval")
+    parser.add_argument("--summary-interval", type=float, default=60.0, help="sinks.slack.summary_interval")
+    parser.add_argument("--output", type=Path, help="write the JSON result here instead of bench/results/")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(storm(args, Path(tmp)))
     print_table(
-        ["target", "alerts", "webhooks", "incidents", "sink msgs", "peak RSS MB", "max queue", "all delivered s",
-         "one incident per alert"],
-        [[result["target"], result["alerts"], sum(result["webhooks"].values()), result["incidents"],
-          result["sink_messages"], result["peak_rss_mb"], result["max_queue_depth"],
-          result["all_delivered_after_s"], result["every_alert_has_one_incident"]]],
+        ["target", "alerts", "groups", "webhooks", "incidents", "members", "collector runs", "peak RSS MB",
+         "max queue", "all delivered s", "one incident per group", "every alert one member"],
+        [[result["target"], result["alerts"], result["groups"], sum(result["webhooks"].values()),
+          result["incidents"], result["members"], result["collector_runs"], result["peak_rss_mb"],
+          result["max_queue_depth"], result["all_delivered_after_s"], result["one_incident_per_group"],
+          result["every_alert_one_member"]]],
     )
     print("queue depth (s, jobs):", " ".join(f"{t:g}:{d}" for t, d in result["queue_depth"][::5]))
     if "slack" in result:
         print("slack:", result["slack"])
+    if args.output is not None:
+        args.output.write_text(json.dumps(result, indent=2))
+        return
     path = write_result(f"storm-{args.target}{'-slack' if args.slack else ''}", result)
     print(f"results: {path}")
 

@@ -379,6 +379,11 @@ class SlackSinkConfig(Strict):
     refire_window: Duration = 86400.0
     # Storm members are listed compactly in the parent message, up to this many lines.
     storm_list_lines: int = Field(default=20, ge=1, le=40)
+    # A thread's parent message is edited at most once per this interval (pending edits are coalesced:
+    # only the newest state is sent, and an edit that would change nothing is not sent).
+    min_update_interval: Duration = 20.0
+    # Alerts joining or resolving are told in one reply ("+37 alerts, 2 resolved") at most this often.
+    summary_interval: Duration = 60.0
     # Who may approve, silence, acknowledge and re-run diagnostics from the thread (docs/slack.md).
     permissions: SlackPermissions = SlackPermissions()
     # User group memberships (usergroups.users.list) are asked again after this long.
@@ -435,6 +440,9 @@ class NetworkConfig(Strict):
 class CollectorsConfig(Strict):
     commands: CommandsConfig = CommandsConfig()
     network: NetworkConfig = NetworkConfig()
+    # Identical collector calls (type, target, parameters) within this time share one execution and its
+    # result across incidents, so a storm asks the systems under stress once; 0 turns sharing off.
+    cache_ttl: Duration = 30.0
 
 
 class KubernetesTarget(Strict):

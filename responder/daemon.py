@@ -18,7 +18,7 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from responder.collectors.runner import EvidenceLimits
+from responder.collectors.runner import EvidenceLimits, SharedCalls
 from responder.config import Config, secret_values
 from responder.console.jobs import ConsoleJobs
 from responder.console.permissions import Permissions
@@ -35,6 +35,7 @@ from responder.pipeline.process import IncidentProcessor
 from responder.pipeline.worker import QueueWorker, WorkerSettings
 from responder.redaction import Redactor
 from responder.rules.engine import RuleSet
+from responder.rules.grouping import RuleGrouping
 from responder.secret_reload import SecretReloader
 from responder.sinks import Sink
 from responder.sinks import registry as sink_registry
@@ -101,7 +102,8 @@ class Daemon:
         cfg = self.config.store
         self._store = await open_store(self.config.store_url(), synchronous=cfg.sqlite_synchronous,
                                        pool_size=cfg.pool_size, timeout=cfg.connect_timeout,
-                                       max_attempts=self.config.pipeline.max_attempts)
+                                       max_attempts=self.config.pipeline.max_attempts,
+                                       grouping=RuleGrouping(self.ruleset))
         if self._store.dialect == "sqlite":
             recovered = await self._store.queue.recover_all_running()
             if recovered:
@@ -124,9 +126,11 @@ class Daemon:
         guard = Guard(self.config.mitigations, self.targets, self.actions, self.locks, self.metrics, self.redactor)
         limits = EvidenceLimits(p.collector_timeout, p.collectors_total_timeout, p.evidence_display_bytes,
                                 p.evidence_store_bytes)
+        ttl = self.config.collectors.cache_ttl
+        shared = SharedCalls(ttl) if ttl > 0 else None
         processor = IncidentProcessor(
             store=self.store, ruleset=self.ruleset, targets=self.targets, guard=guard, redactor=self.redactor,
-            limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks],
+            limits=limits, metrics=self.metrics, sink_queues=[s.queue for s in self.sinks], shared=shared,
             on_evidence=self.on_evidence,
         )
         mitigation_jobs = MitigationJobs(self.store, self.actions, guard, self.ruleset, limits, self.redactor,
@@ -173,6 +177,8 @@ class Daemon:
                     log.error("queue %s raised while draining", worker.queue, exc_info=outcome)
                     self.supervisor.errors.append(outcome)
             await self.supervisor.stop()
+            if shared is not None:
+                await shared.close()
 
     def _console(self) -> ConsoleJobs:
         """The console's jobs, asking Slack through the Slack sink's client (user groups, ephemeral answers)."""

@@ -39,6 +39,10 @@ class IncidentView(BaseModel):
     resolved_at: float | None = None
     error: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    group_key: str = ""
+    members_firing: int = 0
+    members_total: int = 0
+    previous_id: int | None = None
 
     @classmethod
     def of(cls, incident: Incident, **changes: Any) -> IncidentView:

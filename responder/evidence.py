@@ -28,6 +28,8 @@ class Evidence:
     text: str
     full_text: str | None = None
     truncated: bool = False
+    # Gathered once for several incidents (the same call within collectors.cache_ttl).
+    shared: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

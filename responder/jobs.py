@@ -151,6 +151,8 @@ class VerifyRef(Payload):
 
 
 PROCESS = JobKind("process", IncidentJob, queue=PIPELINE_QUEUE)
+# Members of an incident already processed joined or resolved (one waiting row per incident at most).
+MEMBERS = JobKind("members", IncidentJob, queue=PIPELINE_QUEUE)
 RESOLVE = JobKind("resolve", IncidentJob, queue=PIPELINE_QUEUE)
 APPROVAL_EXPIRE = JobKind("approval.expire", ApprovalRef, queue=MITIGATIONS_QUEUE)
 APPROVAL_EXECUTE = JobKind("approval.execute", ApprovalRef, queue=MITIGATIONS_QUEUE)
@@ -158,6 +160,8 @@ VERIFY = JobKind("verify", VerifyRef, queue=MITIGATIONS_QUEUE)
 # Sink events: one row per sink queue, in the transaction that records the change.
 INCIDENT_PROCESSED = JobKind("incident.processed", IncidentEvent)
 INCIDENT_RESOLVED = JobKind("incident.resolved", IncidentEvent)
+# The incident's members changed (counts in the event's incident); sinks keep their summary current.
+INCIDENT_MEMBERS = JobKind("incident.members", IncidentEvent)
 # Told to every sink after the thread started (responder/console, mitigation outcomes).
 INCIDENT_NOTE = JobKind("incident.note", Note)
 
@@ -169,7 +173,7 @@ class ClickRef(Payload):
 
 
 class RefreshJob(Payload):
-    # The Slack user who asked for it.
+    # The Slack user who asked for it; None: the rule's `refresh` after new members joined.
     requested_by: str | None = None
 
 

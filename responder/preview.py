@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -12,9 +13,10 @@ from responder.config import Config
 from responder.evidence import Evidence
 from responder.mitigations.guard import Decision, Guard
 from responder.mitigations.locks import LocalLocks
-from responder.models import Alert, AlertStatus, Incident, IncidentStatus
+from responder.models import Alert, AlertStatus, Incident, IncidentStatus, common_labels
 from responder.rules.conditions import evaluate, parse_condition
 from responder.rules.engine import RuleSet, RuleVerdict, render_steps
+from responder.rules.grouping import group_key
 from responder.steps import RenderedStep
 from responder.store import Store
 from responder.store.actions import ActionStore
@@ -24,6 +26,8 @@ from responder.targets import Targets
 @dataclass
 class RulePreview:
     rule: str
+    # The incident the alert falls into under this rule: its group key (see rules/grouping.py).
+    group_key: str = ""
     collectors: list[RenderedStep] = field(default_factory=list)
     mitigations: list[RenderedStep] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
@@ -48,18 +52,24 @@ def as_incident(alert: Alert) -> Incident:
 
 
 async def preview(config: Config, ruleset: RuleSet, store: Store, alert: Alert,
-                  evidence: Sequence[Evidence] | None = None) -> AlertPreview:
-    """Matching verdicts, rendered steps, and the guards each mitigation would meet now (cooldowns and
-    budgets read from `store`; `when:` conditions tested on `evidence` if given; nothing is recorded, no
-    collector or action runs)."""
+                  evidence: Sequence[Evidence] | None = None, members: Sequence[Alert] = ()) -> AlertPreview:
+    """Matching verdicts, the group key, rendered steps, and the guards each mitigation would meet now
+    (cooldowns and budgets read from `store`; `when:` conditions tested on `evidence` if given; nothing is
+    recorded, no collector or action runs). The steps are rendered for the group of `members` (default:
+    the alert alone), as its incident would be: the labels they share, `for_each` per firing member."""
+    group = list(members) or [alert]
+    firing = [m for m in group if m.status is AlertStatus.FIRING] or group
+    shared = dataclasses.replace(alert, labels=common_labels([m.labels for m in firing]),
+                                 annotations=common_labels([m.annotations for m in firing]))
     async with Targets(config) as targets:
         guard = Guard(config.mitigations, targets, ActionStore(store), LocalLocks())
-        incident = as_incident(alert)
+        incident = as_incident(shared)
         rules = []
         for rule in ruleset.match(alert):
-            collectors, mitigations, errors = render_steps(rule, alert)
+            collectors, mitigations, errors = render_steps(rule, shared, firing)
             decisions = await guard.preview(rule, mitigations, incident, evidence)
-            rules.append(RulePreview(rule.name, collectors, mitigations, decisions, [str(e) for e in errors]))
+            rules.append(RulePreview(rule.name, group_key(rule, alert), collectors, mitigations, decisions,
+                                     [str(e) for e in errors]))
     return AlertPreview(alert, ruleset.explain(alert), rules)
 
 

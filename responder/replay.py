@@ -114,10 +114,10 @@ async def run_replay(daemon: Daemon, delivery: Delivery, timeout: float) -> list
             await asyncio.sleep(0.05)
     results: list[ReplayResult] = []
     for alert in delivery.alerts:
-        incident = await daemon.store.find_incident(alert.source, alert.fingerprint, alert.starts_at)
-        if incident is not None and incident.id not in {r.incident.id for r in results}:
-            results.append(ReplayResult(incident, await daemon.store.evidence(incident.id),
-                                        await daemon.store.actions(incident.id)))
+        for incident in await daemon.store.incidents_of_alert(alert.source, alert.fingerprint, alert.starts_at):
+            if incident.id not in {r.incident.id for r in results}:
+                results.append(ReplayResult(incident, await daemon.store.evidence(incident.id),
+                                            await daemon.store.actions(incident.id)))
     return results
 
 
@@ -125,6 +125,7 @@ def result_json(result: ReplayResult) -> dict[str, Any]:
     incident = result.incident
     return {
         "incident": {"fingerprint": incident.fingerprint, "alertname": incident.alertname, "rule": incident.rule,
+                     "group_key": incident.group_key, "members": incident.members_total,
                      "status": incident.status.value, "labels": incident.labels, "error": incident.error},
         "evidence": [{k: row[k] for k in ("rule", "step", "collector", "title", "status", "duration_ms", "text")}
                      for row in result.evidence],

@@ -3,13 +3,15 @@
     rule_files: [../]            # optional: rule files or directories, relative to this file
     tests:
       - name: error rate pages and restarts the deployment
-        alert:                   # or `payload: sample.json` (an Alertmanager, Grafana or PagerDuty body)
+        alert:                   # or `alerts: [...]` (several alerts of one group), or `payload: sample.json`
+                                 # (an Alertmanager, Grafana or PagerDuty body; each alert on its own)
           labels: {alertname: HighErrorRate, namespace: shop, deployment: api}
           annotations: {summary: "5xx above 5%"}
           source: alertmanager   # default
           status: firing         # default
         expect:
           rules: [errors-and-latency]          # matched rules in order; [] means unmatched
+          group_key: "namespace=shop,deployment=api"   # the incident the alert(s) fall into (optional)
           collectors:                          # each listed step must be there, with these rendered params
             - {type: kubernetes.pods, params: {namespace: shop}}
           mitigations:
@@ -39,6 +41,7 @@ from responder.models import Alert, AlertStatus
 from responder.preview import AlertPreview, preview, step_params
 from responder.replay import parse_payload
 from responder.rules.engine import RuleSet
+from responder.rules.grouping import group_key
 from responder.rules.loader import load_rules
 from responder.store import open_store
 
@@ -63,6 +66,7 @@ class StepExpectation(_Strict):
 
 class Expectation(_Strict):
     rules: list[str]
+    group_key: str | None = None
     collectors: list[StepExpectation] | None = None
     mitigations: list[StepExpectation] | None = None
     errors: list[str] | None = None
@@ -78,6 +82,8 @@ class EvidenceSpec(_Strict):
 class Case(_Strict):
     name: str
     alert: AlertSpec | None = None
+    # Several alerts of one group: the steps are rendered for their incident (shared labels, for_each).
+    alerts: list[AlertSpec] | None = None
     payload: Path | None = None
     source: str | None = None
     # Collector step id -> its evidence. Given, mitigations' `when:` conditions are evaluated on it
@@ -112,10 +118,9 @@ def _alerts(case: Case, base: Path, config: Config) -> list[Alert]:
     if case.payload is not None:
         path = case.payload if case.payload.is_absolute() else base / case.payload
         return parse_payload(config, path.read_bytes(), case.source).alerts
-    assert case.alert is not None
-    spec = case.alert
-    return [Alert(spec.source, AlertStatus(spec.status), f"test:{case.name}", time.time(), spec.labels,
-                  spec.annotations)]
+    specs = case.alerts or ([case.alert] if case.alert is not None else [])
+    return [Alert(spec.source, AlertStatus(spec.status), f"test:{case.name}:{i}", time.time(), spec.labels,
+                  spec.annotations) for i, spec in enumerate(specs)]
 
 
 def _evidence(case: Case) -> list[Evidence] | None:
@@ -158,9 +163,20 @@ async def run_case(config: Config, ruleset: RuleSet, file: Path, case: Case, sto
     except (OSError, ValueError) as exc:
         result.problems.append(f"cannot build the alert: {exc}")
         return result
-    for alert in alerts:
-        p = await preview(config, ruleset, store, alert, _evidence(case))
+    if not alerts:
+        result.problems.append("give the case an `alert`, `alerts` or a `payload`")
+    # `alerts:` is one group; a payload's alerts are tested one by one.
+    groups = [alerts] if case.alerts else [[alert] for alert in alerts]
+    for group in groups:
+        p = await preview(config, ruleset, store, group[0], _evidence(case), members=group)
         matched = [r.rule for r in p.rules]
+        for rule in p.rules:
+            keys = sorted({group_key(next(r for r in ruleset.rules if r.name == rule.rule), a) for a in group})
+            if len(keys) > 1:
+                result.problems.append(f"rule {rule.rule}: the alerts fall into different groups: {keys}")
+            if case.expect.group_key is not None and rule.group_key != case.expect.group_key:
+                result.problems.append(f"rule {rule.rule}: group key differs\n"
+                                       f"{_diff(case.expect.group_key, rule.group_key)}")
         if matched != case.expect.rules:
             result.problems.append(f"matched rules differ\n{_diff(case.expect.rules, matched)}")
         if case.expect.collectors is not None:

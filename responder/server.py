@@ -134,7 +134,7 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
         for key, count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
             received(*key).inc(count)
-        if receipt.opened or receipt.resolved:
+        if receipt.opened or receipt.resolved or receipt.updated:
             daemon.wake_pipeline()
         return json_body({
             "status": "duplicate" if receipt.duplicate else "accepted",

@@ -1,5 +1,6 @@
-"""An incident's full view, read back from the store: its alert deliveries, evidence, decisions with their
-guard reasons, checklist, Slack thread and delivery state, and one timeline of all of it.
+"""An incident's full view, read back from the store: its members (the alerts of its group), the incidents
+of the same group before and after it, its alert deliveries, evidence, decisions with their guard reasons,
+checklist, Slack thread and delivery state, and one timeline of all of it.
 
 One place assembles it, for the web console (`responder/ui`) and `responder incidents show`. Everything in
 it passes through the daemon's Redactor: labels and annotations come from whoever sent the alert.
@@ -11,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from responder.models import Incident
+from responder.models import Incident, Member
 from responder.redaction import Redactor
 from responder.store import Store
 from responder.store.actions import ActionStore
@@ -73,6 +74,10 @@ class IncidentView:
     slack: dict[str, Any] | None
     deliveries: list[dict[str, Any]]
     approvals: list[dict[str, Any]] = field(default_factory=list)
+    # The alerts of the incident's group, firing first; the incidents of the same group it follows or
+    # that followed it (`relation`: previous or next).
+    members: list[dict[str, Any]] = field(default_factory=list)
+    linked: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def rules(self) -> list[str]:
@@ -81,7 +86,9 @@ class IncidentView:
     def timeline(self) -> list[Event]:
         i = self.incident
         events = [Event(i.starts_at, f"{i.alertname or 'alert'} started firing (according to {i.source})", "alert"),
-                  Event(i.opened_at, f"incident #{i.id} opened", "incident")]
+                  Event(i.opened_at, f"incident #{i.id} opened (group {i.group_key or '-'})", "incident")]
+        events += [Event(float(other["opened_at"]), f"incident #{other['id']} of the same group opened", "incident")
+                   for other in self.linked if other["relation"] == "next"]
         for alert in self.alerts[1:]:
             events.append(Event(float(alert["received_at"]), f"{alert['status']} alert received "
                                 f"(payload {alert['payload_id']})", "alert"))
@@ -124,6 +131,8 @@ class IncidentView:
             "evidence": self.evidence,
             "decisions": self.decisions,
             "approvals": self.approvals,
+            "members": self.members,
+            "linked": self.linked,
             "checklists": [{"rule": rule, "items": items} for rule, items in self.checklists],
             "slack": self.slack,
             "deliveries": self.deliveries,
@@ -159,5 +168,19 @@ async def load_incident_view(store: Store, incident_id: int, redactor: Redactor,
         slack=slack,
         deliveries=redactor.tree([dict(r) for r in await history.deliveries(incident_id)]),
         approvals=[dict(r) for r in await history.approvals(incident_id)],
+        members=redactor.tree([member_row(m) for m in await store.members(incident_id)]),
+        linked=[linked_row(other, incident) for other in await store.linked_incidents(incident)],
     )
     return view
+
+
+def member_row(member: Member) -> dict[str, Any]:
+    return {"fingerprint": member.fingerprint, "starts_at": member.starts_at, "status": member.status.value,
+            "alertname": member.name, "labels": member.labels, "annotations": member.annotations,
+            "first_seen": member.first_seen, "resolved_at": member.resolved_at}
+
+
+def linked_row(other: Incident, incident: Incident) -> dict[str, Any]:
+    return {"id": other.id, "relation": "previous" if other.id == incident.previous_id else "next",
+            "status": other.status.value, "opened_at": other.opened_at, "resolved_at": other.resolved_at,
+            "members_total": other.members_total}

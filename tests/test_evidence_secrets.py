@@ -48,7 +48,7 @@ async def test_configured_secrets_never_reach_stored_evidence(
         client, daemon = await daemon_client(config)
         assert (await client.post("/webhooks/alertmanager", json=am_payload(am_alert("Leaky")))).status == 200
         async with asyncio.timeout(30):
-            while not (incidents := await daemon.store.list_incidents()) or incidents[0].rule is None:
+            while not (incidents := await daemon.store.list_incidents()) or incidents[0].processed_at is None:
                 await asyncio.sleep(0.1)
         rows = await daemon.store.evidence(incidents[0].id)
     finally:

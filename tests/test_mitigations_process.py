@@ -32,10 +32,12 @@ rules:
         params: {target: app, path: /admin/fallback/enable, timeout: 20}
 """
 
+# One incident per alert ('...'), so both replicas decide about the same target many times at once.
 RESTART = """
 rules:
   - name: api-down
     match: ['alertname="ApiDown"']
+    group_by: ['...']
     mitigations:
       - id: restart
         type: kubernetes.rollout_restart

@@ -94,7 +94,7 @@ async def test_replay_of_a_real_alertmanager_payload_matches_live_delivery(
     client, daemon = await daemon_client(config)
     assert (await client.post("/webhooks/alertmanager", data=captured)).status == 200
     async with asyncio.timeout(20):
-        while not (incidents := await daemon.store.list_incidents()) or incidents[0].rule is None:
+        while not (incidents := await daemon.store.list_incidents()) or incidents[0].processed_at is None:
             await asyncio.sleep(0.05)
     live = [(row["step"], row["title"], row["status"]) for row in await daemon.store.evidence(incidents[0].id)]
     live_actions = [(row["step"], row["outcome"]) for row in await daemon.store.actions(incidents[0].id)]

@@ -158,6 +158,7 @@ APPROVAL_RULES = """
 rules:
   - name: api-down
     match: ['alertname="ApiDown"']
+    group_by: [deployment]
     slack: {escalation: S0ESCALATE}
     collectors:
       - {id: probe, type: test.sleep, params: {seconds: 0.01, label: probed}}

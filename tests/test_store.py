@@ -38,12 +38,13 @@ async def test_concurrent_deliveries_share_a_batch_and_keep_per_delivery_answers
     assert all(row["incident_id"] == by_fp[row["fingerprint"]].id for row in linked)
 
 
-async def test_newer_firing_supersedes_an_incident_whose_resolution_was_never_seen(store: Store) -> None:
+async def test_newer_firing_supersedes_a_member_whose_resolution_was_never_seen(store: Store) -> None:
     await store.record_delivery(Delivery("alertmanager", b"", [alert("f", starts_at=100.0)]))
     await store.record_delivery(Delivery("alertmanager", b"", [alert("f", starts_at=200.0)]))
-    incidents = {i.starts_at: i for i in await store.list_incidents()}
-    assert incidents[100.0].status.value == "resolved" and incidents[100.0].error == "superseded by a new firing"
-    assert incidents[200.0].status.value == "open"
+    [incident] = await store.list_incidents()
+    members = {m.starts_at: m.status.value for m in await store.members(incident.id)}
+    assert members == {100.0: "resolved", 200.0: "firing"}
+    assert (incident.status.value, incident.members_firing, incident.members_total) == ("open", 1, 2)
 
 
 async def test_resolution_closes_the_open_firing_that_started_at_or_before_it(store: Store) -> None:
@@ -55,10 +56,33 @@ async def test_resolution_closes_the_open_firing_that_started_at_or_before_it(st
     # ... and a resolution stamped later than the open firing's start closes it (PagerDuty resolves this way).
     closing = await store.record_delivery(Delivery("alertmanager", b"5", [alert("r", AlertStatus.RESOLVED, 250.0)]))
     assert closing.resolved == 1
-    assert sorted((i.starts_at, i.status.value) for i in await store.list_incidents()) == [
-        (100.0, "resolved"), (200.0, "resolved")]
+    [incident] = await store.list_incidents()
+    assert (incident.status.value, incident.members_firing, incident.members_total) == ("resolved", 0, 2)
     jobs = await store.queue.rows(queue="pipeline")
     assert [j["kind"] for j in jobs].count("resolve") == 1
+
+
+async def test_a_group_is_one_incident_and_a_refire_after_resolution_opens_a_linked_one(store: Store) -> None:
+    def grouped(fp: str, status: AlertStatus = AlertStatus.FIRING, starts_at: float = 100.0) -> Alert:
+        return Alert("alertmanager", status, fp, starts_at, {"alertname": "PodDown", "pod": fp}, group_key="g")
+
+    await store.record_delivery(Delivery("alertmanager", b"1", [grouped("a"), grouped("b")]))
+    await store.record_delivery(Delivery("alertmanager", b"2", [grouped("a"), grouped("b"), grouped("c")]))
+    [incident] = await store.list_incidents()
+    assert (incident.group_key, incident.members_firing, incident.members_total) == ("g", 3, 3)
+    assert incident.labels == {"alertname": "PodDown"}  # what the members share
+    kinds = [j["kind"] for j in await store.queue.rows(queue="pipeline")]
+    assert kinds == ["process", "members"]
+    await store.record_delivery(Delivery("alertmanager", b"3", [grouped(fp, AlertStatus.RESOLVED) for fp in "abc"]))
+    # Alertmanager sends resolved alerts again, and a late copy of the old firing: they open nothing ...
+    await store.record_delivery(Delivery("alertmanager", b"4", [grouped("a", AlertStatus.RESOLVED), grouped("b")]))
+    assert len(await store.list_incidents()) == 1
+    # ... a new firing does.
+    await store.record_delivery(Delivery("alertmanager", b"5", [grouped("a", starts_at=200.0)]))
+    first, second = sorted(await store.list_incidents(), key=lambda i: i.id)
+    assert first.status.value == "resolved" and second.status.value == "open"
+    assert second.previous_id == first.id
+    assert [i.id for i in await store.linked_incidents(first)] == [second.id]
 
 
 async def test_queue_keeps_order_per_key_and_fences_completion_by_lease(store: Store) -> None:

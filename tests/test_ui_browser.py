@@ -272,7 +272,8 @@ def test_explain_shows_the_matching_rule_and_the_guards(console: LiveDaemon, bro
     assert "✓ web-errors matches" in result
     # The guards read the real store: `flush` ran (dry-run) for the incident above, so its cooldown holds.
     assert "flush" in result and "blocked by cooldown" in result
-    assert "http.self" in result and "when evidence.health.payload.status_code >= 500: depends on the evidence" in result
+    assert "http.self" in result
+    assert "when evidence.health.payload.status_code >= 500: depends on the evidence" in result
     screenshot(browser, "explain")
 
     browser.execute_script("arguments[0].value = '{not json'", browser.find_element(By.ID, "explain-payload"))

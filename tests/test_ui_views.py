@@ -20,7 +20,7 @@ from tests.support.alerts import am_alert, am_payload
 
 
 async def open_incident(store: Store, name: str, source_labels: dict[str, str] | None = None) -> int:
-    body = json.dumps(am_payload(am_alert(name, labels=source_labels))).encode()
+    body = json.dumps(am_payload(am_alert(name, labels=source_labels), group_key=f"{{}}:{{alertname={name}}}")).encode()
     await store.record_delivery(parse_payload(load_config(None), body, "alertmanager"))
     (incident,) = [i for i in await store.list_incidents() if i.alertname == name]
     return incident.id
@@ -31,9 +31,9 @@ async def test_incidents_filter_by_one_of_their_rules_literally(store: Store) ->
     second = await open_incident(store, "Second")
     third = await open_incident(store, "Third")
     async with store.db.transaction() as conn:
-        await store.save_processing(conn, first, "db_errors,latency", None, [])
-        await store.save_processing(conn, second, "dbXerrors", None, [])
-        await store.save_processing(conn, third, "latency-p99", None, [])
+        # Incidents of the previous release name every rule that matched; a group names one.
+        for incident_id, rule in ((first, "db_errors,latency"), (second, "dbXerrors"), (third, "latency-p99")):
+            await conn.execute("UPDATE incidents SET rule = $2 WHERE id = $1", incident_id, rule)
     history = History(store)
 
     async def names(**filters: str) -> list[str]:
@@ -51,8 +51,10 @@ async def test_incidents_filter_by_one_of_their_rules_literally(store: Store) ->
 
 async def test_incident_view_is_redacted_and_tells_its_story(store: Store) -> None:
     incident_id = await open_incident(store, "Leaky", {"dsn": "postgres://app:hunter2@db/app"})
+    incident = await store.get_incident(incident_id)
+    assert incident is not None
     async with store.db.transaction() as conn:
-        await store.save_processing(conn, incident_id, None, None, [])
+        await store.save_processing(conn, incident_id, incident.labels, None, [])
     view = await load_incident_view(store, incident_id, Redactor())
     assert view is not None
     assert view.incident.labels["dsn"] == "postgres://app:[REDACTED]@db/app"

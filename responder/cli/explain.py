@@ -52,7 +52,7 @@ def show(p: AlertPreview, config: Config) -> None:
 
     incident = as_incident(p.alert)
     for rule in p.rules:
-        out.print(f"\n  [bold]rule {escape(rule.rule)}[/]")
+        out.print(f"\n  [bold]rule {escape(rule.rule)}[/]  [dim]group {escape(rule.group_key)}[/]")
         for error in rule.errors:
             out.print(f"    [red]! {escape(error)}[/]")
         for step in rule.collectors:

@@ -60,6 +60,10 @@ def incident_row(incident: Incident) -> dict[str, object]:
         "opened_at": incident.opened_at,
         "resolved_at": incident.resolved_at,
         "deliveries": incident.deliveries,
+        "group_key": incident.group_key,
+        "members_firing": incident.members_firing,
+        "members_total": incident.members_total,
+        "previous_id": incident.previous_id,
     }
 
 
@@ -80,10 +84,11 @@ def list_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([incident_row(i) for i in incidents], indent=2))
         return 0
-    table = fold_table("id", "alert", "rule", "status", "opened", "resolved", "deliveries", "fingerprint")
+    table = fold_table("id", "alert", "rule", "status", "alerts (firing/all)", "group", "opened", "resolved",
+                       "deliveries")
     for i in incidents:
-        table.add_row(str(i.id), i.alertname, i.rule or "-", i.status.value, ts(i.opened_at),
-                      ts(i.resolved_at), str(i.deliveries), i.fingerprint)
+        table.add_row(str(i.id), i.alertname, i.rule or "-", i.status.value, f"{i.members_firing}/{i.members_total}",
+                      i.group_key, ts(i.opened_at), ts(i.resolved_at), str(i.deliveries))
     out.print(fitted(table))
     out.print(f"{len(incidents)} incident(s)")
     return 0
@@ -131,7 +136,12 @@ def show_view(view: IncidentView, *, full: bool) -> None:
     out.print(f"  source {i.source}, fingerprint {escape(i.fingerprint)}, {i.deliveries} deliveries,"
               f" opened {ts(i.opened_at)}, started {ts(i.starts_at)}", soft_wrap=True)
     out.print(f"  rules: {escape(', '.join(view.rules) or '(none matched)')}")
+    out.print(f"  group: {escape(i.group_key or '-')}, {i.members_firing} of {i.members_total} alert(s) firing",
+              soft_wrap=True)
     out.print(f"  labels: {escape(', '.join(f'{k}={v}' for k, v in sorted(i.labels.items())))}", soft_wrap=True)
+    for other in view.linked:
+        relation = "follows" if other["relation"] == "previous" else "followed by"
+        out.print(f"  {relation} incident #{other['id']} ({other['status']}, {other['members_total']} alert(s))")
     for key, value in sorted(i.annotations.items()):
         out.print(f"  {escape(key)}: {escape(value)}", soft_wrap=True)
     if i.extra.get("resolved_by"):
@@ -139,11 +149,19 @@ def show_view(view: IncidentView, *, full: bool) -> None:
                   f" {escape(str(i.extra.get('resolution', '')))}", soft_wrap=True)
     if i.error:
         out.print(f"  [red]error: {escape(i.error)}[/]", soft_wrap=True)
+    out.print(f"\n[bold]members[/] ({len(view.members)})")
+    shown = view.members if full else view.members[:20]
+    for m in shown:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(m["labels"].items()) if k != "alertname")
+        out.print(f"  {'✓' if m['status'] == 'resolved' else '●'} {escape(m['alertname'] or '-')} {m['status']}"
+                  f" [dim]{escape(labels)}[/]", soft_wrap=True)
+    if len(view.members) > len(shown):
+        out.print(f"  [dim]… {len(view.members) - len(shown)} more: --full[/]")
     out.print(f"\n[bold]evidence[/] ({len(view.evidence)})")
     for ev in view.evidence:
         mark = STATUS_MARK.get(ev["status"], "?")
         out.print(f"  {mark} {escape(ev['step'])}: {escape(ev['title'])} [dim]({ev['collector']}, {ev['status']},"
-                  f" {ev['duration_ms']:.0f} ms)[/]", soft_wrap=True)
+                  f" {ev['duration_ms']:.0f} ms{', shared' if ev['shared'] else ''})[/]", soft_wrap=True)
         text = (ev["full_text"] or ev["text"]) if full else ev["text"]
         lines = text.splitlines()
         for line in lines if full else lines[:20]:

@@ -92,6 +92,8 @@ def show_result(result: ReplayResult) -> None:
     incident = result.incident
     out.print(f"\n[bold]{escape(incident.alertname)}[/] → rule [bold]{escape(incident.rule or '(none matched)')}[/]"
               f"  [dim]{escape(', '.join(f'{k}={v}' for k, v in sorted(incident.labels.items())))}[/]")
+    out.print(f"group [bold]{escape(incident.group_key)}[/]: {incident.members_total} alert(s),"
+              f" incident #{incident.id}")
     if incident.error:
         out.print(f"[red]step errors:[/] {escape(incident.error)}")
     for row in result.evidence:

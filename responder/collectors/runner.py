@@ -1,7 +1,9 @@
 """Run a rule's collectors concurrently, each within its timeout and all within a total bound.
 
 One failing or hanging collector never blocks or fails the others: it becomes `error` or `timeout`
-evidence. Every finding is redacted and size-capped before anyone sees it.
+evidence. Every finding is redacted and size-capped before anyone sees it. Identical calls (type and
+rendered parameters, the target among them) made by several incidents within `collectors.cache_ttl`
+share one execution (`SharedCalls`): in a storm the systems under stress are asked once.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from responder.collectors.base import CollectorContext, Finding, registry
 from responder.evidence import Evidence, EvidenceStatus
@@ -39,6 +42,41 @@ def cap(text: str, limit: int, note: str) -> tuple[str, bool]:
     return f"{cut}\n… [truncated: {len(data) - limit} more bytes; {note}]", True
 
 
+class SharedCalls:
+    """Single-flight with a time to live: the first caller of a key runs it, callers arriving while it
+    runs or within `ttl` seconds after get its finding. A failed finding is not kept past its run, so
+    the next caller tries again. The runs are tasks owned here, cancelled by `close`."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._runs: dict[str, tuple[float, asyncio.Task[Finding]]] = {}
+
+    async def run(self, key: str, call: Callable[[], Coroutine[Any, Any, Finding]]) -> tuple[Finding, bool]:
+        """The finding for `key`, and whether it came from another caller's run."""
+        now = time.monotonic()
+        self._forget(now)
+        entry = self._runs.get(key)
+        if entry is not None:
+            return await asyncio.shield(entry[1]), True
+        task = asyncio.create_task(call(), name=f"collector-call:{key[:60]}")
+        self._runs[key] = (now + self.ttl, task)
+        # Shielded: one caller cut off by its total budget does not cancel the run the others wait for.
+        return await asyncio.shield(task), False
+
+    def _forget(self, now: float) -> None:
+        for key, (expires, task) in list(self._runs.items()):
+            failed = task.done() and (task.cancelled() or task.result().status is not EvidenceStatus.OK)
+            if (task.done() and expires <= now) or failed:
+                del self._runs[key]
+
+    async def close(self) -> None:
+        tasks = [task for _, task in self._runs.values()]
+        self._runs.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def finalize(step: RenderedStep, finding: Finding, started: float, redactor: Redactor,
              limits: EvidenceLimits) -> Evidence:
     text = redactor.text(finding.text)
@@ -61,27 +99,37 @@ def finalize(step: RenderedStep, finding: Finding, started: float, redactor: Red
     )
 
 
+async def collect(step: RenderedStep, ctx: CollectorContext, timeout: float) -> Finding:
+    """One collector call; its failure or silence becomes a finding, never an exception."""
+    collector = registry.get(step.type)()
+    try:
+        async with asyncio.timeout(timeout):
+            return await collector.collect(step.params, ctx)
+    except TimeoutError:
+        return Finding(f"{step.type} timed out", {"timeout_s": timeout}, f"no answer within {timeout:g}s",
+                       EvidenceStatus.TIMEOUT)
+    except Exception as exc:  # a collector's failure is evidence, not a crash
+        log.warning("collector %s failed: %s", step.id, exc, extra={"incident": ctx.incident.id})
+        return Finding(f"{step.type} failed", {"error": type(exc).__name__}, f"{type(exc).__name__}: {exc}",
+                       EvidenceStatus.ERROR)
+
+
 async def run_collectors(steps: Sequence[RenderedStep], ctx: CollectorContext, *, limits: EvidenceLimits,
                          redactor: Redactor, metrics: Metrics | None = None,
-                         on_evidence: Callable[[Evidence], None] | None = None) -> list[Evidence]:
+                         on_evidence: Callable[[Evidence], None] | None = None,
+                         shared: SharedCalls | None = None) -> list[Evidence]:
     started = time.monotonic()
 
     async def run_one(step: RenderedStep) -> Evidence:
         timeout = step.timeout or limits.default_timeout
-        collector = registry.get(step.type)()
         began = time.monotonic()
-        try:
-            async with asyncio.timeout(timeout):
-                finding = await collector.collect(step.params, ctx)
-        except TimeoutError:
-            finding = Finding(f"{step.type} timed out", {"timeout_s": timeout},
-                              f"no answer within {timeout:g}s", EvidenceStatus.TIMEOUT)
-        except Exception as exc:  # a collector's failure is evidence, not a crash
-            log.warning("collector %s failed: %s", step.id, exc, extra={"incident": ctx.incident.id})
-            finding = Finding(f"{step.type} failed", {"error": type(exc).__name__},
-                              f"{type(exc).__name__}: {exc}", EvidenceStatus.ERROR)
-        evidence = finalize(step, finding, began, redactor, limits)
-        if metrics is not None:
+        if shared is None:
+            finding, reused = await collect(step, ctx, timeout), False
+        else:
+            key = f"{step.type}\0{step.params.model_dump_json()}"
+            finding, reused = await shared.run(key, lambda: collect(step, ctx, timeout))
+        evidence = replace(finalize(step, finding, began, redactor, limits), shared=reused)
+        if metrics is not None and not reused:
             metrics.collector_runs.labels(step.type, evidence.status.value).inc()
             metrics.collector_duration.labels(step.type).observe(evidence.duration_ms / 1000)
         if on_evidence is not None:

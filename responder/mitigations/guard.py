@@ -101,8 +101,15 @@ class Guard:
 
     async def run(self, rule: Rule, steps: Sequence[RenderedStep], incident: Incident,
                   evidence: Sequence[Evidence]) -> list[Decision]:
+        """Decide each step once per distinct target: one rollback for a deployment, however many of its
+        pods are members of the incident (every guard still applies to that target)."""
         decisions = []
+        targets: set[tuple[str, str]] = set()
         for step in steps:
+            key = (step.type, registry.get(step.type)().target(step.params))
+            if key in targets:
+                continue
+            targets.add(key)
             decision = await self._decide_and_act(rule, step, incident, evidence)
             self.count(decision)
             decisions.append(decision)

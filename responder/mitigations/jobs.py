@@ -19,7 +19,7 @@ from responder.jobs import APPROVAL_EXECUTE, APPROVAL_EXPIRE, INCIDENT_NOTE, VER
 from responder.mitigations.base import registry
 from responder.mitigations.guard import Decision, Guard
 from responder.mitigations.locks import LockUnavailable
-from responder.models import Incident, IncidentStatus, Job
+from responder.models import Incident, IncidentStatus, Job, group_view
 from responder.redaction import Redactor
 from responder.rules.conditions import evaluate
 from responder.rules.engine import RuleSet, render_steps
@@ -149,7 +149,8 @@ class MitigationJobs:
             value = await query_prometheus(await self.guard.targets.http(), target, verify.prometheus.query)
             return (*threshold_met(verify.prometheus, value), [])
         rule = next(r for r in self.ruleset.rules if r.name == row["rule"])
-        collectors, _, _ = render_steps(rule, incident.as_alert())
+        incident, alert, firing = group_view(incident, await self.store.members(incident.id))
+        collectors, _, _ = render_steps(rule, alert, firing)
         steps = [s for s in collectors if s.id == verify.collector]
         if not steps:
             return False, f"collector step {verify.collector!r} could not be rendered for this incident", []

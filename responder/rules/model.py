@@ -24,6 +24,10 @@ class StepSpec(_Strict):
     id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     timeout: Duration | None = None
+    # Render once per firing member of the incident (its labels as `labels`), not once for the group;
+    # at most `max_members` members, and identical rendered calls are made once.
+    for_each: Literal["alerts"] | None = None
+    max_members: int = Field(default=20, ge=1, le=500)
 
     def step_id(self, index: int) -> str:
         return self.id or f"{self.type}#{index}"
@@ -79,6 +83,13 @@ class SlackRoute(_Strict):
     escalation: str | None = Field(default=None, pattern=r"^S[A-Z0-9]{2,}$")
 
 
+class RefreshSpec(_Strict):
+    """Gather evidence again when members join an incident already processed, at most this often."""
+
+    on: Literal["new_members"] = "new_members"
+    min_interval: Duration = 300.0
+
+
 class Rule(_Strict):
     name: str
     description: str = ""
@@ -94,6 +105,12 @@ class Rule(_Strict):
     # The `targets.alertmanager` entry that sends this rule's alerts (silences from Slack go there); by
     # default the intake's, or the one whose URL is the delivery's externalURL.
     alertmanager: str | None = None
+    # Label names whose values make an alert's group (its incident); ['...'] is every label, i.e. one
+    # incident per alert. None: the sender's own grouping (Alertmanager's groupKey, the PagerDuty incident).
+    group_by: list[str] | None = None
+    # How long a new incident collects members before its evidence is gathered.
+    group_wait: Duration = 0.0
+    refresh: RefreshSpec | None = None
 
     _matchers: list[Matcher] = PrivateAttr(default_factory=list)
     # The file and place the rule was read from (None: built in code), for problems found later.
@@ -104,6 +121,18 @@ class Rule(_Strict):
     def _name_is_slug(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", value):
             raise ValueError("rule names are letters, digits, '.', '_' and '-' (at most 128)")
+        return value
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_by_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if "..." in value and len(value) > 1:
+            raise ValueError("'...' (every label) stands alone")
+        for name in value:
+            if name != "..." and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a label name")
         return value
 
     @field_validator("match")

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from responder.config import Config
 from responder.events import Bundle, IncidentEvent, Note
 from responder.jobs import (
+    INCIDENT_MEMBERS,
     INCIDENT_NOTE,
     INCIDENT_PROCESSED,
     INCIDENT_RESOLVED,
@@ -76,7 +77,8 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     async def deliver(self, job: Job, event: IncidentEvent) -> Delivered:
-        """Deliver one incident event (`job.kind`: incident.processed or incident.resolved), its evidence loaded."""
+        """Deliver one incident event (`job.kind`: incident.processed, incident.members or incident.resolved),
+        its evidence loaded."""
 
     async def note(self, job: Job, note: Note) -> Delivered:
         """Tell something that happened after the incident's first event (a console press, an action's
@@ -102,7 +104,7 @@ class Sink(abc.ABC):
             return await self.note(job, payload.model_copy(
                 update={"bundles": await load_evidence(store, payload.bundles)}))
 
-        for kind in (INCIDENT_PROCESSED, INCIDENT_RESOLVED):
+        for kind in (INCIDENT_PROCESSED, INCIDENT_MEMBERS, INCIDENT_RESOLVED):
             table.add(kind, finishing(store, event), queue=self.queue)
         table.add(INCIDENT_NOTE, finishing(store, note), queue=self.queue)
         for kind, handler in self.outbox():

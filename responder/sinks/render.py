@@ -38,8 +38,12 @@ def _render(kind: str, event: IncidentEvent) -> str:
     summary = incident.annotations.get("summary")
     if summary:
         lines.append(f"  summary: {summary}")
+    lines.append(f"  alerts: {incident.members_firing} firing of {incident.members_total}"
+                 f" (group {incident.group_key or '-'})")
     if kind == "incident.resolved":
         lines.append(f"  resolved at {ts(incident.resolved_at)}")
+        return "\n".join(lines)
+    if kind == "incident.members":
         return "\n".join(lines)
     if not event.bundles:
         lines.append("  no rule matched")

@@ -1,11 +1,15 @@
-"""The Slack sink: one thread per incident (or per storm), kept up to date, delivered exactly once.
+"""The Slack sink: one thread per incident (alert group), its parent kept current, delivered exactly once.
 
 Two kinds of jobs run on its queue (`sink:slack`):
-- incident events (`incident.processed`, `incident.resolved`, ordered per incident) are expanded, without
-  calling Slack, into outbox rows: one job per Slack call, ordered per thread (`slack-thread:<id>`),
-  committed with the event's completion. The thread itself is decided durably first (see
-  responder/store/slack_threads.py), so replicas and re-deliveries agree on it.
-- outbox rows (`slack.post_parent`, `slack.reply`, `slack.upload`, `slack.update`) each make one call.
+- incident events (`incident.processed`, `incident.members`, `incident.resolved`, ordered per incident)
+  are expanded, without calling Slack, into outbox rows: one job per Slack call, ordered per thread
+  (`slack-thread:<id>`), committed with the event's completion. The thread itself is decided durably
+  first (see responder/store/slack_threads.py), so replicas and re-deliveries agree on it.
+- outbox rows (`slack.post_parent`, `slack.reply`, `slack.upload`, `slack.update`, `slack.summary`) each
+  make at most one call. Edits of the parent (`slack-parent:<id>`) and member summaries
+  (`slack-summary:<id>`) are coalesced: one waits at a time, due no sooner than `min_update_interval`
+  after the last edit (`summary_interval` after the last summary), and it renders the newest state when
+  it runs; an edit that would change nothing and a summary with nothing new make no call.
   Messages carry Slack `metadata` naming their row; a row that may already have been sent (a second
   attempt after a crash or a timeout) first looks for itself in the channel or thread, so nothing is
   posted twice. Rate limits wait out Retry-After, outages back off and retry for as long as
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
 import logging
 import re
 import time
@@ -27,18 +33,21 @@ from responder.backoff import backoff_delay
 from responder.config import Config
 from responder.console.alertmanager import alertmanager_for
 from responder.events import IncidentEvent, Note
-from responder.jobs import INCIDENT_PROCESSED, INCIDENT_RESOLVED, JobKind, Payload
+from responder.jobs import INCIDENT_MEMBERS, INCIDENT_PROCESSED, INCIDENT_RESOLVED, JobKind, Payload
 from responder.metrics import Metrics
 from responder.models import Job, NewJob
 from responder.sinks.base import Delivered, Sink, SinkError, SinkHandler, registry
 from responder.sinks.slack_blocks import (
     Attachment,
+    GroupCounts,
     Member,
     Message,
     cap_blocks,
+    members_message,
     parent_message,
     phase_of,
     refire_message,
+    resolved_message,
     section,
     thread_messages,
 )
@@ -78,7 +87,11 @@ POST_PARENT = JobKind("slack.post_parent", ThreadRow, queue=QUEUE)
 UPDATE = JobKind("slack.update", ThreadRow, queue=QUEUE)
 REPLY = JobKind("slack.reply", ReplyRow, queue=QUEUE)
 UPLOAD = JobKind("slack.upload", UploadRow, queue=QUEUE)
+SUMMARY = JobKind("slack.summary", ThreadRow, queue=QUEUE)
 R = TypeVar("R", bound=ThreadRow)
+# A parent edit or summary waits for the parent message (behind a channel's backlog) this many attempts,
+# 1 s more each time up to 10 s, about 20 minutes in all, then gives up.
+PARENT_WAIT_ATTEMPTS = 130
 METADATA_EVENT = "responder_message"
 # Slack answers these with HTTP 200 and ok=false, yet they pass: retry them like an outage.
 TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -161,18 +174,23 @@ class SlackSink(Sink):
 
     def outbox(self) -> list[tuple[JobKind[Any], SinkHandler[Any]]]:
         return [(POST_PARENT, self._on_thread(self._post_parent, parent=False)),
-                (UPDATE, self._on_thread(self._update)),
+                (UPDATE, self._on_thread(self._update, wait_for_parent=True)),
+                (SUMMARY, self._on_thread(self._summary, wait_for_parent=True)),
                 (REPLY, self._on_thread(self._reply)),
                 (UPLOAD, self._on_thread(self._upload))]
 
-    def _on_thread(self, send: Callable[[Job, Thread, R], Awaitable[Delivered]], *, parent: bool = True
-                   ) -> SinkHandler[R]:
-        """An outbox row's call with its thread loaded; a permanent failure is recorded on the incident."""
+    def _on_thread(self, send: Callable[[Job, Thread, R], Awaitable[Delivered]], *, parent: bool = True,
+                   wait_for_parent: bool = False) -> SinkHandler[R]:
+        """An outbox row's call with its thread loaded; a permanent failure is recorded on the incident.
+        Rows ordered apart from the thread's (`wait_for_parent`) wait for its parent message to exist."""
 
         async def run(job: Job, row: R) -> Delivered:
             thread = await self.threads.get(row.thread_id)
             if thread is None:
                 raise SinkError(f"slack thread {row.thread_id} does not exist", permanent=True)
+            if wait_for_parent and thread.ts is None and job.attempts < PARENT_WAIT_ATTEMPTS:
+                raise SinkError(f"slack thread {thread.id}: its parent message is not posted yet",
+                                retry_after=min(10.0, float(job.attempts)))
             if parent and (thread.ts is None or thread.channel_id is None):
                 # Its parent message failed for good (recorded on the incident); nothing to reply to.
                 raise SinkError(f"slack thread {thread.id} has no parent message", permanent=True)
@@ -199,35 +217,60 @@ class SlackSink(Sink):
         thread, role = await self.threads.assign(incident, channel, self.settings.refire_window)
         facts: dict[str, Any] | None = None
         replies: list[Message] = []
+        leads = thread.lead_incident_id == incident.id
         if job.kind == INCIDENT_PROCESSED.name and role in (LEAD, REFIRE):
             facts = {"incident": view, "phase": phase_of(bundles), "alertmanager": alertmanager_for(
                 self.config, incident.source, str(incident.extra.get("external_url") or ""),
-                next((b["alertmanager"] for b in bundles if b.get("alertmanager")), None))}
+                next((b["alertmanager"] for b in bundles if b.get("alertmanager")), None)),
+                "actions": [f"{d['action']} on {d['target']}: {d['outcome']}" for b in bundles
+                            for d in b.get("decisions", [])]}
             if role == REFIRE:
                 replies.append(refire_message(view))
             replies += thread_messages(view, bundles)
             for bundle in bundles:
                 replies += await self._charts(incident.id, bundle)
-        elif job.kind == INCIDENT_RESOLVED.name and thread.lead_incident_id == incident.id:
+        elif job.kind == INCIDENT_MEMBERS.name and leads and thread.facts:
+            facts = {**thread.facts, "incident": {**thread.facts.get("incident", view), **view}}
+        elif job.kind == INCIDENT_RESOLVED.name and leads:
             facts = {**thread.facts, "incident": {**thread.facts.get("incident", view), **view}, "phase": "resolved"}
+            replies.append(resolved_message(view, GroupCounts(incident.members_firing, incident.members_total)))
         rows = self._rows(job, thread, replies)
 
         async def writes(conn: Connection) -> None:
             if facts is not None:
                 await SlackThreads.set_facts(conn, thread.id, incident.id, facts)
-            await self._queue_parent(conn, job, thread)
+            if facts is not None or thread.facts:
+                await self._queue_parent(conn, job, thread, paced=job.kind != INCIDENT_PROCESSED.name)
+            if job.kind == INCIDENT_MEMBERS.name and leads:
+                await self._queue_summary(conn, job, thread)
             for row in rows:
                 await self.threads.store.queue.enqueue(conn, row)
 
         return Delivered({"thread": thread.id, "role": role, "messages": len(rows)}, writes=writes)
 
-    async def _queue_parent(self, conn: Connection, job: Job, thread: Thread) -> None:
-        """Queue the thread's parent message, or an edit of it unless one is already waiting."""
+    async def _queue_parent(self, conn: Connection, job: Job, thread: Thread, *, paced: bool = False) -> None:
+        """Queue the thread's parent message, or an edit of it unless one is already waiting. A paced edit
+        (member changes) is due `min_update_interval` after the last one; an edit for a person's press or
+        for new evidence is due now."""
         queue = self.threads.store.queue
+        key = f"slack-parent:{thread.id}"
         if await SlackThreads.claim_parent(conn, thread.id):
             await queue.enqueue(conn, self._row(job, POST_PARENT, ThreadRow(thread_id=thread.id)))
-        elif not await SlackThreads.update_queued(conn, self.queue, f"slack-thread:{thread.id}", UPDATE.name):
-            await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id)))
+        elif not paced:
+            if not await queue.hasten(conn, self.queue, key, UPDATE.name):
+                await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id), key=key))
+        elif not await queue.queued(conn, self.queue, key, UPDATE.name):
+            await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id), key=key),
+                                delay=_due_in(thread.parent_updated_at, self.settings.min_update_interval))
+
+    async def _queue_summary(self, conn: Connection, job: Job, thread: Thread) -> None:
+        """One waiting member summary per thread, due `summary_interval` after the last (or the parent)."""
+        queue = self.threads.store.queue
+        key = f"slack-summary:{thread.id}"
+        if not await queue.queued(conn, self.queue, key, SUMMARY.name):
+            await queue.enqueue(conn, self._row(job, SUMMARY, ThreadRow(thread_id=thread.id), key=key),
+                                delay=_due_in(thread.summary_at or thread.parent_updated_at,
+                                              self.settings.summary_interval))
 
     async def note(self, job: Job, note: Note) -> Delivered:
         """A console press or a mitigation outcome: a reply in the incident's thread, and the parent edited
@@ -270,8 +313,8 @@ class SlackSink(Sink):
                 charts.append(Message("", [], [Attachment(name, ev["title"], png)]))
         return charts
 
-    def _row(self, job: Job, kind: JobKind[R], row: R) -> NewJob:
-        return kind.new(f"slack-thread:{row.thread_id}", row, incident_id=job.incident_id,
+    def _row(self, job: Job, kind: JobKind[R], row: R, *, key: str | None = None) -> NewJob:
+        return kind.new(key or f"slack-thread:{row.thread_id}", row, incident_id=job.incident_id,
                         max_attempts=self.settings.max_attempts)
 
     def _rows(self, job: Job, thread: Thread, messages: list[Message]) -> list[NewJob]:
@@ -287,20 +330,23 @@ class SlackSink(Sink):
 
     # --- one Slack call per outbox row -----------------------------------------------------------
 
-    async def _parent(self, thread: Thread) -> Message:
-        members = await self.threads.members(thread.id)
+    async def _parent(self, thread: Thread) -> tuple[Message, GroupCounts]:
+        """The parent message as it stands now, and the group counts it shows."""
         severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
         incident_id = int(thread.facts["incident"]["id"])
-        state = await ConsoleStore(self.threads.store).state(incident_id)
+        store = self.threads.store
+        incident = await store.get_incident(incident_id)
+        counts = GroupCounts(incident.members_firing, incident.members_total) if incident else GroupCounts(0, 0)
+        members = await store.members(incident_id, limit=self.settings.storm_list_lines)
+        state = await ConsoleStore(store).state(incident_id)
         # Once somebody acknowledged, the severity's group is not called again.
         mention = None if state.acknowledged_by else self.settings.mentions.get(severity)
-        message = parent_message(thread.facts, [Member(m.alertname, m.status, m.labels) for m in members],
-                                 mention, self.settings.storm_list_lines)
+        message = parent_message(thread.facts, [Member(m.name, m.status.value, m.labels) for m in members],
+                                 mention, self.settings.storm_list_lines, counts, time.time())
         message.blocks = cap_blocks(message.blocks + console_blocks(
             incident_id, state, silenceable=bool(thread.facts.get("alertmanager")),
-            resolved=bool(members) and all(m.status == "resolved" for m in members),
-            latest=thread.facts.get("latest")))
-        return message
+            resolved=bool(counts.total) and not counts.firing, latest=thread.facts.get("latest")))
+        return message, counts
 
     # --- what the console asks of Slack --------------------------------------------------------------
 
@@ -329,7 +375,7 @@ class SlackSink(Sink):
     async def _post_parent(self, job: Job, thread: Thread, _: ThreadRow) -> Delivered:
         if thread.ts is not None and thread.channel_id is not None:
             return Delivered({"ts": thread.ts, "channel": thread.channel_id, "already": True})
-        message = await self._parent(thread)
+        message, counts = await self._parent(thread)
         found = None
         if job.attempts > 1:
             channel_id = await self._channel_id(job, thread.channel)
@@ -347,16 +393,45 @@ class SlackSink(Sink):
 
         async def writes(conn: Connection) -> None:
             await SlackThreads.set_parent(conn, thread.id, channel_id, ts)
+            # The members the parent shows are told: summaries count from here.
+            await SlackThreads.set_shown(conn, thread.id, _digest(message), _told(counts))
 
         return Delivered({"ts": ts, "channel": channel_id}, writes=writes)
 
     async def _update(self, job: Job, thread: Thread, _: ThreadRow) -> Delivered:
         assert thread.channel_id is not None and thread.ts is not None
         channel_id, ts = thread.channel_id, thread.ts
-        message = await self._parent(thread)
+        message, _counts = await self._parent(thread)
+        digest = _digest(message)
+        if digest == thread.parent_digest:
+            return Delivered({"ts": ts, "channel": channel_id, "unchanged": True})
         await self._call("chat.update", channel_id, lambda: self.client.chat_update(
             channel=channel_id, ts=ts, text=message.text, blocks=message.blocks), job.attempts)
-        return Delivered({"ts": ts, "channel": channel_id})
+
+        async def writes(conn: Connection) -> None:
+            await SlackThreads.set_shown(conn, thread.id, digest, None)
+
+        return Delivered({"ts": ts, "channel": channel_id}, writes=writes)
+
+    async def _summary(self, job: Job, thread: Thread, row: ThreadRow) -> Delivered:
+        """The member changes since the thread last told them, in one reply, or nothing if none."""
+        incident = await self.threads.store.get_incident(thread.lead_incident_id or 0)
+        if incident is None:
+            return Delivered({"skipped": "no incident leads the thread"})
+        counts = GroupCounts(incident.members_firing, incident.members_total)
+        told = thread.announced or {}
+        joined = counts.total - int(told.get("total", 0))
+        resolved = (counts.total - counts.firing) - int(told.get("resolved", 0))
+        if joined <= 0 and resolved <= 0:
+            return Delivered({"unchanged": True})
+        message = members_message(max(joined, 0), max(resolved, 0), counts)
+        delivered = await self._reply(job, thread, ReplyRow(thread_id=row.thread_id, text=message.text,
+                                                            blocks=message.blocks))
+
+        async def writes(conn: Connection) -> None:
+            await SlackThreads.set_announced(conn, thread.id, _told(counts))
+
+        return Delivered({**delivered.result, "joined": joined, "resolved": resolved}, writes=writes)
 
     async def _reply(self, job: Job, thread: Thread, row: ReplyRow) -> Delivered:
         assert thread.channel_id is not None and thread.ts is not None
@@ -479,6 +554,20 @@ class SlackSink(Sink):
             except Exception as exc:  # the gauges must never take the daemon down
                 log.debug("slack outbox gauges unavailable: %s", exc)
             await asyncio.sleep(2)
+
+
+def _due_in(last: float | None, interval: float) -> float:
+    """Seconds until `interval` has passed since `last`. Before the parent is posted there is no `last`: the
+    row is due now, waits for the parent, and then finds the parent already shows what it would tell."""
+    return max(0.0, last + interval - time.time()) if last is not None else 0.0
+
+
+def _digest(message: Message) -> str:
+    return hashlib.sha256(json.dumps([message.text, message.blocks], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _told(counts: GroupCounts) -> dict[str, int]:
+    return {"total": counts.total, "resolved": counts.total - counts.firing}
 
 
 def _retry_after(headers: Any) -> float:

@@ -126,15 +126,27 @@ class Member:
     labels: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class GroupCounts:
+    """How many alerts the incident's group has, and how many of them still fire."""
+
+    firing: int
+    total: int
+
+
 def parent_message(facts: dict[str, Any], members: list[Member], mention: str | None,
-                   list_lines: int) -> Message:
+                   list_lines: int, counts: GroupCounts | None = None, now: float | None = None) -> Message:
+    """The thread's summary, kept current with chat.update: status, the group's alerts (counts and the
+    first `list_lines`), age, and the actions decided. `members` are the first alerts of the group;
+    `counts` all of them (default: `members` are all)."""
     incident = facts["incident"]
-    all_resolved = bool(members) and all(m.status == "resolved" for m in members)
-    # A storm's thread is resolved when every alert in it is; until then it shows its lead's phase.
+    if counts is None:
+        counts = GroupCounts(sum(1 for m in members if m.status != "resolved"), len(members))
+    # The thread is resolved when every alert of its group is; until then it shows the incident's phase.
     phase = str(facts.get("phase", "firing"))
-    if all_resolved:
+    if counts.total and not counts.firing:
         phase = "resolved"
-    elif phase == "resolved" and members:
+    elif phase == "resolved" and counts.total:
         phase = "firing"
     emoji, label = PHASES.get(str(phase), PHASES["firing"])
     name = incident.get("alertname") or "(no alertname)"
@@ -152,14 +164,21 @@ def parent_message(facts: dict[str, Any], members: list[Member], mention: str | 
     pairs = [(k.capitalize(), labels[k]) for k in KEY_LABELS if labels.get(k)]
     pairs.append(("Rule", incident.get("rule") or "no rule matched"))
     blocks.append(fields_section(pairs))
-    if len(members) > 1:
-        blocks.append(section(storm_list(members, list_lines)))
+    if counts.total > 1:
+        blocks.append(section(storm_list(members, list_lines, counts)))
+    if facts.get("actions"):
+        blocks.append(section("*Actions*\n" + "\n".join(escape(str(a)) for a in facts["actions"])))
     timeline = [f"Incident #{incident['id']}", f"started {when(incident.get('starts_at'))}"]
+    if incident.get("previous_id"):
+        timeline.append(f"follows #{incident['previous_id']}")
     if phase == "resolved":
         resolved_at = incident.get("resolved_at")
         timeline.append(f"resolved {when(resolved_at)}")
         if resolved_at is not None:
             timeline.append(f"after {duration(float(resolved_at) - float(incident['starts_at']))}")
+    elif now is not None:
+        # Minutes, not seconds: an edit that changes nothing but the age is not worth a call.
+        timeline.append(f"open {duration(60 * ((now - float(incident['starts_at'])) // 60))}")
     blocks.append(context(" · ".join(timeline)))
     links = [(incident.get("extra", {}).get("generator_url"), "Source"), (annotations.get("runbook_url"), "Runbook"),
              (silence_url(incident), "Silence")]
@@ -173,17 +192,34 @@ def parent_message(facts: dict[str, Any], members: list[Member], mention: str | 
     return Message(fit(text, SECTION_CHARS)[0], cap_blocks(blocks))
 
 
-def storm_list(members: list[Member], list_lines: int) -> str:
-    firing = sum(1 for m in members if m.status != "resolved")
-    head = f"*{len(members)} alerts in this group* ({firing} firing, {len(members) - firing} resolved)"
+def storm_list(members: list[Member], list_lines: int, counts: GroupCounts) -> str:
+    head = (f"*{counts.total} alerts in this group* ({counts.firing} firing,"
+            f" {counts.total - counts.firing} resolved)")
     lines = []
     for member in members[:list_lines]:
         detail = ", ".join(f"{k}={member.labels[k]}" for k in KEY_LABELS[1:] if member.labels.get(k))
         mark = ":white_check_mark:" if member.status == "resolved" else ":red_circle:"
         lines.append(f"{mark} {escape(member.alertname)}" + (f" ({escape(detail)})" if detail else ""))
-    if len(members) > list_lines:
-        lines.append(f"… and {len(members) - list_lines} more")
+    if counts.total > len(lines):
+        lines.append(f"… and {counts.total - len(lines)} more")
     return "\n".join([head, *lines])
+
+
+def members_message(joined: int, resolved: int, counts: GroupCounts) -> Message:
+    """Member changes since the last summary, in one reply: "+37 alerts, 2 resolved"."""
+    changes = [f"+{joined} alert{'s' if joined != 1 else ''}"] if joined else []
+    if resolved:
+        changes.append(f"{resolved} resolved")
+    text = f":busts_in_silhouette: {', '.join(changes)} · now {counts.firing} firing of {counts.total}"
+    return Message(text, [section(text)])
+
+
+def resolved_message(incident: dict[str, Any], counts: GroupCounts) -> Message:
+    started, resolved_at = incident.get("starts_at"), incident.get("resolved_at")
+    after = f" after {duration(float(resolved_at) - float(started))}" if started and resolved_at else ""
+    alerts = "the alert" if counts.total == 1 else f"all {counts.total} alerts"
+    text = f":white_check_mark: Resolved: {alerts} resolved{after}"
+    return Message(text, [section(text)])
 
 
 # --- thread replies -------------------------------------------------------------------------------
@@ -218,7 +254,7 @@ def evidence_message(ev: dict[str, Any], incident_id: int, rule: str) -> Message
     mark = STATUS_MARK.get(ev["status"], "?")
     title = escape(ev["title"])
     head = (f"{mark} *{title}* · {inline_code(str(ev['collector']))} · {escape(str(ev['status']))}"
-            f" in {ev['duration_ms']:.0f} ms")
+            f" in {ev['duration_ms']:.0f} ms" + (" · shared with another incident" if ev.get("shared") else ""))
     blocks: list[dict[str, Any]] = [section(head)]
     payload = ev.get("payload") or {}
     kind = evidence_kind(payload)

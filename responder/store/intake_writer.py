@@ -1,24 +1,32 @@
 """Webhook deliveries, many at once: `record_batch` writes every delivery that queued up for one group
 commit (see group_commit) with multi-row statements, a handful per batch whatever its size. Each
 webhook is answered when the transaction that holds its alerts has committed.
+
+An incident is a group of alerts, keyed by (source, rule, group key) through its `group_id`. A unique
+index allows one open incident per group, so concurrent deliveries of a group (two replicas, re-sends)
+find or open the same incident. Each alert of the group is a member, once per (fingerprint, startsAt);
+the incident resolves when its last firing member does. An alert that is already a member of an open
+incident of its rule stays there, whatever the rules say its group is now (rules changed, or an
+incident of the previous release).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from responder.jobs import PROCESS, RESOLVE, IncidentJob, JobKind
-from responder.models import Alert, AlertStatus, Delivery, DeliveryReceipt
+from responder.jobs import MEMBERS, PROCESS, RESOLVE, IncidentJob, JobKind
+from responder.models import Alert, AlertStatus, Delivery, DeliveryReceipt, Placement, common_labels
 from responder.store.db import Connection
 
-Key = tuple[str, str, float]
+AlertKey = tuple[str, str, float]
 # Rows per multi-row statement: well below SQLite's 32766 bound parameters for our widest table.
 CHUNK = 400
+LEGACY = "legacy:"
 
 
 def dumps(value: Any) -> str:
@@ -34,12 +42,13 @@ def alert_extra(alert: Alert) -> dict[str, Any]:
     return extra
 
 
-KEY_TYPES = ("text", "text", "double precision")
 PAYLOAD_TYPES = ("text", "double precision", "text", "text", "bytea")
 ALERT_TYPES = ("bigint", "text", "text", "text", "text", "double precision", "double precision", "text", "text", "text",
                "double precision")
-INCIDENT_TYPES = (*KEY_TYPES, "text", "text", "double precision", "double precision", "integer", "text", "text", "text",
-                  "bigint")
+INCIDENT_TYPES = ("text", "text", "double precision", "text", "text", "text", "double precision", "double precision",
+                  "integer", "text", "text", "text", "bigint", "text", "text")
+MEMBER_TYPES = ("bigint", "text", "text", "double precision", "text", "text", "text", "double precision",
+                "double precision")
 JOB_TYPES = ("text", "text", "text", "bigint", "text", "text", "integer", "double precision", "double precision")
 
 
@@ -47,47 +56,67 @@ def chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
     return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
 
 
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A delivery with the groups each of its alerts belongs to (computed before the transaction)."""
+
+    delivery: Delivery
+    placements: list[list[Placement]]
+
+
 @dataclass
-class _Seen:
-    """What a batch says about one incident key."""
+class _Group:
+    """What a batch says about one group."""
 
-    alert: Alert
-    alert_id: int
-    # labels, annotations and extra as stored, serialized once per alert
-    encoded: tuple[str, str, str]
-    count: int = 0
-    firing: bool = False
-    resolved: bool = False
-    delivery: int = 0
+    group_id: str
+    placement: Placement
+    source: str
+    alerts: list[tuple[int, Alert]] = field(default_factory=list)  # (alert row id, alert)
+    deliveries: set[int] = field(default_factory=set)
+    incident_id: int | None = None
+
+    @property
+    def firing(self) -> bool:
+        return any(a.status is AlertStatus.FIRING for _, a in self.alerts)
 
 
-async def record_batch(conn: Connection, deliveries: Sequence[Delivery], max_attempts: int) -> list[DeliveryReceipt]:
+async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: int) -> list[DeliveryReceipt]:
     now = time.time()
-    receipts: list[DeliveryReceipt | None] = [None] * len(deliveries)
-    fresh: list[tuple[int, int, Delivery]] = []
-    for index, (delivery, payload_id) in enumerate(zip(deliveries, await _insert_payloads(conn, deliveries, now),
-                                                       strict=True)):
+    receipts: list[DeliveryReceipt | None] = [None] * len(batch)
+    fresh: list[tuple[int, int, Placed]] = []
+    deliveries = [p.delivery for p in batch]
+    for index, (placed, payload_id) in enumerate(zip(batch, await _insert_payloads(conn, deliveries, now),
+                                                     strict=True)):
         if payload_id is None:
+            delivery = placed.delivery
             known = await conn.fetchval("SELECT id FROM payloads WHERE source = $1 AND dedup_key = $2",
                                         delivery.source, delivery.dedup_key)
             receipts[index] = DeliveryReceipt(int(known), len(delivery.alerts), 0, 0, duplicate=True)
         else:
-            fresh.append((index, payload_id, delivery))
+            fresh.append((index, payload_id, placed))
 
-    seen = await _insert_alerts(conn, fresh, now)
-    await _lock_incidents(conn, seen)
-    opened = await _open_incidents(conn, seen, now)
-    resolved = await _resolve_incidents(conn, seen, now)
-    await _touch_incidents(conn, [k for k, s in seen.items() if k not in opened], seen, now)
-    await _enqueue(conn, [(PROCESS, i) for i in opened.values()] + [(RESOLVE, i) for i in resolved.values()],
-                   now, max_attempts)
-    await _link_alerts(conn, [pid for _, pid, _ in fresh])
+    alert_ids = await _insert_alerts(conn, fresh, now)
+    groups = await _place(conn, fresh, alert_ids)
+    opened = await _open_or_find(conn, groups, now)
+    changed = await _upsert_members(conn, groups, now) | await _resolve_members(conn, groups, now)
+    resolved = await _count_members(conn, groups, now)
+    placed_groups = [g for g in groups.values() if g.incident_id is not None]
+    await _enqueue(conn, [(PROCESS, g.incident_id, now + g.placement.group_wait) for g in placed_groups
+                          if g.incident_id in opened]
+                   + [(RESOLVE, i, now) for i in sorted(resolved)], max_attempts)
+    # Member changes of an incident already processed: one `members` job each, unless one is already
+    # waiting (it reads the newest state when it runs).
+    await _enqueue(conn, [(MEMBERS, i, now) for i in sorted(changed - opened - resolved)], max_attempts,
+                   unless_queued=True)
+    await _link_alerts(conn, placed_groups)
 
-    for index, payload_id, delivery in fresh:
+    for index, payload_id, placed in fresh:
+        mine = [g for g in placed_groups if index in g.deliveries]
         receipts[index] = DeliveryReceipt(
-            payload_id, len(delivery.alerts),
-            opened=sum(1 for k in opened if seen[k].delivery == index),
-            resolved=sum(1 for k in resolved if seen[k].delivery == index),
+            payload_id, len(placed.delivery.alerts),
+            opened=sum(1 for g in mine if g.incident_id in opened and min(g.deliveries) == index),
+            resolved=sum(1 for g in mine if g.incident_id in resolved and max(g.deliveries) == index),
+            updated=sum(1 for g in mine if g.incident_id in changed),
         )
     return [r for r in receipts if r is not None]
 
@@ -117,11 +146,11 @@ async def _insert_payloads(conn: Connection, deliveries: Sequence[Delivery], now
     return ids
 
 
-async def _insert_alerts(conn: Connection, fresh: list[tuple[int, int, Delivery]], now: float) -> dict[Key, _Seen]:
-    flat = [(index, payload_id, alert) for index, payload_id, delivery in fresh for alert in delivery.alerts]
-    encoded = [(dumps(a.labels), dumps(a.annotations), dumps(alert_extra(a))) for _, _, a in flat]
-    rows = [(payload_id, a.source, a.fingerprint, a.status.value, a.name, a.starts_at, a.ends_at, *enc, now)
-            for (_, payload_id, a), enc in zip(flat, encoded, strict=True)]
+async def _insert_alerts(conn: Connection, fresh: list[tuple[int, int, Placed]], now: float) -> list[int]:
+    """Every alert as delivered (for replay and export), in batch order."""
+    rows = [(payload_id, a.source, a.fingerprint, a.status.value, a.name, a.starts_at, a.ends_at, dumps(a.labels),
+             dumps(a.annotations), dumps(alert_extra(a)), now)
+            for _, payload_id, placed in fresh for a in placed.delivery.alerts]
     ids: list[int] = []
     for part in chunks(rows):
         source, args = conn.rows_source(part, ALERT_TYPES)
@@ -130,116 +159,206 @@ async def _insert_alerts(conn: Connection, fresh: list[tuple[int, int, Delivery]
             "INSERT INTO alerts (payload_id, source, fingerprint, status, alertname, starts_at, ends_at, labels,"
             f" annotations, extra, received_at) SELECT * FROM {source} WHERE true RETURNING id", *args)
         ids += sorted(int(r["id"]) for r in returned)
-    seen: dict[Key, _Seen] = {}
-    for (index, _, alert), alert_id, enc in zip(flat, ids, encoded, strict=True):
-        key = (alert.source, alert.fingerprint, alert.starts_at)
-        entry = seen.setdefault(key, _Seen(alert, alert_id, enc, delivery=index))
-        entry.alert, entry.alert_id, entry.encoded = alert, alert_id, enc
-        entry.count += 1
-        if alert.status is AlertStatus.FIRING:
-            entry.firing = True
-        else:
-            entry.resolved = True
-            entry.delivery = index
-    return seen
+    return ids
 
 
-async def _lock_incidents(conn: Connection, seen: dict[Key, _Seen]) -> None:
-    """Lock the existing incidents this batch may update, all at once and in id order (the order job
-    completions update them in, see JobQueue.finish), before updating any. Concurrent batches touching the
-    same incidents (an Alertmanager HA pair delivering to two replicas) then wait for each other instead of
-    deadlocking. SQLite has one writer and needs none of this."""
-    if conn.dialect != "postgres":
-        return
-    fingerprints = sorted({(source, fingerprint) for source, fingerprint, _ in seen})
-    for part in chunks(fingerprints):
-        source, args = conn.rows_source(part, KEY_TYPES[:2])
-        await conn.fetch(
-            f"SELECT incidents.id FROM incidents JOIN {source} ON incidents.source = v.column1"
-            " AND incidents.fingerprint = v.column2 ORDER BY incidents.id FOR UPDATE OF incidents", *args)
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """An incident an alert is already a member of."""
+
+    rule: str  # '' for none, LEGACY for an incident of the previous release
+    group_id: str
+    open: bool
+    # This very firing (fingerprint and start) already resolved there.
+    ended: bool
 
 
-async def _open_incidents(conn: Connection, seen: dict[Key, _Seen], now: float) -> dict[Key, int]:
-    firing = sorted(k for k, s in seen.items() if s.firing)
-    opened: dict[Key, int] = {}
+async def _place(conn: Connection, fresh: list[tuple[int, int, Placed]], alert_ids: list[int]) -> dict[str, _Group]:
+    """Each alert into its groups. One already a member of an open incident of its rule stays there; a
+    late re-delivery of a firing that already resolved opens nothing."""
+    flat = [(index, alert, placements) for index, _, placed in fresh
+            for alert, placements in zip(placed.delivery.alerts, placed.placements, strict=True)]
+    known = await _memberships(conn, [alert for _, alert, _ in flat])
+    groups: dict[str, _Group] = {}
+    for (index, alert, placements), alert_id in zip(flat, alert_ids, strict=True):
+        for placement in placements:
+            mine = [k for k in known.get((alert.source, alert.fingerprint, alert.starts_at), [])
+                    if k.rule in (placement.rule or "", LEGACY)]
+            staying = next((k.group_id for k in mine if k.open), None)
+            if staying is None and alert.status is AlertStatus.FIRING and any(k.ended for k in mine):
+                continue
+            group_id = staying or placement.group_id(alert.source)
+            group = groups.setdefault(group_id, _Group(group_id, placement, alert.source))
+            group.alerts.append((alert_id, alert))
+            group.deliveries.add(index)
+    return groups
+
+
+async def _memberships(conn: Connection, alerts: list[Alert]) -> dict[AlertKey, list[_Known]]:
+    """Per alert, the incidents it is a member of. A resolution also finds the firing it ends when it
+    names a later start (PagerDuty resolves by time)."""
+    keys = sorted({(a.source, a.fingerprint, a.starts_at, int(a.status is AlertStatus.RESOLVED)) for a in alerts})
+    found: dict[AlertKey, list[_Known]] = {}
+    for part in chunks(keys):
+        source, args = conn.rows_source(part, ("text", "text", "double precision", "integer"))
+        rows = await conn.fetch(
+            "SELECT v.column1 AS source, v.column2 AS fingerprint, v.column3 AS starts_at, i.rule, i.group_id,"
+            " i.status, m.status AS member_status, m.starts_at AS member_starts_at"
+            f" FROM {source} JOIN incident_members m ON m.source = v.column1 AND m.fingerprint = v.column2"
+            " AND (m.starts_at = v.column3 OR (v.column4 = 1 AND m.starts_at < v.column3))"
+            " JOIN incidents i ON i.id = m.incident_id", *args)
+        for r in rows:
+            group_id = str(r["group_id"])
+            exact = float(r["member_starts_at"]) == float(r["starts_at"])
+            found.setdefault((r["source"], r["fingerprint"], float(r["starts_at"])), []).append(_Known(
+                LEGACY if group_id.startswith(LEGACY) else str(r["rule"] or ""), group_id, r["status"] == "open",
+                exact and r["member_status"] == "resolved"))
+    return found
+
+
+async def _open_incidents(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
+    """A new incident for each group with a firing alert and no open incident; linked to the group's
+    previous incident, if any."""
+    firing = sorted(g for g, group in groups.items() if group.firing and not g.startswith(LEGACY))
+    opened: set[int] = set()
     for part in chunks(firing):
-        rows = [(*k, seen[k].alert.name, "open", now, now, seen[k].count, *seen[k].encoded, seen[k].alert_id)
-                for k in part]
+        rows = []
+        for group_id in part:
+            group = groups[group_id]
+            alerts = [a for _, a in group.alerts if a.status is AlertStatus.FIRING]
+            first = min(alerts, key=lambda a: a.starts_at)
+            labels = common_labels([a.labels for a in alerts])
+            rows.append((group.source, first.fingerprint, first.starts_at, first.name, "open", group.placement.rule,
+                         now, now, 0, dumps(labels), dumps(first.annotations), dumps(alert_extra(first)), 0,
+                         group.placement.group_key, group_id))
         source, args = conn.rows_source(rows, INCIDENT_TYPES)
+        columns = ", ".join(f"v.column{i + 1}" for i in range(len(INCIDENT_TYPES)))
         returned = await conn.fetch(
-            "INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, opened_at, last_seen,"
-            f" deliveries, labels, annotations, extra, last_alert_id) SELECT * FROM {source} WHERE true"
-            " ON CONFLICT (source, fingerprint, starts_at) DO NOTHING"
-            " RETURNING id, source, fingerprint, starts_at", *args)
-        for r in returned:
-            opened[(r["source"], r["fingerprint"], float(r["starts_at"]))] = int(r["id"])
-    for part in chunks(sorted(opened)):
-        # A firing with a newer startsAt means we never heard the old one resolve.
-        source, args = conn.rows_source(part, KEY_TYPES)
-        await conn.execute(
-            f"UPDATE incidents SET status = 'resolved', resolved_at = ${len(args) + 1},"
-            " error = 'superseded by a new firing'"
-            f" FROM {source} WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
-            " AND incidents.starts_at < v.column3 AND incidents.status = 'open'", *args, now)
+            "INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, rule, opened_at, last_seen,"
+            " deliveries, labels, annotations, extra, last_alert_id, group_key, group_id, previous_id)"
+            f" SELECT {columns}, (SELECT MAX(p.id) FROM incidents p WHERE p.group_id = v.column15)"
+            f" FROM {source} WHERE true ON CONFLICT (group_id) WHERE status = 'open' DO NOTHING RETURNING id",
+            *args)
+        opened |= {int(r["id"]) for r in returned}
     return opened
 
 
-async def _resolve_incidents(conn: Connection, seen: dict[Key, _Seen], now: float) -> dict[Key, int]:
-    """A resolution closes the open firing of its fingerprint that started at or before it. For
-    Alertmanager that is the same firing; a sender that resolves by time (PagerDuty, whose resolve
-    carries when it happened) closes whichever firing is open, including one a reopen started."""
-    resolving = sorted(k for k, s in seen.items() if s.resolved)
-    resolved: dict[Key, int] = {}
-    for part in chunks(resolving):
-        source, args = conn.rows_source(part, KEY_TYPES)
-        # SQLite's RETURNING cannot name the FROM rows, so the alert key of each match is read first.
-        matches = await conn.fetch(
-            f"SELECT incidents.id, v.column1 AS source, v.column2 AS fingerprint, v.column3 AS starts_at"
-            f" FROM incidents JOIN {source} ON incidents.source = v.column1 AND incidents.fingerprint = v.column2"
-            " AND incidents.starts_at <= v.column3 WHERE incidents.status = 'open'", *args)
-        key_of = {int(m["id"]): (m["source"], m["fingerprint"], float(m["starts_at"])) for m in matches}
-        if not key_of:
+async def _find_incidents(conn: Connection, groups: dict[str, _Group], lock: str) -> None:
+    """The open incident of each group (just opened, or by an earlier delivery or another replica),
+    locked on PostgreSQL until the batch commits, in id order (the order job completions update them in,
+    see JobQueue.finish): concurrent batches of one group (an Alertmanager HA pair delivering to two
+    replicas) wait for each other instead of deadlocking, and its member counts are exact."""
+    for part in chunks(sorted(groups)):
+        source, args = conn.rows_source([(g,) for g in part], ("text",))
+        rows = await conn.fetch(
+            f"SELECT i.id, i.group_id FROM incidents i JOIN {source} ON i.group_id = v.column1"
+            f" WHERE i.status = 'open' ORDER BY i.id {lock}", *args)
+        for r in rows:
+            groups[r["group_id"]].incident_id = int(r["id"])
+
+
+async def _open_or_find(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
+    """Every group with a firing alert gets its open incident; returns the ones opened here. A group
+    whose incident another replica resolved while this batch waited for it is opened again."""
+    lock = "FOR UPDATE OF i" if conn.dialect == "postgres" else ""
+    opened = await _open_incidents(conn, groups, now)
+    await _find_incidents(conn, groups, lock)
+    missing = {g: group for g, group in groups.items() if group.incident_id is None and group.firing}
+    if missing:
+        opened |= await _open_incidents(conn, missing, now)
+        await _find_incidents(conn, missing, lock)
+    return opened
+
+
+async def _upsert_members(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
+    """Firing alerts become members (once per fingerprint and start); the incidents that gained one."""
+    latest: dict[tuple[int, str, float], Alert] = {}
+    for group in groups.values():
+        if group.incident_id is None:
             continue
-        rows = [(incident_id, seen[key].alert_id) for incident_id, key in sorted(key_of.items())]
-        source, args = conn.rows_source(rows, ("bigint", "bigint"))
+        for _, alert in group.alerts:
+            if alert.status is AlertStatus.FIRING:
+                latest[(group.incident_id, alert.fingerprint, alert.starts_at)] = alert
+    gained: set[int] = set()
+    for part in chunks(sorted(latest)):
+        rows = [(key[0], latest[key].source, key[1], key[2], "firing", dumps(latest[key].labels),
+                 dumps(latest[key].annotations), now, now) for key in part]
+        source, args = conn.rows_source(rows, MEMBER_TYPES)
         returned = await conn.fetch(
-            f"UPDATE incidents SET status = 'resolved', resolved_at = ${len(args) + 1}, last_alert_id = v.column2"
-            f" FROM {source} WHERE incidents.id = v.column1 AND incidents.status = 'open' RETURNING incidents.id",
+            "INSERT INTO incident_members (incident_id, source, fingerprint, starts_at, status, labels, annotations,"
+            f" first_seen, last_seen) SELECT * FROM {source} WHERE true"
+            # A member's status only goes from firing to resolved: a late re-delivery does not revive it.
+            " ON CONFLICT (incident_id, fingerprint, starts_at) DO UPDATE SET"
+            " annotations = excluded.annotations, last_seen = excluded.last_seen"
+            " RETURNING incident_id, first_seen", *args)
+        # A member seen before keeps its first_seen; only this batch's new ones carry `now`.
+        gained |= {int(r["incident_id"]) for r in returned if float(r["first_seen"]) == now}
+    return gained
+
+
+async def _resolve_members(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
+    """A resolution resolves its member, and a new start of a fingerprint ends its older firing that
+    never said it resolved; the incidents where a member resolved."""
+    rows = sorted({(g.incident_id, a.fingerprint, a.starts_at, int(a.status is AlertStatus.RESOLVED))
+                   for g in groups.values() if g.incident_id is not None for _, a in g.alerts})
+    resolved: set[int] = set()
+    for part in chunks(rows):
+        source, args = conn.rows_source(part, ("bigint", "text", "double precision", "integer"))
+        returned = await conn.fetch(
+            f"UPDATE incident_members SET status = 'resolved', resolved_at = ${len(args) + 1} FROM {source}"
+            " WHERE incident_members.incident_id = v.column1 AND incident_members.fingerprint = v.column2"
+            " AND incident_members.status = 'firing' AND (incident_members.starts_at < v.column3"
+            " OR (v.column4 = 1 AND incident_members.starts_at = v.column3)) RETURNING incident_members.incident_id",
             *args, now)
-        for r in returned:
-            resolved[key_of[int(r["id"])]] = int(r["id"])
+        resolved |= {int(r["incident_id"]) for r in returned}
     return resolved
 
 
-async def _touch_incidents(conn: Connection, keys: list[Key], seen: dict[Key, _Seen], now: float) -> None:
-    """Re-deliveries: count them and keep the latest annotations, never reopen or re-run anything."""
-    for part in chunks(sorted(keys)):
-        rows = [(*k, seen[k].count, seen[k].alert_id, seen[k].encoded[1]) for k in part]
-        source, args = conn.rows_source(rows, (*KEY_TYPES, "integer", "bigint", "text"))
-        await conn.execute(
-            f"UPDATE incidents SET deliveries = incidents.deliveries + v.column4, last_seen = ${len(args) + 1},"
-            " last_alert_id = v.column5, annotations = v.column6"
-            f" FROM {source} WHERE incidents.source = v.column1 AND incidents.fingerprint = v.column2"
-            " AND incidents.starts_at = v.column3", *args, now)
+async def _count_members(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
+    """Count every touched incident's members, resolving those with none firing; returns the resolved."""
+    rows = sorted((g.incident_id, len(g.alerts), max(i for i, _ in g.alerts))
+                  for g in groups.values() if g.incident_id is not None)
+    firing = ("(SELECT COUNT(*) FROM incident_members m WHERE m.incident_id = incidents.id"
+              " AND m.status = 'firing')")
+    resolved: set[int] = set()
+    for part in chunks(rows):
+        source, args = conn.rows_source(part, ("bigint", "integer", "bigint"))
+        returned = await conn.fetch(
+            f"UPDATE incidents SET deliveries = incidents.deliveries + v.column2, last_seen = ${len(args) + 1},"
+            f" last_alert_id = v.column3, members_firing = {firing},"
+            " members_total = (SELECT COUNT(*) FROM incident_members m WHERE m.incident_id = incidents.id),"
+            f" status = CASE WHEN {firing} = 0 THEN 'resolved' ELSE 'open' END,"
+            f" resolved_at = CASE WHEN {firing} = 0 THEN CAST(${len(args) + 1} AS DOUBLE PRECISION) END"
+            f" FROM {source} WHERE incidents.id = v.column1 AND incidents.status = 'open'"
+            " RETURNING incidents.id, incidents.status", *args, now)
+        resolved |= {int(r["id"]) for r in returned if r["status"] == "resolved"}
+    return resolved
 
 
-async def _enqueue(conn: Connection, jobs: list[tuple[JobKind[IncidentJob], int]], now: float,
-                   max_attempts: int) -> None:
-    """The incidents' jobs, as `kind.new` would queue them, in multi-row statements."""
+async def _enqueue(conn: Connection, jobs: Sequence[tuple[JobKind[IncidentJob], int | None, float]],
+                   max_attempts: int, *, unless_queued: bool = False) -> None:
+    """The incidents' jobs, as `kind.new` would queue them, in multi-row statements, each due at its time."""
+    now = time.time()
     payload = dumps(IncidentJob().model_dump(mode="json"))
+    only = (" WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = v.column1 AND j.ordering_key = v.column3"
+            " AND j.kind = v.column2 AND j.status = 'queued')") if unless_queued else " WHERE true"
     for part in chunks(jobs):
-        rows = [(kind.queue, kind.name, f"incident:{incident_id}", incident_id, payload, "queued", max_attempts, now,
-                 now) for kind, incident_id in part]
+        rows = [(kind.queue, kind.name, f"incident:{incident_id}", incident_id, payload, "queued", max_attempts,
+                 run_after, now) for kind, incident_id, run_after in part]
         source, args = conn.rows_source(rows, JOB_TYPES)
         await conn.execute(
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts, run_after,"
-            f" created_at) SELECT * FROM {source} WHERE true", *args)
+            f" created_at) SELECT * FROM {source}{only}", *args)
 
 
-async def _link_alerts(conn: Connection, payload_ids: list[int]) -> None:
-    for part in chunks(payload_ids):
-        marks = ", ".join(f"${i + 1}" for i in range(len(part)))
-        await conn.execute(
-            "UPDATE alerts SET incident_id = (SELECT i.id FROM incidents i WHERE i.source = alerts.source"
-            " AND i.fingerprint = alerts.fingerprint AND i.starts_at = alerts.starts_at)"
-            f" WHERE alerts.payload_id IN ({marks})", *part)
+async def _link_alerts(conn: Connection, groups: list[_Group]) -> None:
+    """Each stored alert names its incident (the first, when its rules placed it in several)."""
+    links: dict[int, int] = {}
+    for group in groups:
+        for alert_id, _ in group.alerts:
+            if group.incident_id is not None:
+                links.setdefault(alert_id, group.incident_id)
+    for part in chunks(sorted(links.items())):
+        source, args = conn.rows_source(part, ("bigint", "bigint"))
+        await conn.execute(f"UPDATE alerts SET incident_id = v.column2 FROM {source} WHERE alerts.id = v.column1",
+                           *args)

@@ -247,6 +247,56 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX silences_incident ON silences (incident_id);
         """,
     ),
+    (
+        5,
+        "incidents are alert groups: members, one open incident per group, shared evidence, live threads",
+        """
+        -- group_id names (source, rule, group key). While open there is one incident per group, so
+        -- replicas receiving the same group concurrently find or open the same row.
+        ALTER TABLE incidents ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
+        ALTER TABLE incidents ADD COLUMN group_id TEXT;
+        ALTER TABLE incidents ADD COLUMN previous_id BIGINT;
+        ALTER TABLE incidents ADD COLUMN members_firing INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE incidents ADD COLUMN members_total INTEGER NOT NULL DEFAULT 0;
+        -- Incidents of the previous release become groups of one (their own alert), keeping their threads.
+        UPDATE incidents SET group_key = fingerprint, group_id = 'legacy:' || CAST(id AS TEXT), members_total = 1,
+            members_firing = CASE WHEN status = 'open' THEN 1 ELSE 0 END;
+        DROP INDEX incidents_firing;
+        DROP INDEX incidents_open;
+        CREATE UNIQUE INDEX incidents_group_open ON incidents (group_id) WHERE status = 'open';
+        CREATE INDEX incidents_group ON incidents (group_id, id);
+
+        CREATE TABLE incident_members (
+            id {pk},
+            incident_id BIGINT NOT NULL REFERENCES incidents (id),
+            source TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            starts_at DOUBLE PRECISION NOT NULL,
+            status TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            annotations TEXT NOT NULL,
+            first_seen DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL,
+            resolved_at DOUBLE PRECISION
+        );
+        CREATE UNIQUE INDEX incident_members_key ON incident_members (incident_id, fingerprint, starts_at);
+        CREATE INDEX incident_members_alert ON incident_members (source, fingerprint, starts_at);
+        INSERT INTO incident_members (incident_id, source, fingerprint, starts_at, status, labels, annotations,
+            first_seen, last_seen, resolved_at)
+            SELECT id, source, fingerprint, starts_at, CASE WHEN status = 'open' THEN 'firing' ELSE 'resolved' END,
+                labels, annotations, opened_at, last_seen, resolved_at FROM incidents;
+
+        -- Evidence gathered once for several incidents (collectors.cache_ttl) says so.
+        ALTER TABLE evidence ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
+
+        -- A thread's parent is edited at most once per min_update_interval, and only when it changed.
+        -- Member changes are summed up in one reply per summary_interval.
+        ALTER TABLE slack_threads ADD COLUMN parent_digest TEXT;
+        ALTER TABLE slack_threads ADD COLUMN parent_updated_at DOUBLE PRECISION;
+        ALTER TABLE slack_threads ADD COLUMN summary_at DOUBLE PRECISION;
+        ALTER TABLE slack_threads ADD COLUMN announced TEXT NOT NULL DEFAULT '{{}}';
+        """,
+    ),
 ]
 
 

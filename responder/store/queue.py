@@ -73,6 +73,22 @@ class JobQueue:
             job.max_attempts or self.max_attempts, now + delay, now,
         ))
 
+    @staticmethod
+    async def queued(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
+        """Whether a job of this kind already waits on the key: work that reads the newest state when it
+        runs (a parent edit, a refresh) needs only one."""
+        count = await conn.fetchval(
+            "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
+            queue, ordering_key, kind)
+        return int(count) > 0
+
+    @staticmethod
+    async def hasten(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
+        """Make a waiting job of this kind on the key due now; False if none waits."""
+        return await conn.execute(
+            "UPDATE jobs SET run_after = $4 WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
+            queue, ordering_key, kind, time.time()) > 0
+
     async def schedule(self, job: NewJob, delay: float) -> None:
         """Queue a job in a transaction of its own, to run after `delay` seconds."""
         async with self.db.transaction() as conn:

@@ -1,15 +1,16 @@
-"""Slack threads in the store: which thread an incident belongs to, and where its parent message is.
+"""Slack threads in the store: which thread an incident belongs to, where its parent message is, and
+what the thread last showed of the incident's group (so edits and member summaries are sent only when
+something changed, and not more often than their intervals).
 
 The thread of a new incident is decided once, durably, so every replica and every re-delivery agrees:
 - an incident already placed keeps its thread;
-- a re-fire (same source and fingerprint) within the re-fire window joins the previous firing's thread;
-- alerts that arrived together in one delivery with one group key (a storm) share one thread, keyed by
-  that delivery, group key and channel under a unique index; the first one there leads it.
+- an incident that follows a resolved one of the same group (a re-fire) within the re-fire window joins
+  that incident's thread;
+- otherwise the incident gets a thread of its own, keyed by the incident under a unique index.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from responder.store.db import Connection, Row
 from responder.store.intake_writer import dumps
 from responder.store.store import Store
 
+# STORM: incidents of the previous release that shared their storm's thread without leading it.
 LEAD, STORM, REFIRE = "lead", "storm", "refire"
 
 
@@ -31,20 +33,18 @@ class Thread:
     ts: str | None
     lead_incident_id: int | None
     facts: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    incident_id: int
-    alertname: str
-    status: str
-    labels: dict[str, str]
-    role: str
+    # What the parent message showed when last sent (a digest), and when.
+    parent_digest: str | None = None
+    parent_updated_at: float | None = None
+    # The last member summary, and the group counts the thread has told so far ({"total", "resolved"}).
+    summary_at: float | None = None
+    announced: dict[str, int] | None = None
 
 
 def _thread(row: Row) -> Thread:
     return Thread(int(row["id"]), row["channel"], row["channel_id"], row["ts"], row["lead_incident_id"],
-                  json.loads(row["facts"]))
+                  json.loads(row["facts"]), row["parent_digest"], row["parent_updated_at"], row["summary_at"],
+                  json.loads(row["announced"]))
 
 
 class SlackThreads:
@@ -62,23 +62,17 @@ class SlackThreads:
             if row is not None:
                 return _thread(row), str(row["role"])
             previous = await conn.fetchrow(
-                "SELECT t.id FROM slack_threads t JOIN slack_thread_incidents m ON m.thread_id = t.id"
-                " JOIN incidents i ON i.id = m.incident_id"
-                " WHERE i.source = $1 AND i.fingerprint = $2 AND i.id <> $3 AND t.updated_at >= $4"
-                " ORDER BY t.id DESC LIMIT 1",
-                incident.source, incident.fingerprint, incident.id, now - refire_window)
+                "SELECT m.thread_id FROM slack_thread_incidents m JOIN slack_threads t ON t.id = m.thread_id"
+                " WHERE m.incident_id = $1 AND t.updated_at >= $2", incident.previous_id or 0, now - refire_window)
             if previous is not None:
-                thread_id, role = int(previous["id"]), REFIRE
+                thread_id, role = int(previous["thread_id"]), REFIRE
             else:
-                key = await self._storm_key(conn, incident, channel)
+                key = f"incident:{incident.id}"
                 await conn.execute(
-                    "INSERT INTO slack_threads (thread_key, channel, created_at, updated_at) VALUES ($1, $2, $3, $3)"
-                    " ON CONFLICT (thread_key) DO NOTHING", key, channel, now)
+                    "INSERT INTO slack_threads (thread_key, channel, lead_incident_id, created_at, updated_at)"
+                    " VALUES ($1, $2, $3, $4, $4) ON CONFLICT (thread_key) DO NOTHING", key, channel, incident.id, now)
                 thread_id = int(await conn.fetchval("SELECT id FROM slack_threads WHERE thread_key = $1", key))
-                led = await conn.execute(
-                    "UPDATE slack_threads SET lead_incident_id = $2 WHERE id = $1 AND lead_incident_id IS NULL",
-                    thread_id, incident.id)
-                role = LEAD if led == 1 else STORM
+                role = LEAD
             await conn.execute(
                 "INSERT INTO slack_thread_incidents (incident_id, thread_id, role, joined_at) VALUES ($1, $2, $3, $4)",
                 incident.id, thread_id, role, now)
@@ -86,16 +80,6 @@ class SlackThreads:
             thread = await conn.fetchrow("SELECT * FROM slack_threads WHERE id = $1", thread_id)
         assert thread is not None
         return _thread(thread), role
-
-    @staticmethod
-    async def _storm_key(conn: Connection, incident: Incident, channel: str) -> str:
-        group_key = str(incident.extra.get("group_key") or "")
-        if not group_key:
-            return f"incident:{incident.id}"
-        payload_id = await conn.fetchval(
-            "SELECT payload_id FROM alerts WHERE incident_id = $1 ORDER BY id LIMIT 1", incident.id)
-        digest = hashlib.sha256(f"{incident.source}\0{group_key}\0{channel}".encode()).hexdigest()[:24]
-        return f"storm:{payload_id}:{digest}"
 
     async def get(self, thread_id: int) -> Thread | None:
         async with self.db.read() as conn:
@@ -109,13 +93,6 @@ class SlackThreads:
                 "SELECT t.* FROM slack_thread_incidents m JOIN slack_threads t ON t.id = m.thread_id"
                 " WHERE m.incident_id = $1", incident_id)
         return _thread(row) if row is not None else None
-
-    async def members(self, thread_id: int) -> list[Member]:
-        async with self.db.read() as conn:
-            rows = await conn.fetch(
-                "SELECT i.id, i.alertname, i.status, i.labels, m.role FROM slack_thread_incidents m"
-                " JOIN incidents i ON i.id = m.incident_id WHERE m.thread_id = $1 ORDER BY i.id", thread_id)
-        return [Member(int(r["id"]), r["alertname"], r["status"], json.loads(r["labels"]), r["role"]) for r in rows]
 
     # --- within a sink job's finishing transaction ------------------------------------------------
 
@@ -132,16 +109,22 @@ class SlackThreads:
             "UPDATE slack_threads SET parent_queued = 1 WHERE id = $1 AND parent_queued = 0", thread_id) == 1
 
     @staticmethod
-    async def update_queued(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
-        """Whether an edit of the parent is already waiting: it renders the newest state when it runs."""
-        count = await conn.fetchval(
-            "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
-            queue, ordering_key, kind)
-        return int(count) > 0
-
-    @staticmethod
     async def set_parent(conn: Connection, thread_id: int, channel_id: str, ts: str) -> None:
         await conn.execute("UPDATE slack_threads SET channel_id = $2, ts = $3 WHERE id = $1", thread_id, channel_id, ts)
+
+    @staticmethod
+    async def set_shown(conn: Connection, thread_id: int, digest: str, announced: dict[str, int] | None) -> None:
+        """The parent as just sent; a parent sent for the first time also shows the group as it is now,
+        so the member summaries count from there."""
+        await conn.execute(
+            "UPDATE slack_threads SET parent_digest = $2, parent_updated_at = $3,"
+            " announced = CASE WHEN $4 = '' THEN announced ELSE $4 END WHERE id = $1",
+            thread_id, digest, time.time(), dumps(announced) if announced is not None else "")
+
+    @staticmethod
+    async def set_announced(conn: Connection, thread_id: int, announced: dict[str, int]) -> None:
+        await conn.execute("UPDATE slack_threads SET announced = $2, summary_at = $3 WHERE id = $1",
+                           thread_id, dumps(announced), time.time())
 
     async def record_error(self, incident_id: int, error: str) -> None:
         """A permanent delivery failure, kept on the incident where `responder incidents` shows it."""
