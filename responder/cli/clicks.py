@@ -8,12 +8,8 @@ import asyncio
 import json
 from typing import Any
 
-from rich.table import Table
-
 from responder.cli._common import add_config_args, out, run_cli
 from responder.cli.incidents import open_cli_store
-from responder.sinks.render import ts
-from responder.store.console import ConsoleStore
 
 FIELDS = ("id", "incident_id", "button", "value", "user_id", "user_name", "channel_id", "outcome", "detail",
           "created_at", "finished_at")
@@ -32,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 @run_cli
 def list_command(args: argparse.Namespace) -> int:
+    # Imported here: `responder --help` must not load rich, pydantic or the store.
+    from rich.table import Table
+
+    from responder.sinks.render import ts
+    from responder.store.console import ConsoleStore
+
     async def fetch() -> list[dict[str, Any]]:
         store = await open_cli_store(args)
         try:
