@@ -159,7 +159,7 @@ async def load_incident_view(store: Store, incident_id: int, redactor: Redactor,
         incident=replace(incident, labels=redactor.tree(incident.labels),
                          annotations=redactor.tree(incident.annotations), extra=redactor.tree(incident.extra),
                          error=redactor.text(incident.error) if incident.error else None),
-        processed_at=await history.processed_at(incident_id),
+        processed_at=incident.processed_at,
         alerts=[dict(r) for r in await history.alerts(incident_id)],
         # Evidence was redacted before it was stored; again here, in case the redaction rules grew since.
         evidence=redactor.tree([evidence_row(r) for r in await store.evidence(incident_id)]),

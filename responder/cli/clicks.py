@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 @run_cli
 def list_command(args: argparse.Namespace) -> int:
+    # Imported here: `responder --help` must not load rich, pydantic or the store.
     import asyncio
 
     from rich.markup import escape
