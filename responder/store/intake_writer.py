@@ -384,8 +384,10 @@ async def _enqueue(conn: Connection, jobs: Sequence[tuple[JobKind[IncidentJob], 
     """The incidents' jobs, as `kind.new` would queue them, in multi-row statements, each due at its time."""
     now = time.time()
     payload = dumps(IncidentJob().model_dump(mode="json"))
+    # The status test repeats the partial index's WHERE so that SQLite uses it (see queue.WAITING).
     only = (" WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = v.column1 AND j.ordering_key = v.column3"
-            " AND j.kind = v.column2 AND j.status = 'queued')") if unless_queued else " WHERE true"
+            " AND j.kind = v.column2 AND j.status IN ('queued', 'running') AND j.status = 'queued')"
+            if unless_queued else " WHERE true")
     for part in chunks(jobs):
         rows = [(kind.queue, kind.name, f"incident:{incident_id}", incident_id, payload, "queued", max_attempts,
                  run_after, now) for kind, incident_id, run_after in part]
