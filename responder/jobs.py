@@ -1,8 +1,8 @@
 """The job protocol: every kind of queued work, declared once with its queue and payload model, and the
 table that says which handler runs it.
 
-    PROCESS = JobKind("process", IncidentJob, queue=PIPELINE_QUEUE)     # declared once, here or in a plugin
-    table.add(PROCESS, processor.process)                               # bound once, in Daemon.job_table
+    PROCESS = JobKind("process", IncidentJob, queue=PIPELINE_QUEUE)     # declared once, at import
+    table.add(PROCESS, processor.process)     # bound once, in its owner's register(table) (Daemon.background)
     PROCESS.new(f"incident:{id}", IncidentJob(), incident_id=id)        # queued through it, never by name
 
 A payload is validated when it is queued and again when it runs: a row that does not fit its model fails

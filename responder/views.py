@@ -43,6 +43,8 @@ def evidence_row(row: Row) -> dict[str, Any]:
         "title": row["title"], "status": row["status"], "duration_ms": float(row["duration_ms"]),
         "payload": payload, "text": row["text"], "full_text": row["full_text"], "truncated": bool(row["truncated"]),
         "created_at": float(row["created_at"]),
+        # Gathered once for a group and reused by another incident (a cache hit), not collected for this one.
+        "shared": bool(row["shared"]),
         # Range queries keep their samples; an instant query has one value per series and no chart.
         "chart": isinstance(series, list) and any(isinstance(s, dict) and s.get("values") for s in series),
     }
@@ -159,7 +161,7 @@ async def load_incident_view(store: Store, incident_id: int, redactor: Redactor,
         incident=replace(incident, labels=redactor.tree(incident.labels),
                          annotations=redactor.tree(incident.annotations), extra=redactor.tree(incident.extra),
                          error=redactor.text(incident.error) if incident.error else None),
-        processed_at=await history.processed_at(incident_id),
+        processed_at=incident.processed_at,
         alerts=[dict(r) for r in await history.alerts(incident_id)],
         # Evidence was redacted before it was stored; again here, in case the redaction rules grew since.
         evidence=redactor.tree([evidence_row(r) for r in await store.evidence(incident_id)]),

@@ -66,7 +66,8 @@ async def test_a_rotated_file_secret_authenticates_after_the_interval_and_both_v
         client, daemon = await daemon_client(config)
 
         async def post(token: str, alertname: str = "Probe") -> int:
-            response = await client.post("/webhooks/alertmanager", json=am_payload(am_alert(alertname)),
+            response = await client.post("/webhooks/alertmanager",
+                                         json=am_payload(am_alert(alertname), group_key=alertname),
                                          headers=bearer(token))
             return int(response.status)
 
@@ -78,9 +79,10 @@ async def test_a_rotated_file_secret_authenticates_after_the_interval_and_both_v
         # Evidence gathered after the rotation: the echo quotes both values.
         assert await post(NEW, "Leaky") == 200
         async with asyncio.timeout(30):
-            while not (leaky := [i for i in await daemon.store.list_incidents() if i.rule == "leaky"]):
+            while not (rows := [r for i in await daemon.store.list_incidents() if i.alertname == "Leaky"
+                                for r in await daemon.store.evidence(i.id)]):
                 await asyncio.sleep(0.1)
-        [row] = await daemon.store.evidence(leaky[0].id)
+        [row] = rows
     finally:
         await runner.cleanup()
     assert row["status"] == "ok"

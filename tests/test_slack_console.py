@@ -16,6 +16,7 @@ import pytest
 
 import tests.support.plugins  # noqa: F401  (the test.evidence and test.sleep collectors)
 from responder.cli import main as cli_main
+from responder.jobs import CLICK, CONSOLE_QUEUE, ClickRef
 from tests.conftest import make_config, write_rules
 from tests.fakes.slack_api import FakeSlack, Message
 from tests.support.admin import admin_endpoint
@@ -95,6 +96,15 @@ async def test_acknowledge_and_rerun_from_the_thread(daemon_client: Any, store_u
     assert sum("Acknowledged" in m.text for m in replies) == 1
     await asyncio.sleep(0.5)
     assert any("Already acknowledged by <@U" in t for t in told(slack, "U123") + told(slack, "U456"))
+    # The press's job run again (a worker that died after recording it): nothing happens twice.
+    async with daemon.store.db.transaction() as conn:
+        await daemon.store.queue.enqueue(conn, CLICK.new(f"console:incident:{incident}",
+                                                         ClickRef(click_id=first["click_id"]), incident_id=incident))
+    daemon.wake(CONSOLE_QUEUE)
+    await settled(daemon.store)
+    _, replies = thread_of(slack)
+    assert sum("Acknowledged" in m.text for m in replies) == 1
+    assert (await handled(daemon, first["click_id"]))["outcome"] in ("done", "unchanged")
 
     before = len(await daemon.store.evidence(incident))
     rerun = await click(client, "rerun", incident)

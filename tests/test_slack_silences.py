@@ -92,6 +92,13 @@ async def test_silence_and_unsilence_in_a_real_alertmanager(daemon_client: Any, 
         replies = [m.text for m in slack.thread("#incidents", parent(slack).ts)[1:]]  # type: ignore[union-attr]
         assert sum(t.startswith("Silenced in Alertmanager main for 1h") for t in replies) == 1
 
+        # A longer silence extends it: still one active silence, now ending in 4 h.
+        longer = await click(client, "silence_4h", incident.id)
+        assert (await handled(daemon, longer["click_id"]))["outcome"] == "done"
+        [silence] = [s for s in am.amtool_json("silence", "query") if s["status"]["state"] == "active"]
+        ends = time.mktime(time.strptime(silence["endsAt"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        assert 4 * 3600 - 100 < ends - time.time() < 4 * 3600 + 100
+
         # Alertmanager stops notifying for the group: a new alert in it is suppressed, not sent.
         before = await deliveries(daemon)
         am.amtool_alert({"alertname": GROUP, "service": "web", "severity": "warning"})

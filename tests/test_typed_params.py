@@ -56,9 +56,8 @@ rules:
 """)
     assert not problems
     monkeypatch.setenv("ADMIN_TOKEN", "Bearer t0ken")
-    async with admin_endpoint() as endpoint:
-        ctx = context({"http": {"app": {"url": endpoint.url + "/base",
-                                        "headers": {"Authorization": {"env": "ADMIN_TOKEN"}}}}})
+    async with admin_endpoint() as endpoint, context({"http": {"app": {
+            "url": endpoint.url + "/base", "headers": {"Authorization": {"env": "ADMIN_TOKEN"}}}}}) as ctx:
         _, mitigations, errors = rendered(rule, service=service)
         for step in mitigations:
             await HttpRequest().execute(step.params, ctx)
@@ -154,13 +153,13 @@ rules:
     try:
         for service in ("api", "web", "billing"):
             await client.mset({f"{redis_prefix}cache:{service}:{i}": i for i in range(5)})
-        ctx = context({"redis": {"cache": {"url": {"env": "CACHE_URL"}}}})
-        for service in ("*", "?pi", "[aw]*", "a\\", "^x", "api]"):
-            _, mitigations, errors = rendered(rule, service=service)
-            assert not errors
-            assert (await DeleteKeys().execute(mitigations[0].params, ctx))["deleted"] == 0, service
-        assert len([k async for k in client.scan_iter(match=f"{redis_prefix}cache:*")]) == 15
-        _, mitigations, _ = rendered(rule, service="api")
-        assert (await DeleteKeys().execute(mitigations[0].params, ctx))["deleted"] == 5
+        async with context({"redis": {"cache": {"url": {"env": "CACHE_URL"}}}}) as ctx:
+            for service in ("*", "?pi", "[aw]*", "a\\", "^x", "api]"):
+                _, mitigations, errors = rendered(rule, service=service)
+                assert not errors
+                assert (await DeleteKeys().execute(mitigations[0].params, ctx))["deleted"] == 0, service
+            assert len([k async for k in client.scan_iter(match=f"{redis_prefix}cache:*")]) == 15
+            _, mitigations, _ = rendered(rule, service="api")
+            assert (await DeleteKeys().execute(mitigations[0].params, ctx))["deleted"] == 5
     finally:
         await client.aclose()

@@ -55,11 +55,16 @@ RULES = {"rules": [{
     ],
     "mitigations": [
         {"id": "flush", "type": "http.request", "params": {"target": "self", "path": "/healthz", "method": "GET"}},
-        {"id": "never", "type": "http.request", "params": {"target": "self", "path": "/healthz", "method": "GET"},
+        {"id": "never", "type": "http.request", "params": {"target": "self", "path": "/readyz", "method": "GET"},
          "when": ["evidence.health.payload.status_code >= 500"]},
     ],
-    "checklist": ["Check the dashboards of {{ labels.namespace }}", "Tell the owning team"],
+    "checklist": ["Check the service dashboard", "Tell the owning team"],
 }]}
+
+def alert(name: str, **fields: Any) -> dict[str, Any]:
+    """One alert in its own Alertmanager group (group_by: [alertname]), so it opens an incident of its own."""
+    return am_payload(am_alert(name, **fields), group_key=f'{{}}:{{alertname="{name}"}}')
+
 
 def wait_processed(console: LiveDaemon, count: int, timeout: float = 30) -> None:
     """Until `count` incidents have their evidence and their Slack thread."""
@@ -86,14 +91,17 @@ def incidents(console: LiveDaemon) -> dict[str, int]:
     """Real data: an incident with a chart, decisions and a Slack thread; a resolved one from Grafana; one
     whose labels and annotations are hostile markup. Returns incident ids by name."""
     # A few scrapes of the daemon first, so the range query has points to chart.
-    console.post("/webhooks/alertmanager", am_payload(am_alert("Warmup")))
+    console.post("/webhooks/alertmanager", alert("Warmup"))
     console.wait_scraped('count_over_time(scrape_duration_seconds{job="test"}[1m])', 3)
-    console.post("/webhooks/alertmanager", am_payload(am_alert("WebErrors", labels={"job": "test"})))
+    # One Alertmanager group of two alerts: one incident with two members.
+    console.post("/webhooks/alertmanager", am_payload(
+        *(am_alert("WebErrors", labels={"job": "test", "instance": name}) for name in ("web-1", "web-2")),
+        group_key='{}:{alertname="WebErrors"}'))
     console.post("/webhooks/grafana", grafana_payload("firing", pod="api-1"))
     console.post("/webhooks/grafana", grafana_payload("resolved", pod="api-1"))
-    console.post("/webhooks/alertmanager", am_payload(am_alert("Hostile", labels={"service": HOSTILE},
-                                                               annotations={"summary": HOSTILE,
-                                                                            "runbook_url": "javascript:alert(1)"})))
+    console.post("/webhooks/alertmanager", alert("Hostile", labels={"service": HOSTILE},
+                                                 annotations={"summary": HOSTILE,
+                                                              "runbook_url": "javascript:alert(1)"}))
     wait_processed(console, 4)
     status, html = console.get("/ui/incidents", {"Authorization": f"Bearer {UI_TOKEN}"})
     assert status == 200
@@ -187,6 +195,7 @@ def test_incidents_list_shows_every_incident_and_filters(console: LiveDaemon, in
                                                           browser: WebDriver) -> None:
     browser.get(console.url + "/ui/incidents")
     assert set(rows(browser)) >= {"WebErrors", "HighCPU", "Warmup"}
+    assert browser.find_element(By.CSS_SELECTOR, f"tr[data-id='{incidents['WebErrors']}'] td.members").text == "2/2"
     screenshot(browser, "incidents")
 
     Select(browser.find_element(By.ID, "filter-status")).select_by_value("resolved")
@@ -210,7 +219,7 @@ def test_incidents_list_shows_every_incident_and_filters(console: LiveDaemon, in
 def test_incidents_list_refreshes_itself(console: LiveDaemon, incidents: dict[str, int], browser: WebDriver) -> None:
     browser.get(console.url + "/ui/incidents?refresh=2")
     assert "LateArrival" not in rows(browser)
-    console.post("/webhooks/alertmanager", am_payload(am_alert("LateArrival")))
+    console.post("/webhooks/alertmanager", alert("LateArrival"))
     try:
         wait_for(browser, lambda d: "LateArrival" in rows(d), timeout=20)
     except TimeoutException:
@@ -221,6 +230,10 @@ def test_incident_page_shows_evidence_chart_decisions_checklist_timeline_and_sla
         console: LiveDaemon, incidents: dict[str, int], browser: WebDriver) -> None:
     browser.get(f"{console.url}/ui/incidents/{incidents['WebErrors']}")
     assert browser.find_element(By.ID, "incident-rule").text == "web-errors"
+    members = browser.find_elements(By.CSS_SELECTOR, "#members tr.member")
+    assert sorted(m.find_element(By.CSS_SELECTOR, "td.labels").text for m in members) == [
+        "instance=web-1", "instance=web-2"]
+    assert "2 of 2 member(s) firing" in browser.find_element(By.ID, "group").text
     chart = browser.find_element(By.CSS_SELECTOR, "article[data-step=scrapes] img.chart")
     wait_for(browser, lambda d: d.execute_script("return arguments[0].complete", chart))
     assert browser.execute_script("return arguments[0].naturalWidth", chart) > 0
@@ -264,7 +277,7 @@ def test_actions_audit_filters_by_outcome(console: LiveDaemon, incidents: dict[s
 
 def test_explain_shows_the_matching_rule_and_the_guards(console: LiveDaemon, browser: WebDriver) -> None:
     browser.get(console.url + "/ui/explain")
-    payload = json.dumps(am_payload(am_alert("WebErrors", labels={"job": "test"})), indent=2)
+    payload = json.dumps(alert("WebErrors", labels={"job": "test"}), indent=2)
     box = browser.find_element(By.ID, "explain-payload")
     browser.execute_script("arguments[0].value = arguments[1]", box, payload)
     browser.find_element(By.ID, "explain-submit").click()

@@ -26,7 +26,7 @@ from responder.rules.engine import RuleSet, render_steps
 from responder.rules.model import MitigationSpec, PrometheusCheck, VerifySpec
 from responder.store import Store
 from responder.store.actions import ActionStore
-from responder.store.db import Row
+from responder.store.db import Connection, Row
 
 if TYPE_CHECKING:
     import aiohttp
@@ -60,12 +60,25 @@ class MitigationJobs:
         table.add(VERIFY, self.verify)
 
     async def expire(self, job: Job, ref: ApprovalRef) -> None:
-        action = await self.actions.expire(ref.approval_id)
-        if action is not None and self.guard.metrics is not None:
-            self.guard.metrics.actions.labels(action, "expired", "approval").inc()
-        notes = [Note(kind="expired", text=f"{action} expired: nobody answered in time", phase="firing")] \
-            if action is not None else []
-        await self._finish(job, {"expired": action is not None}, notes)
+        expired: list[str] = []
+
+        async def writes(conn: Connection) -> None:
+            # Expired and told in the job's own completion: a job run twice expires once and tells once.
+            expired.clear()
+            action = await ActionStore.expire(conn, ref.approval_id)
+            if action is None:
+                return
+            expired.append(action)
+            if job.incident_id is None:
+                return
+            note = Note(kind="expired", text=f"{action} expired: nobody answered in time", phase="firing")
+            for queue in self.sink_queues:
+                await self.store.queue.enqueue(conn, INCIDENT_NOTE.new(f"incident:{job.incident_id}", note,
+                                                                       incident_id=job.incident_id, queue=queue))
+
+        await self.store.queue.finish(job, result={"approval_id": ref.approval_id}, writes=writes)
+        if expired and self.guard.metrics is not None:
+            self.guard.metrics.actions.labels(expired[0], "expired", "approval").inc()
 
     async def execute(self, job: Job, ref: ApprovalRef) -> None:
         await self._finish(job, *await self.execute_approved(ref.approval_id))

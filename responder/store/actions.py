@@ -180,22 +180,22 @@ class ActionStore:
                 f"approval:{approval_id}", ApprovalRef(approval_id=approval_id), incident_id=row["incident_id"]))
         return state, True, str(action)
 
-    async def expire(self, approval_id: int) -> str | None:
-        """pending -> expired; the action's name when this call expired it."""
+    @staticmethod
+    async def expire(conn: Connection, approval_id: int) -> str | None:
+        """pending -> expired, within the caller's transaction; the action's name when this call expired it."""
         now = time.time()
-        async with self.db.transaction() as conn:
-            action_id = await conn.fetchval(
-                "UPDATE approvals SET state = 'expired', decided_at = $2 WHERE id = $1 AND state = 'pending'"
-                " RETURNING action_id",
-                approval_id, now,
-            )
-            if action_id is None:
-                return None
-            action = await conn.fetchval(
-                "UPDATE actions SET outcome = 'expired', guard = 'approval', reason = 'nobody answered in time',"
-                " finished_at = $2 WHERE id = $1 RETURNING action",
-                action_id, now,
-            )
+        action_id = await conn.fetchval(
+            "UPDATE approvals SET state = 'expired', decided_at = $2 WHERE id = $1 AND state = 'pending'"
+            " RETURNING action_id",
+            approval_id, now,
+        )
+        if action_id is None:
+            return None
+        action = await conn.fetchval(
+            "UPDATE actions SET outcome = 'expired', guard = 'approval', reason = 'nobody answered in time',"
+            " finished_at = $2 WHERE id = $1 RETURNING action",
+            action_id, now,
+        )
         return str(action)
 
     async def start_approved(self, approval_id: int) -> Row | None:

@@ -32,11 +32,6 @@ class History:
             )
         return [incident_from_row(r) for r in rows]
 
-    async def processed_at(self, incident_id: int) -> float | None:
-        async with self.db.read() as conn:
-            value = await conn.fetchval("SELECT processed_at FROM incidents WHERE id = $1", incident_id)
-        return float(value) if value is not None else None
-
     async def alerts(self, incident_id: int) -> list[Row]:
         """Every delivery of the incident's alert (firing, re-deliveries, resolved), oldest first."""
         async with self.db.read() as conn:
