@@ -19,10 +19,12 @@ from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
 
+# One incident per alert (`group_by: ['...']`): each alert's job must run exactly once.
 SLOW_RULES = """
 rules:
   - name: slow
     match: ['alertname=~"Crash.*"']
+    group_by: ['...']
     collectors:
       - type: test.sleep
         params: {seconds: 2, label: "gathered"}

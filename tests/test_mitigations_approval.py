@@ -24,7 +24,8 @@ def signing_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 async def start(daemon_client: Any, store_url: str, tmp_path: Path, endpoint: AdminEndpoint,
                 timeout: str = "10m") -> tuple[Any, Any]:
     rules = tmp_path / "rules"
-    config = config_for(store_url, tmp_path, endpoint, **{"mitigations.approvals": {
+    # The sender's groups: alerts of one delivery are one incident, which asks once.
+    config = config_for(store_url, tmp_path, endpoint, group_by="null", **{"mitigations.approvals": {
         "timeout": timeout, "slack_signing_secret": {"env": "SLACK_SIGNING_SECRET"}},
         "sinks.slack.permissions": {"approve": ["U123"]}})
     text = (rules / "rules.yaml").read_text().replace("mode: enforce", "mode: enforce\n        requires_approval: true")

@@ -18,10 +18,12 @@ from tests.support.admin import AdminEndpoint, admin_endpoint
 from tests.support.alerts import am_alert, am_payload
 from tests.support.services import free_port
 
+# By default one incident per alert (`group_by: ['...']`): a storm of incidents deciding about one target.
 RULES = """
 rules:
   - name: api-down
     match: ['alertname="ApiDown"']
+    group_by: {group_by}
     mitigations:
       - id: fallback
         type: http.request
@@ -45,8 +47,8 @@ def alerts(count: int, deployment: str = "api", **labels: str) -> list[dict[str,
 
 
 def config_for(store_url: str, tmp_path: Path, endpoint: AdminEndpoint, *, mode: str = "enforce",
-               when: str = "[]", **overrides: Any) -> Any:
-    rules = write_rules(tmp_path / "rules", RULES.format(mode=mode, when=when))
+               when: str = "[]", group_by: str = "['...']", **overrides: Any) -> Any:
+    rules = write_rules(tmp_path / "rules", RULES.format(mode=mode, when=when, group_by=group_by))
     targets = {"http": {"app": {"url": endpoint.url, "headers": {"Authorization": {"env": "APP_ADMIN_TOKEN"}}}}}
     return make_config(store_url, rules, **{"targets": targets, "mitigations.mode": "enforce",
                                             "pipeline.workers": 8, **overrides})

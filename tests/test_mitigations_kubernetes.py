@@ -15,10 +15,12 @@ from tests.conftest import make_config, write_rules
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.test_mitigations_guard import alerts, audit, post_burst, wait_processed
 
+# One incident per alert (`group_by: ['...']`): a storm of incidents all deciding about one deployment.
 RESTART = """
 rules:
   - name: api-restart
     match: ['alertname="ApiDown"']
+    group_by: ['...']
     mitigations:
       - id: restart
         type: kubernetes.rollout_restart
