@@ -6,6 +6,7 @@ Secrets are referenced (`{env: NAME}` or `{file: PATH}`), resolved here, and nev
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -415,8 +416,30 @@ class CommandsConfig(Strict):
     pass_env: list[str] = Field(default_factory=list)
 
 
+class NetworkConfig(Strict):
+    """Where collectors that take a host from the alert (tls.certificate) may connect. Named targets
+    (targets.http, ...) are configured here by the operator and need no entry."""
+
+    # Shell patterns of host names or addresses, optionally with :PORT (`*.example.com`, `api.internal:8443`);
+    # empty: no host from an alert is contacted.
+    allow_hosts: list[str] = Field(default_factory=list)
+    # Loopback, link-local (the cloud metadata address), private and other non-public addresses are
+    # refused even for an allowed name, unless they fall in one of these networks (`10.20.0.0/16`).
+    allow_private: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _networks_parse(self) -> NetworkConfig:
+        for network in self.allow_private:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allow_private: {exc}") from None
+        return self
+
+
 class CollectorsConfig(Strict):
     commands: CommandsConfig = CommandsConfig()
+    network: NetworkConfig = NetworkConfig()
     # Identical collector calls (type, target, parameters) within this time share one execution and its
     # result across incidents, so a storm asks the systems under stress once; 0 turns sharing off.
     cache_ttl: Duration = 30.0

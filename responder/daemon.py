@@ -123,7 +123,7 @@ class Daemon:
         p = self.config.pipeline
         settings = WorkerSettings(p.workers, self.config.store.lease_seconds, p.job_timeout, p.retry_initial,
                                   p.retry_max, self.config.store.poll_interval)
-        guard = Guard(self.config.mitigations, self.targets, self.actions, self.locks, self.metrics)
+        guard = Guard(self.config.mitigations, self.targets, self.actions, self.locks, self.metrics, self.redactor)
         limits = EvidenceLimits(p.collector_timeout, p.collectors_total_timeout, p.evidence_display_bytes,
                                 p.evidence_store_bytes)
         ttl = self.config.collectors.cache_ttl

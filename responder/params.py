@@ -3,8 +3,12 @@ these before it reaches an API call, a query or a command line."""
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
+import ipaddress
 import posixpath
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -136,3 +140,36 @@ PromQLQuery = Annotated[str, StringConstraints(min_length=1, max_length=4000),
                         RenderAs("PromQL query", filter="promql", in_string_literal=True)]
 # A Redis glob pattern; values from the alert are matched literally (their `*?[]` escaped).
 RedisGlob = Annotated[str, StringConstraints(max_length=256), RenderAs("Redis pattern", escape=redis_glob_literal)]
+
+
+# --- hosts named by an alert --------------------------------------------------------------------------
+
+
+class HostRefused(PermissionError):
+    """A host or address a collector may not contact (see collectors.network)."""
+
+
+async def allowed_addresses(host: str, port: int, allow_hosts: list[str], allow_private: list[str],
+                            timeout: float) -> list[str]:
+    """The addresses of `host` a collector may connect to, or HostRefused. The name must match an
+    allow_hosts pattern; every address it resolves to must be public or inside allow_private (so a name
+    cannot point at the metadata service, loopback or the cluster's own network unless listed). Callers
+    connect to these addresses, not to the name, so a second DNS answer cannot change the decision."""
+    name = host.strip("[]").lower().rstrip(".")
+    if not any(fnmatch.fnmatchcase(candidate, pattern.lower()) for pattern in allow_hosts
+               for candidate in (name, f"{name}:{port}")):
+        raise HostRefused(f"{name}:{port} is not in collectors.network.allow_hosts")
+    networks = [ipaddress.ip_network(n, strict=False) for n in allow_private]
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        raise HostRefused(f"{name} does not resolve") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not ip.is_global and not any(ip in network for network in networks):
+            raise HostRefused(f"{name} resolves to {ip}, a non-public address not in collectors.network.allow_private")
+    return addresses

@@ -306,14 +306,18 @@ def build_app(daemon: Daemon) -> web.Application:
     app.cleanup_ctx.append(daemon.resources)
     app.cleanup_ctx.append(daemon.background)
     for intake in daemon.intakes:
-        app.router.add_post(intake.path, webhook_handler(daemon, intake), expect_handler=expect_continue)
-    app.router.add_post("/slack/interactions", slack_interactions, expect_handler=expect_continue)
-    app.router.add_get("/api/kill-switch", kill_switch, expect_handler=expect_continue)
-    app.router.add_post("/api/kill-switch", kill_switch, expect_handler=expect_continue)
-    app.router.add_post("/api/replay", replay, expect_handler=expect_continue)
+        app.router.add_post(intake.path, webhook_handler(daemon, intake))
+    app.router.add_post("/slack/interactions", slack_interactions)
+    app.router.add_get("/api/kill-switch", kill_switch)
+    app.router.add_post("/api/kill-switch", kill_switch)
+    app.router.add_post("/api/replay", replay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", console_home)
     setup_console(app, daemon)
+    for route in app.router.routes():
+        # aiohttp has no setter for a route's Expect handler, and its default one answers an undecodable
+        # Expect value with a 500 (see expect_continue): every route gets ours.
+        route._expect_handler = expect_continue
     return app

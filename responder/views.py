@@ -43,6 +43,8 @@ def evidence_row(row: Row) -> dict[str, Any]:
         "title": row["title"], "status": row["status"], "duration_ms": float(row["duration_ms"]),
         "payload": payload, "text": row["text"], "full_text": row["full_text"], "truncated": bool(row["truncated"]),
         "created_at": float(row["created_at"]),
+        # Gathered once for a group and reused by another incident (a cache hit), not collected for this one.
+        "shared": bool(row["shared"]),
         # Range queries keep their samples; an instant query has one value per series and no chart.
         "chart": isinstance(series, list) and any(isinstance(s, dict) and s.get("values") for s in series),
     }

@@ -7,6 +7,7 @@ import datetime
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -19,6 +20,10 @@ from cryptography.x509.oid import NameOID
 from responder.evidence import EvidenceStatus
 from tests.support.collectors import collect, config_with
 from tests.support.prometheus import Prometheus
+
+# The test servers listen on loopback, which tls.certificate refuses unless it is listed.
+LOOPBACK_ALLOWED = config_with(collectors={"network": {"allow_hosts": ["127.0.0.1", "localhost"],
+                                                       "allow_private": ["127.0.0.0/8", "::1/128"]}})
 
 
 def self_signed(directory: Path, days: int) -> ssl.SSLContext:
@@ -46,7 +51,7 @@ async def test_tls_days_left_of_a_self_signed_certificate(tmp_path: Path) -> Non
     server = await asyncio.start_server(hello, "127.0.0.1", 0, ssl=self_signed(tmp_path, days=12))
     port = server.sockets[0].getsockname()[1]
     try:
-        cert = await collect(config_with(), "tls.certificate", host="127.0.0.1", port=port, server_name="svc.test")
+        cert = await collect(LOOPBACK_ALLOWED, "tls.certificate", host="127.0.0.1", port=port, server_name="svc.test")
     finally:
         server.close()
         await server.wait_closed()
@@ -106,3 +111,36 @@ async def test_prometheus_instant_range_and_error(tmp_path: Path) -> None:
     celery = next(s for s in ranged.payload["series"] if s["metric"]["queue"] == "celery")
     assert len(celery["values"]) >= 2 and all(v == 42 for _, v in celery["values"])
     assert bad.status is EvidenceStatus.ERROR and bad.payload["error_type"] == "bad_data"
+
+
+@pytest.mark.parametrize(("host", "network", "why"), [
+    ("169.254.169.254", {"allow_hosts": ["*"]}, "non-public address"),        # the cloud metadata service
+    ("127.0.0.1", {"allow_hosts": ["*"]}, "non-public address"),              # the daemon's own host
+    ("localhost", {"allow_hosts": ["*"]}, "non-public address"),              # a name for loopback
+    ("10.0.0.7", {"allow_hosts": ["*"]}, "non-public address"),               # the cluster's network
+    ("127.0.0.1", {"allow_hosts": ["*.example.com"]}, "not in collectors.network.allow_hosts"),
+    ("127.0.0.1", {}, "not in collectors.network.allow_hosts"),                # the default: nothing
+    ("127.0.0.1", {"allow_hosts": ["127.0.0.1:443"], "allow_private": ["127.0.0.0/8"]}, "allow_hosts"),
+    ("127.0.0.1", {"allow_hosts": ["127.0.0.1"], "allow_private": ["10.0.0.0/8"]}, "non-public address"),
+])
+async def test_tls_certificate_contacts_only_allowed_public_hosts(host: str, network: dict[str, Any], why: str
+                                                                  ) -> None:
+    """A label names the host: without an allow-list entry (and a listed network for non-public addresses)
+    nothing is contacted, so the collector is neither an SSRF nor a port scanner."""
+    connections = 0
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        evidence = await collect(config_with(collectors={"network": network}), "tls.certificate", host=host,
+                                 port=port, timeout=2)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert evidence.status is EvidenceStatus.ERROR and evidence.payload.get("refused"), evidence.text
+    assert why in evidence.text and connections == 0

@@ -77,6 +77,11 @@ async def test_commands_outside_the_allow_list_or_with_option_args_are_refused(t
         step("command.run", {"argv": ["echo"], "args": ["--help"]})
     with pytest.raises(ValueError, match="path"):
         step("command.run", {"argv": ["echo"], "args": ["../../etc/passwd"]})
+    # A path argument may be a path, never a URL a tool would fetch (curl file:///etc/shadow).
+    for url in ("file:///etc/shadow", "FILE:/etc/shadow", "file:etc/shadow", "gopher://127.0.0.1/", "http://x/"):
+        with pytest.raises(ValueError, match="looks like a URL"):
+            step("command.run", {"argv": ["echo"], "args": [url], "args_may_be_paths": True})
+    assert step("command.run", {"argv": ["echo"], "args": ["/var/log/app.log", "db:5432"], "args_may_be_paths": True})
     long = await collect(config, "command.run", argv=["echo"], args=["x" * 500])
     assert long.payload["output_truncated"] is True and long.payload["stdout_bytes"] == 501
     sleeper = config_with(**{"collectors.commands.allow": ["sleep"], "collectors.commands.timeout": 0.3})

@@ -4,6 +4,7 @@ Alertmanager retries forever)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,25 @@ async def test_pagerduty_times_and_titles_are_checked_too(daemon_client: Any, st
     resp = await client.post("/webhooks/pagerduty", json=event)
     assert resp.status == 400 and (await resp.json())["field"] == "alerts.0.labels.alertname"
     assert await stored(daemon) == {"payloads": 0, "alerts": 0, "incidents": 0}
+
+
+async def test_the_console_shows_control_characters_instead_of_obeying_them(
+        daemon_client: Any, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Evidence comes from targets (logs, command output): what a terminal would interpret is escaped."""
+    rules = write_rules(tmp_path / "console-rules", r"""
+rules:
+  - name: noisy
+    match: ['alertname="HighErrorRate"']
+    collectors:
+      - {id: logs, type: test.sleep, params: {label: "log \e[2J\e]0;owned\a \u202egnp.exe \x9b31m"}}
+""")
+    config = make_config(store_url, rules, plugins=["tests.support.plugins"],
+                         intakes={"alertmanager": {"auth": {"unauthenticated": "loopback"}}},
+                         **{"sinks.console.enabled": True})
+    client, _ = await daemon_client(config)
+    assert (await client.post("/webhooks/alertmanager", json=am_payload())).status == 200
+    async with asyncio.timeout(20):
+        while "log " not in (printed := capsys.readouterr().out):
+            await asyncio.sleep(0.1)
+    assert not any(c in printed for c in ("\x1b", "\x07", "\u202e", "\x9b")), repr(printed)
+    assert "\\x1b[2J" in printed and "\\u202egnp.exe" in printed

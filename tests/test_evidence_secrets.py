@@ -58,3 +58,50 @@ async def test_configured_secrets_never_reach_stored_evidence(
     assert "X-Api-Key" in stored, "the echoed header is in the evidence ..."
     assert SECRET not in stored and DB_PASSWORD not in stored, "... but never its value"
     assert "[REDACTED]" in stored
+
+
+ACTION_RULES = """
+rules:
+  - name: leaky-admin
+    match: ['alertname="LeakyAdmin"']
+    mode: enforce
+    mitigations:
+      - {id: enable, type: http.request, params: {target: admin, path: /admin/enable}, requires_approval: false}
+      - {id: fail, type: http.request, params: {target: admin, path: /admin/fail}, requires_approval: false}
+"""
+
+
+async def test_configured_secrets_never_reach_the_mitigation_audit(
+        tmp_path: Path, store_url: str, daemon_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin endpoint that echoes its credentials, in its answer and in its error: the audit (and so
+    `actions list`, Slack and /api, which read it) and the sink events never carry the secret."""
+    async def echo(request: web.Request) -> web.Response:
+        text = "\n".join(f"{k}: {v}" for k, v in request.headers.items())
+        return web.Response(text=text, status=500 if request.path.endswith("fail") else 200)
+
+    app = web.Application()
+    app.router.add_post("/admin/{what}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setenv("ADMIN_KEY", SECRET)
+    try:
+        config = make_config(store_url, write_rules(tmp_path / "rules", ACTION_RULES), **{
+            "targets": {"http": {"admin": {"url": f"http://127.0.0.1:{port}",
+                                           "headers": {"X-Api-Key": {"env": "ADMIN_KEY"}}}}},
+            "mitigations.mode": "enforce", "mitigations.cooldown": 0})
+        client, daemon = await daemon_client(config)
+        assert (await client.post("/webhooks/alertmanager", json=am_payload(am_alert("LeakyAdmin")))).status == 200
+        async with asyncio.timeout(30):
+            while len(rows := await daemon.store.actions(1)) < 2 or any(
+                    r["outcome"] in ("pending", "executing") for r in rows):
+                await asyncio.sleep(0.1)
+        async with daemon.store.db.read() as conn:
+            sink_events = [r["payload"] for r in await conn.fetch("SELECT payload FROM jobs")]
+    finally:
+        await runner.cleanup()
+    assert sorted(r["outcome"] for r in rows) == ["executed", "failed"]
+    stored = repr([dict(r) for r in rows]) + repr(sink_events)
+    assert "X-Api-Key" in stored, "the echoed header is in the output and the error ..."
+    assert SECRET not in stored, "... but never its value"

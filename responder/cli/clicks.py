@@ -4,11 +4,10 @@ and what came of it (done, unchanged, declined, refused by permissions, failed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import Any
 
-from responder.cli._common import add_config_args, out, run_cli
+from responder.cli._common import add_config_args, fitted, fold_table, out, run_cli
 from responder.cli.incidents import open_cli_store
 
 FIELDS = ("id", "incident_id", "button", "value", "user_id", "user_name", "channel_id", "outcome", "detail",
@@ -29,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 @run_cli
 def list_command(args: argparse.Namespace) -> int:
     # Imported here: `responder --help` must not load rich, pydantic or the store.
-    from rich.table import Table
+    import asyncio
+
+    from rich.markup import escape
 
     from responder.sinks.render import ts
     from responder.store.console import ConsoleStore
@@ -45,11 +46,11 @@ def list_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table("id", "incident", "when", "button", "user", "outcome", "detail")
+    table = fold_table("id", "incident", "when", "button", "user", "outcome", "detail")
     for r in rows:
         user = r["user_id"] + (f" ({r['user_name']})" if r["user_name"] else "")
         table.add_row(str(r["id"]), str(r["incident_id"] or "-"), ts(r["created_at"]), r["button"], user,
-                      r["outcome"], r["detail"])
-    out.print(table)
+                      r["outcome"], escape(r["detail"] or ""))
+    out.print(fitted(table, ("detail",)))
     out.print(f"{len(rows)} press(es)")
     return 0

@@ -119,6 +119,9 @@ def command(args: argparse.Namespace) -> int:
 
     if (args.file is None) == (args.alert is None):
         raise CliError("give a payload FILE or --alert ID (one of them)")
+    if args.ignore_age and args.enforce:
+        # Lifting a guard is for looking; acting on an old alert is what the age guard exists to stop.
+        raise CliError("--ignore-age lifts a guard, so it cannot be combined with --enforce")
     # A replayed alert is usually an old one: --ignore-age lets the guards judge everything but its age.
     config = config_from_args(args, **({"mitigations.max_alert_age": IGNORED_AGE} if args.ignore_age else {}))
     ruleset, problems = ruleset_from_config(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import time
@@ -25,6 +26,8 @@ from responder.evidence import EvidenceStatus
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_CHUNK = 65536
 
+# `scheme:/...` or `file:...`, whatever the case.
+URL_LIKE = re.compile(r"(?i)^(?:[a-z][a-z0-9+.-]*:/|file:)")
 # One printable argument with no control characters.
 CommandArg = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,512}$")]
 
@@ -47,6 +50,9 @@ class CommandParams(BaseModel):
                 raise ValueError(f"args.{i}: {arg!r} starts with '-' (it would be read as an option)")
             if ".." in Path(arg).parts or (not self.args_may_be_paths and "/" in arg):
                 raise ValueError(f"args.{i}: {arg!r} is a path; set args_may_be_paths (and never use '..')")
+            # A URL is not a path: `file:///etc/shadow` would make curl or git read any local file.
+            if URL_LIKE.match(arg):
+                raise ValueError(f"args.{i}: {arg!r} looks like a URL; args carry names and paths only")
         return self
 
 

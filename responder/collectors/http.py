@@ -14,7 +14,7 @@ from responder.collectors.base import Collector, CollectorContext, Finding, regi
 from responder.collectors.common import TargetParams
 from responder.config import Duration, HttpTarget
 from responder.evidence import EvidenceStatus
-from responder.params import UrlPath, under_base
+from responder.params import HostRefused, UrlPath, allowed_addresses, under_base
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -117,16 +117,25 @@ class TlsCertificate(Collector[TlsParams]):
         unverified = ssl.create_default_context()
         unverified.check_hostname = False
         unverified.verify_mode = ssl.CERT_NONE
+        network = ctx.targets.config.collectors.network
         async with asyncio.timeout(params.timeout):
+            # The host comes from the alert: only allowed names, and only their public (or listed) addresses.
             try:
-                der = await _handshake(params.host, params.port, server_name, unverified)
+                [address, *_] = await allowed_addresses(params.host, params.port, network.allow_hosts,
+                                                        network.allow_private, params.timeout)
+            except HostRefused as exc:
+                return Finding(f"not contacting {params.host}:{params.port}", {"reachable": False, "refused": True},
+                               str(exc), EvidenceStatus.ERROR)
+            try:
+                der = await _handshake(address, params.port, server_name, unverified)
             except (OSError, ssl.SSLError) as exc:
+                # Only the kind of failure: the text of a connection error says nothing an on-call needs
+                # and would make this collector a way to probe the network.
                 return Finding(f"no TLS handshake with {params.host}:{params.port}", {
-                    "reachable": False, "error": type(exc).__name__}, f"{type(exc).__name__}: {exc}",
-                    EvidenceStatus.ERROR)
+                    "reachable": False, "error": type(exc).__name__}, type(exc).__name__, EvidenceStatus.ERROR)
             verify_error = None
             try:
-                await _handshake(params.host, params.port, server_name, ssl.create_default_context())
+                await _handshake(address, params.port, server_name, ssl.create_default_context())
             except ssl.SSLCertVerificationError as exc:
                 verify_error = exc.verify_message or str(exc)
             except (OSError, ssl.SSLError) as exc:

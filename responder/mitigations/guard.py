@@ -29,6 +29,7 @@ from responder.mitigations.base import Action, ActionContext, registry
 from responder.mitigations.budgets import Limits
 from responder.mitigations.locks import LockUnavailable, TargetLocks
 from responder.models import Incident, IncidentStatus
+from responder.redaction import Redactor
 from responder.rules.conditions import evaluate
 from responder.rules.model import MitigationSpec, Rule
 from responder.steps import RenderedStep
@@ -72,12 +73,15 @@ def kill_switch_on(config: MitigationsConfig) -> bool:
 
 class Guard:
     def __init__(self, config: MitigationsConfig, targets: Targets, actions: ActionStore, locks: TargetLocks,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, redactor: Redactor | None = None) -> None:
         self.config = config
         self.targets = targets
         self.actions = actions
         self.locks = locks
         self.metrics = metrics
+        # What a target answers (output, error text) leaves through the audit, Slack, the CLI and /api:
+        # it is redacted like evidence before it is recorded or logged.
+        self.redactor = redactor or Redactor()
 
     def mode_for(self, rule: Rule, spec: MitigationSpec) -> str:
         # The most cautious setting wins: enforce only if global, rule and step all allow it.
@@ -197,12 +201,13 @@ class Guard:
         assert decision.action_id is not None
         try:
             async with asyncio.timeout(self.config.action_timeout):
-                decision.output = await action.execute(params, ActionContext(incident, self.targets))
+                output = await action.execute(params, ActionContext(incident, self.targets))
+            decision.output = self.redactor.tree(output)
             decision.outcome = "executed"
         except Exception as exc:
-            log.warning("action %s on %s failed: %s", decision.action, decision.target, exc)
             decision.outcome = "failed"
-            decision.reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            decision.reason = self.redactor.text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            log.warning("action %s on %s failed: %s", decision.action, decision.target, decision.reason)
         decision.finished_at = time.time()
         await self.actions.finish(decision.action_id, decision.outcome, output=decision.output,
                                   reason=decision.reason)

@@ -307,10 +307,12 @@ class SlackSink(Sink):
             series = (ev.get("payload") or {}).get("series")
             if not isinstance(series, list) or not series:
                 continue
-            png = await asyncio.to_thread(series_png, ev["title"], series)
+            # Titled by the step's id and its short title: a whole PromQL query does not fit a chart.
+            title = f"{ev['step']}: {ev['title']}"
+            png = await asyncio.to_thread(series_png, title, series)
             if png is not None:
                 name = f"incident-{incident_id}-{ev['step']}.png"
-                charts.append(Message("", [], [Attachment(name, ev["title"], png)]))
+                charts.append(Message("", [], [Attachment(name, title, png)]))
         return charts
 
     def _row(self, job: Job, kind: JobKind[R], row: R, *, key: str | None = None) -> NewJob:

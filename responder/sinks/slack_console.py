@@ -70,7 +70,7 @@ def note_message(note: Note, mention: str | None) -> Message:
         blocks.append(section(escape(note.detail)))
     if note.output:
         blocks.append(code_section(json.dumps(note.output, indent=2, sort_keys=True, default=str))[0])
-    text = note.text
+    text = escape(note.text)
     if mention:
         blocks.append(context(f"cc <!subteam^{mention}>"))
         text += f" <!subteam^{mention}>"

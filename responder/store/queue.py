@@ -27,6 +27,11 @@ from responder.store.intake_writer import dumps
 Writes = Callable[[Connection], Awaitable[None]]
 
 
+# A queued job, written so that SQLite uses the partial index on unfinished jobs (jobs_order): it only uses one
+# whose WHERE the query repeats, and `status = 'queued'` alone made it scan every job ever run.
+WAITING = "status IN ('queued', 'running') AND status = 'queued'"
+
+
 class LeaseLost(Exception):
     """The job's lease expired and another worker may own it now; its results are discarded."""
 
@@ -78,7 +83,7 @@ class JobQueue:
         """Whether a job of this kind already waits on the key: work that reads the newest state when it
         runs (a parent edit, a refresh) needs only one."""
         count = await conn.fetchval(
-            "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
+            f"SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND {WAITING}",
             queue, ordering_key, kind)
         return int(count) > 0
 
@@ -86,7 +91,7 @@ class JobQueue:
     async def hasten(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
         """Make a waiting job of this kind on the key due now; False if none waits."""
         return await conn.execute(
-            "UPDATE jobs SET run_after = $4 WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
+            f"UPDATE jobs SET run_after = $4 WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND {WAITING}",
             queue, ordering_key, kind, time.time()) > 0
 
     async def schedule(self, job: NewJob, delay: float) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 
 from responder.config import ServerConfig
+from responder.intake.auth import constant_time_equal
 
 COOKIE = "responder_ui"
 SESSION_SECONDS = 12 * 3600
@@ -41,7 +42,7 @@ class UiAuth:
         """The configured token equal to `given` (compared in constant time), or None."""
         found = None
         for token in self.tokens():
-            if given and hmac.compare_digest(given.encode(), token.encode()):
+            if given and constant_time_equal(given, token):
                 found = token
         return found
 
@@ -51,10 +52,11 @@ class UiAuth:
 
     def valid_session(self, value: str, now: float | None = None) -> bool:
         expires_text, _, signature = value.partition(".")
-        if not expires_text.isdigit() or int(expires_text) < (now or time.time()):
+        # ASCII digits only: a cookie is whatever the client sent ('²'.isdigit() is true, int('²') fails).
+        if not (expires_text.isascii() and expires_text.isdigit()) or int(expires_text) < (now or time.time()):
             return False
         expires = int(expires_text)
-        return any(hmac.compare_digest(signature.encode(), _sign(t, expires).encode()) for t in self.tokens())
+        return any(constant_time_equal(signature, _sign(t, expires)) for t in self.tokens())
 
     def allowed(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> bool:
         header = headers.get("Authorization", "")
