@@ -65,13 +65,16 @@ class Placed:
 
 
 class _Row:
-    """One delivered alert; `id` is its row once stored."""
+    """One delivered alert; `id` is its row once stored. Its labels and annotations are serialized once, for
+    its alert row and its member row."""
 
-    __slots__ = ("alert", "id")
+    __slots__ = ("alert", "annotations", "id", "labels")
 
     def __init__(self, alert: Alert) -> None:
         self.alert = alert
         self.id = 0
+        self.labels = dumps(alert.labels)
+        self.annotations = dumps(alert.annotations)
 
 
 @dataclass
@@ -171,8 +174,8 @@ async def _insert_alerts(conn: Connection, rows: list[tuple[int, _Row]], groups:
         if group.incident_id is not None:
             for row in group.rows:
                 incident_of.setdefault(id(row), group.incident_id)
-    values = [(payload_id, a.source, a.fingerprint, a.status.value, a.name, a.starts_at, a.ends_at, dumps(a.labels),
-               dumps(a.annotations), dumps(alert_extra(a)), now, incident_of.get(id(row)))
+    values = [(payload_id, a.source, a.fingerprint, a.status.value, a.name, a.starts_at, a.ends_at, row.labels,
+               row.annotations, dumps(alert_extra(a)), now, incident_of.get(id(row)))
               for payload_id, row in rows for a in (row.alert,)]
     ids: list[int] = []
     for part in chunks(values):
@@ -306,13 +309,13 @@ async def _open_or_find(conn: Connection, groups: dict[str, _Group], now: float)
 
 async def _upsert_members(conn: Connection, groups: dict[str, _Group], now: float) -> dict[int, int]:
     """Firing alerts become members (once per fingerprint and start); per incident, the members it gained."""
-    latest: dict[tuple[int, str, float], Alert] = {}
+    latest: dict[tuple[int, str, float], _Row] = {}
     for group in groups.values():
         if group.incident_id is None:
             continue
-        for alert in group.alerts:
-            if alert.status is AlertStatus.FIRING:
-                latest[(group.incident_id, alert.fingerprint, alert.starts_at)] = alert
+        for row in group.rows:
+            if row.alert.status is AlertStatus.FIRING:
+                latest[(group.incident_id, row.alert.fingerprint, row.alert.starts_at)] = row
     # Whether each row was inserted (not updated) by this statement: PostgreSQL says so itself (xmax is 0 for
     # a new row version); on SQLite, whose one writer runs one batch at a time, a first_seen of this
     # batch's `now` was written by this batch.
@@ -320,8 +323,8 @@ async def _upsert_members(conn: Connection, groups: dict[str, _Group], now: floa
     inserted = "(xmax = 0)" if postgres else "first_seen"
     gained: dict[int, int] = {}
     for part in chunks(sorted(latest)):
-        rows = [(key[0], latest[key].source, key[1], key[2], "firing", dumps(latest[key].labels),
-                 dumps(latest[key].annotations), now, now) for key in part]
+        rows = [(key[0], latest[key].alert.source, key[1], key[2], "firing", latest[key].labels,
+                 latest[key].annotations, now, now) for key in part]
         source, args = conn.rows_source(rows, MEMBER_TYPES)
         returned = await conn.fetch(
             "INSERT INTO incident_members (incident_id, source, fingerprint, starts_at, status, labels, annotations,"
