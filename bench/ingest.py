@@ -60,18 +60,20 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 
 def start_server(target: str, port: int, workdir: Path, *, pipeline_workers: int = 4, synchronous: str = "full",
-                 loop: str = "asyncio", processes: int = 1, settings: Sequence[str] = ()
-                 ) -> tuple[subprocess.Popen[bytes], str | None]:
-    """The bare app, or `responder serve` on a fresh SQLite file or PostgreSQL schema; `settings` are extra
-    config values as dotted KEY=VALUE (the value is YAML)."""
+                 loop: str = "asyncio", processes: int = 1, settings: Sequence[str] = (),
+                 store_name: str | None = None) -> tuple[subprocess.Popen[bytes], str | None]:
+    """The bare app, or `responder serve` on a fresh SQLite file or PostgreSQL schema (or the one named
+    `store_name`, to start again on an existing store); `settings` are extra config values as dotted
+    KEY=VALUE (the value is YAML). Returns the process and the PostgreSQL schema to drop."""
     if target == "baseline":
         argv = [sys.executable, str(REPO / "bench" / "baseline_app.py"), "--port", str(port), "--loop", loop]
         return subprocess.Popen(argv, env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), None
+    name = store_name or uuid.uuid4().hex[:8]
     schema = None
     if target == "sqlite":
-        store = f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:6]}.db'}"
+        store = f"sqlite:///{workdir / f'bench-{name}.db'}"
     else:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        schema = f"bench_{name}"
         store = f"{PG}?schema={schema}"
     rules = workdir / "rules"
     rules.mkdir(exist_ok=True)

@@ -8,6 +8,7 @@ import pytest
 
 from responder.models import Alert, AlertStatus, Delivery, NewJob
 from responder.store import LeaseLost, Store
+from responder.store.db import Connection
 
 
 def alert(fp: str, status: AlertStatus = AlertStatus.FIRING, starts_at: float = 100.0) -> Alert:
@@ -107,3 +108,21 @@ async def test_queue_keeps_order_per_key_and_fences_completion_by_lease(store: S
     await store.queue.finish(stolen)
     assert await store.queue.retry(next_job, "boom", 0) == "queued"
     assert await store.queue.depth("q") == 1
+
+
+async def test_a_batch_is_written_whole_or_not_at_all(store: Store) -> None:
+    async def half_then_fail(conn: Connection) -> None:
+        await conn.execute("INSERT INTO settings (key, value, updated_at, updated_by) VALUES ('a', '{}', 0, 't')")
+        raise ValueError("the batch fails after its first statement")
+
+    async def waits_on_something_else(conn: Connection) -> None:
+        await conn.execute("INSERT INTO settings (key, value, updated_at, updated_by) VALUES ('b', '{}', 0, 't')")
+        await asyncio.sleep(0)
+
+    with pytest.raises(ValueError):
+        await store.db.run_batch(half_then_fail)
+    if store.dialect == "sqlite":  # the batch runs on the database's thread, where it may not wait on the loop
+        with pytest.raises(RuntimeError):
+            await store.db.run_batch(waits_on_something_else)
+    async with store.db.read() as conn:
+        assert await conn.fetchval("SELECT COUNT(*) FROM settings WHERE key IN ('a', 'b')") == 0

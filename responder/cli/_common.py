@@ -101,7 +101,11 @@ def ruleset_from_config(config: Config) -> tuple[RuleSet, list[RuleProblem]]:
 
 
 def fail(message: str) -> int:
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    """Print each line of `message` as an error (one problem a line, as `check` does); exit code 2."""
+    from rich.markup import escape
+
+    for line in message.splitlines() or [""]:
+        err.print(f"[bold red]error:[/] {escape(line)}", markup=True, soft_wrap=True)
     return 2
 
 

@@ -13,8 +13,8 @@ import functools
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -74,6 +74,12 @@ class Database(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Connection]:
         """`async with db.transaction() as conn:` commits on exit, rolls back on error."""
 
+    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+        """`write(conn)` in one transaction, for a writer that awaits nothing but its connection (a group
+        commit's batch). The same as `async with transaction()`, except on SQLite (see there)."""
+        async with self.transaction() as conn:
+            return await write(conn)
+
     @abc.abstractmethod
     def read(self) -> AbstractAsyncContextManager[Connection]:
         """`async with db.read() as conn:` for queries that change nothing: no write transaction."""
@@ -98,15 +104,17 @@ def _values_placeholders(rows: int, columns: int) -> str:
     return ", ".join("(" + ", ".join(f"${r * columns + c + 1}" for c in range(columns)) + ")" for r in range(rows))
 
 
-class _SqliteConnection(Connection):
+class _SqliteRows(Connection):
     dialect: Dialect = "sqlite"
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
 
     def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
         text = _values_placeholders(len(rows), len(types))
         return f"(VALUES {text}) AS v", [value for row in rows for value in row]
+
+
+class _SqliteConnection(_SqliteRows):
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
 
     # Each call is one hop to aiosqlite's thread (execute_fetchall runs, fetches and closes the cursor
     # there); the row count comes from total_changes, exact because one lock serializes all access.
@@ -121,14 +129,52 @@ class _SqliteConnection(Connection):
         return [dict(r) for r in await self._run(sql, args)]
 
     async def _run(self, sql: str, args: tuple[Any, ...]) -> Any:
-        try:
+        with _sqlite_unavailable():
             return await self._conn.execute_fetchall(sqlite_sql(sql), args)
-        except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error: not our bug, retry later
+
+
+@contextmanager
+def _sqlite_unavailable() -> Iterator[None]:
+    """SQLite's errors that pass by themselves as StoreUnavailable; the others (our bugs) as they are."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:  # busy, disk full, read-only, I/O error: not our bug, retry later
+        raise StoreUnavailable(f"sqlite: {exc}") from exc
+    except (sqlite3.ProgrammingError, ValueError) as exc:
+        if "closed" in str(exc) or "no active connection" in str(exc):
             raise StoreUnavailable(f"sqlite: {exc}") from exc
-        except (sqlite3.ProgrammingError, ValueError) as exc:
-            if "closed" in str(exc) or "no active connection" in str(exc):
-                raise StoreUnavailable(f"sqlite: {exc}") from exc
-            raise
+        raise
+
+
+class _SqliteOnItsThread(_SqliteRows):
+    """The connection as seen from aiosqlite's own thread: every call runs at once and returns without
+    suspending, so a coroutine that awaits only these runs to its end in one go there (see run_batch)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        before = self._conn.total_changes
+        self._conn.execute(sqlite_sql(sql), args).close()
+        return self._conn.total_changes - before
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        cursor = self._conn.execute(sqlite_sql(sql), args)
+        try:
+            return [dict(r) for r in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+
+def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends; anything else is a programming error, not a wait."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a batch run on the SQLite thread awaited something other than its connection")
 
 
 class SqliteDatabase(Database):
@@ -171,6 +217,33 @@ class SqliteDatabase(Database):
             except sqlite3.Error as exc:
                 await self._conn.execute("ROLLBACK")
                 raise StoreUnavailable(f"sqlite commit failed: {exc}") from exc
+
+    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+        """The whole transaction, BEGIN to COMMIT, in one call to the database's thread instead of one per
+        statement: under load each of those calls waits for the busy event loop to resume it, and the one
+        writer holds SQLite's lock meanwhile (a storm batch is about ten statements)."""
+
+        def transaction() -> T:
+            # aiosqlite runs functions on the connection's own thread (the only one that may use it) through
+            # `_execute`, with the sqlite3 connection as `_conn`; it has no public name for either.
+            raw: sqlite3.Connection = self._conn._conn
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                result = _run_to_end(write(_SqliteOnItsThread(raw)))
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            try:
+                raw.execute("COMMIT")
+            except sqlite3.Error:
+                raw.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._lock:
+            with _sqlite_unavailable():
+                done: T = await self._conn._execute(transaction)  # type: ignore[no-untyped-call]
+                return done
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from responder.store.db import Connection, Database, StoreUnavailable, retrying
 
@@ -22,7 +22,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 # Writes a batch within an open transaction; returns one result per item, in order.
-BatchWriter = Callable[[Connection, Sequence[Item]], Awaitable[list[Result]]]
+BatchWriter = Callable[[Connection, Sequence[Item]], Coroutine[Any, Any, list[Result]]]
 
 
 @dataclass
@@ -38,10 +38,13 @@ class GroupCommit(Generic[Item, Result]):
     one bad item (or one that lost a race, like a job whose lease expired) does not fail its neighbours."""
 
     def __init__(self, name: str, db: Database, write: BatchWriter[Item, Result], *, writers: int,
-                 max_batch: int = 128) -> None:
+                 max_batch: int = 128, connection_only: bool = False) -> None:
+        """`connection_only`: `write` awaits nothing but its connection, so the database may run the whole
+        transaction in one go (Database.run_batch)."""
         self.name = name
         self.db = db
         self.write = write
+        self.connection_only = connection_only
         self.writers = writers
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending[Item, Result]] = asyncio.Queue()
@@ -98,6 +101,8 @@ class GroupCommit(Generic[Item, Result]):
         dropped connection): its callers then get their answer after commit, not an error."""
 
         async def once() -> list[Result]:
+            if self.connection_only:
+                return await self.db.run_batch(lambda conn: self.write(conn, items))
             async with self.db.transaction() as conn:
                 return await self.write(conn, items)
 

@@ -21,7 +21,7 @@ import orjson
 
 from responder.jobs import MEMBERS, PROCESS, RESOLVE, IncidentJob, JobKind
 from responder.models import Alert, AlertStatus, Delivery, DeliveryReceipt, Placement, common_labels
-from responder.store.db import Connection
+from responder.store.db import Connection, StoreUnavailable
 
 AlertKey = tuple[str, str, float]
 # Rows per multi-row statement: well below SQLite's 32766 bound parameters for our widest table.
@@ -44,7 +44,7 @@ def alert_extra(alert: Alert) -> dict[str, Any]:
 
 PAYLOAD_TYPES = ("text", "double precision", "text", "text", "bytea")
 ALERT_TYPES = ("bigint", "text", "text", "text", "text", "double precision", "double precision", "text", "text", "text",
-               "double precision")
+               "double precision", "bigint")
 INCIDENT_TYPES = ("text", "text", "double precision", "text", "text", "text", "double precision", "double precision",
                   "integer", "text", "text", "text", "bigint", "text", "text")
 MEMBER_TYPES = ("bigint", "text", "text", "double precision", "text", "text", "text", "double precision",
@@ -64,6 +64,19 @@ class Placed:
     placements: list[list[Placement]]
 
 
+class _Row:
+    """One delivered alert; `id` is its row once stored. Its labels and annotations are serialized once, for
+    its alert row and its member row."""
+
+    __slots__ = ("alert", "annotations", "id", "labels")
+
+    def __init__(self, alert: Alert) -> None:
+        self.alert = alert
+        self.id = 0
+        self.labels = dumps(alert.labels)
+        self.annotations = dumps(alert.annotations)
+
+
 @dataclass
 class _Group:
     """What a batch says about one group."""
@@ -71,13 +84,17 @@ class _Group:
     group_id: str
     placement: Placement
     source: str
-    alerts: list[tuple[int, Alert]] = field(default_factory=list)  # (alert row id, alert)
+    rows: list[_Row] = field(default_factory=list)
     deliveries: set[int] = field(default_factory=set)
     incident_id: int | None = None
 
     @property
+    def alerts(self) -> list[Alert]:
+        return [r.alert for r in self.rows]
+
+    @property
     def firing(self) -> bool:
-        return any(a.status is AlertStatus.FIRING for _, a in self.alerts)
+        return any(r.alert.status is AlertStatus.FIRING for r in self.rows)
 
 
 async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: int) -> list[DeliveryReceipt]:
@@ -95,11 +112,14 @@ async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: 
         else:
             fresh.append((index, payload_id, placed))
 
-    alert_ids = await _insert_alerts(conn, fresh, now)
-    groups = await _place(conn, fresh, alert_ids)
+    groups, rows = await _place(conn, fresh)
     opened = await _open_or_find(conn, groups, now)
-    changed = await _upsert_members(conn, groups, now) | await _resolve_members(conn, groups, now)
-    resolved = await _count_members(conn, groups, now)
+    # The alerts are stored once their incidents are known, so each row names its incident as it is written.
+    await _insert_alerts(conn, rows, groups, now)
+    gained = await _upsert_members(conn, groups, now)
+    ended = await _resolve_members(conn, groups, now)
+    changed = set(gained) | set(ended)
+    resolved = await _count_members(conn, groups, gained, ended, now)
     placed_groups = [g for g in groups.values() if g.incident_id is not None]
     await _enqueue(conn, [(PROCESS, g.incident_id, now + g.placement.group_wait) for g in placed_groups
                           if g.incident_id in opened]
@@ -108,7 +128,6 @@ async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: 
     # waiting (it reads the newest state when it runs).
     await _enqueue(conn, [(MEMBERS, i, now) for i in sorted(changed - opened - resolved)], max_attempts,
                    unless_queued=True)
-    await _link_alerts(conn, placed_groups)
 
     for index, payload_id, placed in fresh:
         mine = [g for g in placed_groups if index in g.deliveries]
@@ -146,20 +165,28 @@ async def _insert_payloads(conn: Connection, deliveries: Sequence[Delivery], now
     return ids
 
 
-async def _insert_alerts(conn: Connection, fresh: list[tuple[int, int, Placed]], now: float) -> list[int]:
-    """Every alert as delivered (for replay and export), in batch order."""
-    rows = [(payload_id, a.source, a.fingerprint, a.status.value, a.name, a.starts_at, a.ends_at, dumps(a.labels),
-             dumps(a.annotations), dumps(alert_extra(a)), now)
-            for _, payload_id, placed in fresh for a in placed.delivery.alerts]
+async def _insert_alerts(conn: Connection, rows: list[tuple[int, _Row]], groups: dict[str, _Group],
+                         now: float) -> None:
+    """Every alert as delivered (for replay and export), in batch order, with its payload id, naming its
+    incident (the first, when its rules placed it in several); each row learns its id."""
+    incident_of: dict[int, int] = {}
+    for group in groups.values():
+        if group.incident_id is not None:
+            for row in group.rows:
+                incident_of.setdefault(id(row), group.incident_id)
+    values = [(payload_id, a.source, a.fingerprint, a.status.value, a.name, a.starts_at, a.ends_at, row.labels,
+               row.annotations, dumps(alert_extra(a)), now, incident_of.get(id(row)))
+              for payload_id, row in rows for a in (row.alert,)]
     ids: list[int] = []
-    for part in chunks(rows):
+    for part in chunks(values):
         source, args = conn.rows_source(part, ALERT_TYPES)
         # RETURNING order is not guaranteed, so ids are matched back by sorting (they ascend in insert order).
         returned = await conn.fetch(
             "INSERT INTO alerts (payload_id, source, fingerprint, status, alertname, starts_at, ends_at, labels,"
-            f" annotations, extra, received_at) SELECT * FROM {source} WHERE true RETURNING id", *args)
+            f" annotations, extra, received_at, incident_id) SELECT * FROM {source} WHERE true RETURNING id", *args)
         ids += sorted(int(r["id"]) for r in returned)
-    return ids
+    for (_, row), alert_id in zip(rows, ids, strict=True):
+        row.id = alert_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +200,19 @@ class _Known:
     ended: bool
 
 
-async def _place(conn: Connection, fresh: list[tuple[int, int, Placed]], alert_ids: list[int]) -> dict[str, _Group]:
-    """Each alert into its groups. One already a member of an open incident of its rule stays there; a
-    late re-delivery of a firing that already resolved opens nothing."""
-    flat = [(index, alert, placements) for index, _, placed in fresh
+async def _place(conn: Connection, fresh: list[tuple[int, int, Placed]]
+                 ) -> tuple[dict[str, _Group], list[tuple[int, _Row]]]:
+    """Each alert into its groups, and every alert as a row to store (with its payload id), in batch order.
+    One already a member of an open incident of its rule stays there; a late re-delivery of a firing that
+    already resolved opens nothing."""
+    flat = [(index, payload_id, alert, placements) for index, payload_id, placed in fresh
             for alert, placements in zip(placed.delivery.alerts, placed.placements, strict=True)]
-    known = await _memberships(conn, [alert for _, alert, _ in flat])
+    known = await _memberships(conn, [alert for _, _, alert, _ in flat])
     groups: dict[str, _Group] = {}
-    for (index, alert, placements), alert_id in zip(flat, alert_ids, strict=True):
+    rows: list[tuple[int, _Row]] = []
+    for index, payload_id, alert, placements in flat:
+        row = _Row(alert)
+        rows.append((payload_id, row))
         for placement in placements:
             mine = [k for k in known.get((alert.source, alert.fingerprint, alert.starts_at), [])
                     if k.rule in (placement.rule or "", LEGACY)]
@@ -189,9 +221,9 @@ async def _place(conn: Connection, fresh: list[tuple[int, int, Placed]], alert_i
                 continue
             group_id = staying or placement.group_id(alert.source)
             group = groups.setdefault(group_id, _Group(group_id, placement, alert.source))
-            group.alerts.append((alert_id, alert))
+            group.rows.append(row)
             group.deliveries.add(index)
-    return groups
+    return groups, rows
 
 
 async def _memberships(conn: Connection, alerts: list[Alert]) -> dict[AlertKey, list[_Known]]:
@@ -217,15 +249,15 @@ async def _memberships(conn: Connection, alerts: list[Alert]) -> dict[AlertKey, 
 
 
 async def _open_incidents(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
-    """A new incident for each group with a firing alert and no open incident; linked to the group's
-    previous incident, if any."""
+    """A new incident for each group with a firing alert and no open incident (linked to the group's
+    previous incident, if any); the groups opened here learn their incident."""
     firing = sorted(g for g, group in groups.items() if group.firing and not g.startswith(LEGACY))
     opened: set[int] = set()
     for part in chunks(firing):
         rows = []
         for group_id in part:
             group = groups[group_id]
-            alerts = [a for _, a in group.alerts if a.status is AlertStatus.FIRING]
+            alerts = [a for a in group.alerts if a.status is AlertStatus.FIRING]
             first = min(alerts, key=lambda a: a.starts_at)
             labels = common_labels([a.labels for a in alerts])
             rows.append((group.source, first.fingerprint, first.starts_at, first.name, "open", group.placement.rule,
@@ -237,52 +269,62 @@ async def _open_incidents(conn: Connection, groups: dict[str, _Group], now: floa
             "INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, rule, opened_at, last_seen,"
             " deliveries, labels, annotations, extra, last_alert_id, group_key, group_id, previous_id)"
             f" SELECT {columns}, (SELECT MAX(p.id) FROM incidents p WHERE p.group_id = v.column15)"
-            f" FROM {source} WHERE true ON CONFLICT (group_id) WHERE status = 'open' DO NOTHING RETURNING id",
+            f" FROM {source} WHERE true ON CONFLICT (group_id) WHERE status = 'open' DO NOTHING RETURNING id, group_id",
             *args)
-        opened |= {int(r["id"]) for r in returned}
+        for r in returned:
+            groups[r["group_id"]].incident_id = int(r["id"])
+            opened.add(int(r["id"]))
     return opened
 
 
-async def _find_incidents(conn: Connection, groups: dict[str, _Group], lock: str) -> None:
-    """The open incident of each group (just opened, or by an earlier delivery or another replica),
-    locked on PostgreSQL until the batch commits, in id order (the order job completions update them in,
-    see JobQueue.finish): concurrent batches of one group (an Alertmanager HA pair delivering to two
-    replicas) wait for each other instead of deadlocking, and its member counts are exact."""
+async def _find_incidents(conn: Connection, groups: dict[str, _Group]) -> None:
+    """The open incident of each group (opened by an earlier delivery or another replica). Not locked here:
+    the incident rows are locked just before they are counted, at the end of the batch (see _count_members),
+    so concurrent batches of one group (an Alertmanager HA pair, several writers or processes in a storm)
+    wait for each other only from there to their commit, not through the whole batch."""
     for part in chunks(sorted(groups)):
         source, args = conn.rows_source([(g,) for g in part], ("text",))
         rows = await conn.fetch(
             f"SELECT i.id, i.group_id FROM incidents i JOIN {source} ON i.group_id = v.column1"
-            f" WHERE i.status = 'open' ORDER BY i.id {lock}", *args)
+            " WHERE i.status = 'open'", *args)
         for r in rows:
             groups[r["group_id"]].incident_id = int(r["id"])
 
 
 async def _open_or_find(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
-    """Every group with a firing alert gets its open incident; returns the ones opened here. A group
+    """Every group with a firing alert gets its open incident; returns the ones opened here. The open
+    ones are found first: in a storm most deliveries join an incident, and then this is one statement.
+    A group opened by another replica meanwhile (its insert conflicts) is found after it commits, and one
     whose incident another replica resolved while this batch waited for it is opened again."""
-    lock = "FOR UPDATE OF i" if conn.dialect == "postgres" else ""
-    opened = await _open_incidents(conn, groups, now)
-    await _find_incidents(conn, groups, lock)
-    missing = {g: group for g, group in groups.items() if group.incident_id is None and group.firing}
-    if missing:
+    await _find_incidents(conn, groups)
+    opened: set[int] = set()
+    for _ in range(2):
+        missing = {g: group for g, group in groups.items() if group.incident_id is None and group.firing}
+        if not missing:
+            break
         opened |= await _open_incidents(conn, missing, now)
-        await _find_incidents(conn, missing, lock)
+        await _find_incidents(conn, {g: group for g, group in missing.items() if group.incident_id is None})
     return opened
 
 
-async def _upsert_members(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
-    """Firing alerts become members (once per fingerprint and start); the incidents that gained one."""
-    latest: dict[tuple[int, str, float], Alert] = {}
+async def _upsert_members(conn: Connection, groups: dict[str, _Group], now: float) -> dict[int, int]:
+    """Firing alerts become members (once per fingerprint and start); per incident, the members it gained."""
+    latest: dict[tuple[int, str, float], _Row] = {}
     for group in groups.values():
         if group.incident_id is None:
             continue
-        for _, alert in group.alerts:
-            if alert.status is AlertStatus.FIRING:
-                latest[(group.incident_id, alert.fingerprint, alert.starts_at)] = alert
-    gained: set[int] = set()
+        for row in group.rows:
+            if row.alert.status is AlertStatus.FIRING:
+                latest[(group.incident_id, row.alert.fingerprint, row.alert.starts_at)] = row
+    # Whether each row was inserted (not updated) by this statement: PostgreSQL says so itself (xmax is 0 for
+    # a new row version); on SQLite, whose one writer runs one batch at a time, a first_seen of this
+    # batch's `now` was written by this batch.
+    postgres = conn.dialect == "postgres"
+    inserted = "(xmax = 0)" if postgres else "first_seen"
+    gained: dict[int, int] = {}
     for part in chunks(sorted(latest)):
-        rows = [(key[0], latest[key].source, key[1], key[2], "firing", dumps(latest[key].labels),
-                 dumps(latest[key].annotations), now, now) for key in part]
+        rows = [(key[0], latest[key].alert.source, key[1], key[2], "firing", latest[key].labels,
+                 latest[key].annotations, now, now) for key in part]
         source, args = conn.rows_source(rows, MEMBER_TYPES)
         returned = await conn.fetch(
             "INSERT INTO incident_members (incident_id, source, fingerprint, starts_at, status, labels, annotations,"
@@ -290,18 +332,19 @@ async def _upsert_members(conn: Connection, groups: dict[str, _Group], now: floa
             # A member's status only goes from firing to resolved: a late re-delivery does not revive it.
             " ON CONFLICT (incident_id, fingerprint, starts_at) DO UPDATE SET"
             " annotations = excluded.annotations, last_seen = excluded.last_seen"
-            " RETURNING incident_id, first_seen", *args)
-        # A member seen before keeps its first_seen; only this batch's new ones carry `now`.
-        gained |= {int(r["incident_id"]) for r in returned if float(r["first_seen"]) == now}
+            f" RETURNING incident_id, {inserted} AS inserted", *args)
+        for r in returned:
+            if (r["inserted"] if postgres else float(r["inserted"]) == now):
+                gained[int(r["incident_id"])] = gained.get(int(r["incident_id"]), 0) + 1
     return gained
 
 
-async def _resolve_members(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
+async def _resolve_members(conn: Connection, groups: dict[str, _Group], now: float) -> dict[int, int]:
     """A resolution resolves its member, and a new start of a fingerprint ends its older firing that
-    never said it resolved; the incidents where a member resolved."""
+    never said it resolved; per incident, the members that resolved."""
     rows = sorted({(g.incident_id, a.fingerprint, a.starts_at, int(a.status is AlertStatus.RESOLVED))
-                   for g in groups.values() if g.incident_id is not None for _, a in g.alerts})
-    resolved: set[int] = set()
+                   for g in groups.values() if g.incident_id is not None for a in g.alerts})
+    ended: dict[int, int] = {}
     for part in chunks(rows):
         source, args = conn.rows_source(part, ("bigint", "text", "double precision", "integer"))
         returned = await conn.fetch(
@@ -310,28 +353,48 @@ async def _resolve_members(conn: Connection, groups: dict[str, _Group], now: flo
             " AND incident_members.status = 'firing' AND (incident_members.starts_at < v.column3"
             " OR (v.column4 = 1 AND incident_members.starts_at = v.column3)) RETURNING incident_members.incident_id",
             *args, now)
-        resolved |= {int(r["incident_id"]) for r in returned}
-    return resolved
+        for r in returned:
+            ended[int(r["incident_id"])] = ended.get(int(r["incident_id"]), 0) + 1
+    return ended
 
 
-async def _count_members(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
-    """Count every touched incident's members, resolving those with none firing; returns the resolved."""
-    rows = sorted((g.incident_id, len(g.alerts), max(i for i, _ in g.alerts))
+async def _count_members(conn: Connection, groups: dict[str, _Group], gained: dict[int, int],
+                         ended: dict[int, int], now: float) -> set[int]:
+    """Every touched incident's counts moved by what this batch changed, resolving those with no member left
+    firing; returns the resolved. On PostgreSQL the incident rows are locked first, all at once and in id
+    order (the order job completions update them in, see JobQueue.finish; the UPDATE itself may walk them in
+    any order, and two batches did deadlock on it), until the batch commits. The lock is the one the UPDATE
+    takes (FOR NO KEY UPDATE): FOR UPDATE would also wait for, and deadlock with, the key-share locks other
+    batches' member rows hold on their incident through the foreign key. The counts are exact whatever
+    ran concurrently: each batch adds only the members its own statements inserted or resolved. An incident
+    resolved by another writer since it was found (its last member resolved, or by hand) is not updated; the
+    batch then runs again, and opens the group anew if a member still fires."""
+    touched = sorted({g.incident_id for g in groups.values() if g.incident_id is not None})
+    if conn.dialect == "postgres":
+        for part in chunks(touched):
+            source, args = conn.rows_source([(i,) for i in part], ("bigint",))
+            await conn.fetch(f"SELECT i.id FROM incidents i JOIN {source} ON i.id = v.column1"
+                             " ORDER BY i.id FOR NO KEY UPDATE OF i", *args)
+    rows = sorted((g.incident_id, len(g.rows), max(r.id for r in g.rows), gained.get(g.incident_id, 0),
+                   gained.get(g.incident_id, 0) - ended.get(g.incident_id, 0))
                   for g in groups.values() if g.incident_id is not None)
-    firing = ("(SELECT COUNT(*) FROM incident_members m WHERE m.incident_id = incidents.id"
-              " AND m.status = 'firing')")
+    firing = "incidents.members_firing + v.column5"
     resolved: set[int] = set()
     for part in chunks(rows):
-        source, args = conn.rows_source(part, ("bigint", "integer", "bigint"))
+        source, args = conn.rows_source(part, ("bigint", "integer", "bigint", "integer", "integer"))
         returned = await conn.fetch(
             f"UPDATE incidents SET deliveries = incidents.deliveries + v.column2, last_seen = ${len(args) + 1},"
             f" last_alert_id = v.column3, members_firing = {firing},"
-            " members_total = (SELECT COUNT(*) FROM incident_members m WHERE m.incident_id = incidents.id),"
-            f" status = CASE WHEN {firing} = 0 THEN 'resolved' ELSE 'open' END,"
-            f" resolved_at = CASE WHEN {firing} = 0 THEN CAST(${len(args) + 1} AS DOUBLE PRECISION) END"
+            " members_total = incidents.members_total + v.column4,"
+            f" status = CASE WHEN {firing} <= 0 THEN 'resolved' ELSE 'open' END,"
+            f" resolved_at = CASE WHEN {firing} <= 0 THEN CAST(${len(args) + 1} AS DOUBLE PRECISION) END"
             f" FROM {source} WHERE incidents.id = v.column1 AND incidents.status = 'open'"
             " RETURNING incidents.id, incidents.status", *args, now)
         resolved |= {int(r["id"]) for r in returned if r["status"] == "resolved"}
+        gone = {row[0] for row in part} - {int(r["id"]) for r in returned}
+        if gone:
+            raise StoreUnavailable(f"incident(s) {sorted(gone)} resolved by another writer meanwhile; the batch"
+                                   " runs again")
     return resolved
 
 
@@ -340,8 +403,10 @@ async def _enqueue(conn: Connection, jobs: Sequence[tuple[JobKind[IncidentJob], 
     """The incidents' jobs, as `kind.new` would queue them, in multi-row statements, each due at its time."""
     now = time.time()
     payload = dumps(IncidentJob().model_dump(mode="json"))
+    # The status test repeats the partial index's WHERE so that SQLite uses it (see queue.WAITING).
     only = (" WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = v.column1 AND j.ordering_key = v.column3"
-            " AND j.kind = v.column2 AND j.status = 'queued')") if unless_queued else " WHERE true"
+            " AND j.kind = v.column2 AND j.status IN ('queued', 'running') AND j.status = 'queued')"
+            if unless_queued else " WHERE true")
     for part in chunks(jobs):
         rows = [(kind.queue, kind.name, f"incident:{incident_id}", incident_id, payload, "queued", max_attempts,
                  run_after, now) for kind, incident_id, run_after in part]
@@ -349,16 +414,3 @@ async def _enqueue(conn: Connection, jobs: Sequence[tuple[JobKind[IncidentJob], 
         await conn.execute(
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts, run_after,"
             f" created_at) SELECT * FROM {source}{only}", *args)
-
-
-async def _link_alerts(conn: Connection, groups: list[_Group]) -> None:
-    """Each stored alert names its incident (the first, when its rules placed it in several)."""
-    links: dict[int, int] = {}
-    for group in groups:
-        for alert_id, _ in group.alerts:
-            if group.incident_id is not None:
-                links.setdefault(alert_id, group.incident_id)
-    for part in chunks(sorted(links.items())):
-        source, args = conn.rows_source(part, ("bigint", "bigint"))
-        await conn.execute(f"UPDATE alerts SET incident_id = v.column2 FROM {source} WHERE alerts.id = v.column1",
-                           *args)

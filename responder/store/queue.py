@@ -27,6 +27,11 @@ from responder.store.intake_writer import dumps
 Writes = Callable[[Connection], Awaitable[None]]
 
 
+# A queued job, written so that SQLite uses the partial index on unfinished jobs (jobs_order): it only uses one
+# whose WHERE the query repeats, and `status = 'queued'` alone made it scan every job ever run.
+WAITING = "status IN ('queued', 'running') AND status = 'queued'"
+
+
 class LeaseLost(Exception):
     """The job's lease expired and another worker may own it now; its results are discarded."""
 
@@ -58,7 +63,7 @@ class JobQueue:
         self.db = db
         self.max_attempts = max_attempts
         self._finishing: GroupCommit[_Finish, None] = GroupCommit("job-finisher", db, self._finish_batch,
-                                                                  writers=writers)
+                                                                  writers=writers, connection_only=True)
 
     async def close(self) -> None:
         await self._finishing.close()
@@ -78,7 +83,7 @@ class JobQueue:
         """Whether a job of this kind already waits on the key: work that reads the newest state when it
         runs (a parent edit, a refresh) needs only one."""
         count = await conn.fetchval(
-            "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
+            f"SELECT COUNT(*) FROM jobs WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND {WAITING}",
             queue, ordering_key, kind)
         return int(count) > 0
 
@@ -86,7 +91,7 @@ class JobQueue:
     async def hasten(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
         """Make a waiting job of this kind on the key due now; False if none waits."""
         return await conn.execute(
-            "UPDATE jobs SET run_after = $4 WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND status = 'queued'",
+            f"UPDATE jobs SET run_after = $4 WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND {WAITING}",
             queue, ordering_key, kind, time.time()) > 0
 
     async def schedule(self, job: NewJob, delay: float) -> None:
@@ -118,7 +123,9 @@ class JobQueue:
     async def finish(self, job: Job, result: dict[str, Any] | None = None, writes: Writes | None = None,
                      follow_ups: Sequence[NewJob] = ()) -> None:
         """Mark a job done together with its results, or not at all (LeaseLost). Jobs finishing at the
-        same time share a transaction (group commit); one that lost its lease is retried alone and fails."""
+        same time share a transaction (group commit); one that lost its lease is retried alone and fails.
+        `writes` awaits nothing but the connection it is given (statements only, no network call): on SQLite
+        the whole transaction runs on the database's thread (Database.run_batch)."""
         await self._finishing.submit(_Finish(job, result, writes, tuple(follow_ups)))
 
     async def _finish_batch(self, conn: Connection, batch: Sequence[_Finish]) -> list[None]:

@@ -83,7 +83,7 @@ class Store:
         self.queue = JobQueue(db, max_attempts=max_attempts, writers=writers)
         self._intake: GroupCommit[Placed, DeliveryReceipt] = GroupCommit(
             "intake-writer", db, functools.partial(record_batch, max_attempts=max_attempts),
-            writers=writers)
+            writers=writers, connection_only=True)
 
     @property
     def dialect(self) -> str:
