@@ -100,6 +100,8 @@ def run(target: str, per_rule: int, rate: float, workdir: Path) -> list[dict[str
         f"rules: {{dirs: [{rules}]}}\n"
         "plugins: [tests.support.plugins]\n"
         "pipeline: {workers: 16}\n"
+        # Every incident's collectors run: shared results (identical calls within the TTL) would be instant.
+        "collectors: {cache_ttl: 0}\n"
     )
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "responder", "serve", "--config", str(config), "--store", store,

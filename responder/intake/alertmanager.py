@@ -7,6 +7,7 @@ pure and the store does the de-duplication.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -23,6 +24,8 @@ from responder.models import Alert, AlertStatus, Delivery
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
+# Alerts of a group, and every re-send of it, repeat the same few times: each is parsed once.
+@functools.lru_cache(maxsize=4096)
 def parse_time(value: str) -> float | None:
     """RFC 3339 with up to nanoseconds; Go's zero time (year 1) means 'not set'. A time without a zone
     is refused: read as local time it would mean something else on every host."""

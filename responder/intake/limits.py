@@ -55,34 +55,50 @@ def check_delivery(delivery: Delivery, limits: IntakeLimits, now: float | None =
             raise PayloadError("time out of bounds: it must lie between 1970 and 9999", f"{where}.endsAt")
 
 
+# Field paths are built only for a refusal: every label of every alert passes through here on the webhook path.
+
 def _check_mapping(values: Mapping[str, str], field: str, max_items: int, items_key: str, max_value: int,
                    value_key: str, limits: IntakeLimits, *, free_text: bool = False) -> None:
     if len(values) > max_items:
         raise PayloadError(f"{len(values)} entries; the limit is {max_items} (server.limits.{items_key})", field)
     for name, value in values.items():
-        _check_string(name, f"{field}.{_shown(name)}", limits.max_name_bytes, "max_name_bytes", what="name")
-        _check_string(value, f"{field}.{_shown(name)}", max_value, value_key, free_text=free_text)
+        problem = (_problem(name, limits.max_name_bytes, "max_name_bytes", what="name")
+                   or _problem(value, max_value, value_key, free_text=free_text))
+        if problem:
+            raise PayloadError(problem, f"{field}.{_shown(name)}")
 
 
 def _check_extra(extra: Mapping[str, Any], where: str, limits: IntakeLimits) -> None:
     """Vendor extras kept with the alert (external URL, dashboard links, receiver ...): every string in them."""
     for key, value in extra.items():
-        field = f"{where}.{_shown(str(key))}"
-        _check_string(str(key), field, limits.max_name_bytes, "max_name_bytes", what="name")
-        if isinstance(value, str):
-            _check_string(value, field, limits.max_text_bytes, "max_text_bytes")
-        elif isinstance(value, Mapping):
-            _check_extra(value, field, limits)
+        problem = _problem(str(key), limits.max_name_bytes, "max_name_bytes", what="name")
+        if not problem and isinstance(value, str):
+            problem = _problem(value, limits.max_text_bytes, "max_text_bytes")
+        if problem:
+            raise PayloadError(problem, f"{where}.{_shown(str(key))}")
+        if isinstance(value, Mapping):
+            _check_extra(value, f"{where}.{_shown(str(key))}", limits)
 
 
 def _check_string(value: str, field: str, max_bytes: int, limit_key: str, *, what: str = "value",
                   free_text: bool = False) -> None:
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        raise PayloadError(f"{what} is {size} bytes; the limit is {max_bytes} (server.limits.{limit_key})", field)
+    problem = _problem(value, max_bytes, limit_key, what=what, free_text=free_text)
+    if problem:
+        raise PayloadError(problem, field)
+
+
+def _problem(value: str, max_bytes: int, limit_key: str, *, what: str = "value", free_text: bool = False
+             ) -> str | None:
+    """What is wrong with one string, or None."""
+    # UTF-8 takes at most 4 bytes a character, so most strings fit without being encoded to count.
+    if len(value) * 4 > max_bytes:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            return f"{what} is {size} bytes; the limit is {max_bytes} (server.limits.{limit_key})"
     forbidden = (_TEXT_FORBIDDEN if free_text else _IDENTIFIER_FORBIDDEN).search(value)
     if forbidden:
-        raise PayloadError(f"{what} contains the control character U+{ord(forbidden.group()):04X}", field)
+        return f"{what} contains the control character U+{ord(forbidden.group()):04X}"
+    return None
 
 
 def _shown(name: str) -> str:

@@ -21,7 +21,7 @@ import orjson
 
 from responder.jobs import MEMBERS, PROCESS, RESOLVE, IncidentJob, JobKind
 from responder.models import Alert, AlertStatus, Delivery, DeliveryReceipt, Placement, common_labels
-from responder.store.db import Connection
+from responder.store.db import Connection, StoreUnavailable
 
 AlertKey = tuple[str, str, float]
 # Rows per multi-row statement: well below SQLite's 32766 bound parameters for our widest table.
@@ -65,13 +65,16 @@ class Placed:
 
 
 class _Row:
-    """One delivered alert; `id` is its row once stored."""
+    """One delivered alert; `id` is its row once stored. Its labels and annotations are serialized once, for
+    its alert row and its member row."""
 
-    __slots__ = ("alert", "id")
+    __slots__ = ("alert", "annotations", "id", "labels")
 
     def __init__(self, alert: Alert) -> None:
         self.alert = alert
         self.id = 0
+        self.labels = dumps(alert.labels)
+        self.annotations = dumps(alert.annotations)
 
 
 @dataclass
@@ -171,8 +174,8 @@ async def _insert_alerts(conn: Connection, rows: list[tuple[int, _Row]], groups:
         if group.incident_id is not None:
             for row in group.rows:
                 incident_of.setdefault(id(row), group.incident_id)
-    values = [(payload_id, a.source, a.fingerprint, a.status.value, a.name, a.starts_at, a.ends_at, dumps(a.labels),
-               dumps(a.annotations), dumps(alert_extra(a)), now, incident_of.get(id(row)))
+    values = [(payload_id, a.source, a.fingerprint, a.status.value, a.name, a.starts_at, a.ends_at, row.labels,
+               row.annotations, dumps(alert_extra(a)), now, incident_of.get(id(row)))
               for payload_id, row in rows for a in (row.alert,)]
     ids: list[int] = []
     for part in chunks(values):
@@ -274,16 +277,16 @@ async def _open_incidents(conn: Connection, groups: dict[str, _Group], now: floa
     return opened
 
 
-async def _find_incidents(conn: Connection, groups: dict[str, _Group], lock: str) -> None:
-    """The open incident of each group (opened by an earlier delivery or another replica), locked on
-    PostgreSQL until the batch commits, in id order (the order job completions update them in, see
-    JobQueue.finish): concurrent batches of one group (an Alertmanager HA pair delivering to two replicas)
-    wait for each other instead of deadlocking, and its member counts are exact."""
+async def _find_incidents(conn: Connection, groups: dict[str, _Group]) -> None:
+    """The open incident of each group (opened by an earlier delivery or another replica). Not locked here:
+    the incident rows are locked just before they are counted, at the end of the batch (see _count_members),
+    so concurrent batches of one group (an Alertmanager HA pair, several writers or processes in a storm)
+    wait for each other only from there to their commit, not through the whole batch."""
     for part in chunks(sorted(groups)):
         source, args = conn.rows_source([(g,) for g in part], ("text",))
         rows = await conn.fetch(
             f"SELECT i.id, i.group_id FROM incidents i JOIN {source} ON i.group_id = v.column1"
-            f" WHERE i.status = 'open' ORDER BY i.id {lock}", *args)
+            " WHERE i.status = 'open'", *args)
         for r in rows:
             groups[r["group_id"]].incident_id = int(r["id"])
 
@@ -293,27 +296,26 @@ async def _open_or_find(conn: Connection, groups: dict[str, _Group], now: float)
     ones are found first: in a storm most deliveries join an incident, and then this is one statement.
     A group opened by another replica meanwhile (its insert conflicts) is found after it commits, and one
     whose incident another replica resolved while this batch waited for it is opened again."""
-    lock = "FOR UPDATE OF i" if conn.dialect == "postgres" else ""
-    await _find_incidents(conn, groups, lock)
+    await _find_incidents(conn, groups)
     opened: set[int] = set()
     for _ in range(2):
         missing = {g: group for g, group in groups.items() if group.incident_id is None and group.firing}
         if not missing:
             break
         opened |= await _open_incidents(conn, missing, now)
-        await _find_incidents(conn, {g: group for g, group in missing.items() if group.incident_id is None}, lock)
+        await _find_incidents(conn, {g: group for g, group in missing.items() if group.incident_id is None})
     return opened
 
 
 async def _upsert_members(conn: Connection, groups: dict[str, _Group], now: float) -> dict[int, int]:
     """Firing alerts become members (once per fingerprint and start); per incident, the members it gained."""
-    latest: dict[tuple[int, str, float], Alert] = {}
+    latest: dict[tuple[int, str, float], _Row] = {}
     for group in groups.values():
         if group.incident_id is None:
             continue
-        for alert in group.alerts:
-            if alert.status is AlertStatus.FIRING:
-                latest[(group.incident_id, alert.fingerprint, alert.starts_at)] = alert
+        for row in group.rows:
+            if row.alert.status is AlertStatus.FIRING:
+                latest[(group.incident_id, row.alert.fingerprint, row.alert.starts_at)] = row
     # Whether each row was inserted (not updated) by this statement: PostgreSQL says so itself (xmax is 0 for
     # a new row version); on SQLite, whose one writer runs one batch at a time, a first_seen of this
     # batch's `now` was written by this batch.
@@ -321,8 +323,8 @@ async def _upsert_members(conn: Connection, groups: dict[str, _Group], now: floa
     inserted = "(xmax = 0)" if postgres else "first_seen"
     gained: dict[int, int] = {}
     for part in chunks(sorted(latest)):
-        rows = [(key[0], latest[key].source, key[1], key[2], "firing", dumps(latest[key].labels),
-                 dumps(latest[key].annotations), now, now) for key in part]
+        rows = [(key[0], latest[key].alert.source, key[1], key[2], "firing", latest[key].labels,
+                 latest[key].annotations, now, now) for key in part]
         source, args = conn.rows_source(rows, MEMBER_TYPES)
         returned = await conn.fetch(
             "INSERT INTO incident_members (incident_id, source, fingerprint, starts_at, status, labels, annotations,"
@@ -358,8 +360,21 @@ async def _resolve_members(conn: Connection, groups: dict[str, _Group], now: flo
 
 async def _count_members(conn: Connection, groups: dict[str, _Group], gained: dict[int, int],
                          ended: dict[int, int], now: float) -> set[int]:
-    """Every touched incident's counts moved by what this batch changed (its row is locked, so nothing else
-    moves them meanwhile), resolving those with no member left firing; returns the resolved."""
+    """Every touched incident's counts moved by what this batch changed, resolving those with no member left
+    firing; returns the resolved. On PostgreSQL the incident rows are locked first, all at once and in id
+    order (the order job completions update them in, see JobQueue.finish; the UPDATE itself may walk them in
+    any order, and two batches did deadlock on it), until the batch commits. The lock is the one the UPDATE
+    takes (FOR NO KEY UPDATE): FOR UPDATE would also wait for, and deadlock with, the key-share locks other
+    batches' member rows hold on their incident through the foreign key. The counts are exact whatever
+    ran concurrently: each batch adds only the members its own statements inserted or resolved. An incident
+    resolved by another writer since it was found (its last member resolved, or by hand) is not updated; the
+    batch then runs again, and opens the group anew if a member still fires."""
+    touched = sorted({g.incident_id for g in groups.values() if g.incident_id is not None})
+    if conn.dialect == "postgres":
+        for part in chunks(touched):
+            source, args = conn.rows_source([(i,) for i in part], ("bigint",))
+            await conn.fetch(f"SELECT i.id FROM incidents i JOIN {source} ON i.id = v.column1"
+                             " ORDER BY i.id FOR NO KEY UPDATE OF i", *args)
     rows = sorted((g.incident_id, len(g.rows), max(r.id for r in g.rows), gained.get(g.incident_id, 0),
                    gained.get(g.incident_id, 0) - ended.get(g.incident_id, 0))
                   for g in groups.values() if g.incident_id is not None)
@@ -376,6 +391,10 @@ async def _count_members(conn: Connection, groups: dict[str, _Group], gained: di
             f" FROM {source} WHERE incidents.id = v.column1 AND incidents.status = 'open'"
             " RETURNING incidents.id, incidents.status", *args, now)
         resolved |= {int(r["id"]) for r in returned if r["status"] == "resolved"}
+        gone = {row[0] for row in part} - {int(r["id"]) for r in returned}
+        if gone:
+            raise StoreUnavailable(f"incident(s) {sorted(gone)} resolved by another writer meanwhile; the batch"
+                                   " runs again")
     return resolved
 
 

@@ -63,7 +63,7 @@ class JobQueue:
         self.db = db
         self.max_attempts = max_attempts
         self._finishing: GroupCommit[_Finish, None] = GroupCommit("job-finisher", db, self._finish_batch,
-                                                                  writers=writers)
+                                                                  writers=writers, connection_only=True)
 
     async def close(self) -> None:
         await self._finishing.close()
@@ -123,7 +123,9 @@ class JobQueue:
     async def finish(self, job: Job, result: dict[str, Any] | None = None, writes: Writes | None = None,
                      follow_ups: Sequence[NewJob] = ()) -> None:
         """Mark a job done together with its results, or not at all (LeaseLost). Jobs finishing at the
-        same time share a transaction (group commit); one that lost its lease is retried alone and fails."""
+        same time share a transaction (group commit); one that lost its lease is retried alone and fails.
+        `writes` awaits nothing but the connection it is given (statements only, no network call): on SQLite
+        the whole transaction runs on the database's thread (Database.run_batch)."""
         await self._finishing.submit(_Finish(job, result, writes, tuple(follow_ups)))
 
     async def _finish_batch(self, conn: Connection, batch: Sequence[_Finish]) -> list[None]:
