@@ -150,3 +150,18 @@ def preload_clients(targets: TargetsConfig) -> None:
     for kind, module in CLIENT_MODULES.items():
         if getattr(targets, kind):
             importlib.import_module(module)
+
+
+def alertmanager_for(config: Config, source: str, external_url: str, rule_choice: str | None) -> str | None:
+    """Which configured Alertmanager sent an incident: the rule's choice, the intake's, or the target whose
+    URL is the delivery's externalURL; None when no target fits (then no silence buttons are offered)."""
+    if rule_choice is not None:
+        return rule_choice
+    intake = config.intakes.get(source)
+    if intake is not None and intake.alertmanager is not None:
+        return intake.alertmanager
+    wanted = external_url.rstrip("/")
+    for name, spec in config.targets.alertmanager.items():
+        if wanted and wanted in (spec.url.rstrip("/"), (spec.external_url or "").rstrip("/")):
+            return name
+    return None

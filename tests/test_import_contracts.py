@@ -23,6 +23,7 @@ FORBIDDEN = [
     ("responder.collectors", "responder.rules", "collectors run rendered steps (responder.steps), not rules"),
     ("responder.sinks", "responder.pipeline", "sinks receive events (responder.events), not pipeline internals"),
     *((plugin, "responder.server", "plugins never reach into the HTTP server") for plugin in PLUGINS),
+    ("responder.sinks", "responder.console", "sinks draw buttons from responder.buttons; the console handles presses"),
     ("responder.ui", "responder.server", "the server mounts the console, never the reverse"),
     ("responder.views", "responder.ui", "the incident view serves the CLI as well: it knows no HTML"),
     ("responder.store", "responder.views", "views read the store, not the other way round"),
@@ -91,3 +92,43 @@ def test_the_contract_catches_an_added_forbidden_import(tmp_path: Path) -> None:
         "responder.store.queue imports responder.pipeline.worker: the store keeps state; it does not run the"
         " pipeline",
     ]
+
+
+def package_cycles(root: Path) -> list[tuple[str, str]]:
+    """Pairs of packages under responder/ that depend on each other, directly or through other modules."""
+    graph = imports(root)
+    packages = sorted({name.split(".")[1] for name in graph
+                       if name.count(".") >= 1 and (root / "responder" / name.split(".")[1]).is_dir()})
+
+    def unit(module: str) -> str:
+        # A package stands for all its modules; a top-level module (responder.config) for itself.
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 and parts[1] in packages else module
+
+    edges: dict[str, set[str]] = {}
+    for importer, imported in graph.items():
+        edges.setdefault(unit(importer), set()).update(
+            unit(name) for name in imported if within(name, "responder") and name != "responder")
+
+    def reachable(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), set()) - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    reach = {package: reachable(package) for package in packages}
+    return [(a, b) for i, a in enumerate(packages) for b in packages[i + 1:] if b in reach[a] and a in reach[b]]
+
+
+def test_no_two_packages_depend_on_each_other() -> None:
+    assert package_cycles(REPO) == []
+
+
+def test_the_cycle_check_catches_an_added_cycle(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "responder", tmp_path / "responder", ignore=shutil.ignore_patterns("__pycache__"))
+    slack = tmp_path / "responder" / "sinks" / "slack_console.py"
+    slack.write_text(slack.read_text() + "\n\ndef _late() -> None:\n    from responder.console import jobs  # noqa\n")
+    assert package_cycles(tmp_path) == [("console", "sinks")]

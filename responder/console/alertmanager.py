@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from responder.config import AlertmanagerTarget, Config
+from responder.config import AlertmanagerTarget
 from responder.models import Incident
 from responder.targets import Targets, reveal
 
@@ -111,21 +111,6 @@ async def alertmanager_api(targets: Targets, name: str) -> AlertmanagerAPI:
         return AlertmanagerAPI(name, spec, session)
 
     return await targets.client("alertmanager", name, make)
-
-
-def alertmanager_for(config: Config, source: str, external_url: str, rule_choice: str | None) -> str | None:
-    """Which configured Alertmanager sent an incident: the rule's choice, the intake's, or the target whose
-    URL is the delivery's externalURL; None when no target fits (then no silence buttons are offered)."""
-    if rule_choice is not None:
-        return rule_choice
-    intake = config.intakes.get(source)
-    if intake is not None and intake.alertmanager is not None:
-        return intake.alertmanager
-    wanted = external_url.rstrip("/")
-    for name, spec in config.targets.alertmanager.items():
-        if wanted and wanted in (spec.url.rstrip("/"), (spec.external_url or "").rstrip("/")):
-            return name
-    return None
 
 
 def silence_matchers(incident: Incident) -> dict[str, str]:

@@ -14,32 +14,11 @@ from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from responder.buttons import BUTTONS, Button
+
 
 class BadInteraction(ValueError):
     """A genuine Slack request, but not a press of one of our buttons."""
-
-
-@dataclass(frozen=True, slots=True)
-class Button:
-    action_id: str
-    label: str
-    # The `sinks.slack.permissions` entry that decides who may press it.
-    permission: str
-    # Silences: how long the silence lasts.
-    seconds: float = 0.0
-
-
-BUTTONS = {b.action_id: b for b in (
-    Button("approve", "Approve", "approve"),
-    Button("deny", "Deny", "approve"),
-    Button("acknowledge", "Acknowledge", "acknowledge"),
-    Button("rerun", "Re-run diagnostics", "rerun"),
-    Button("silence_1h", "Silence 1h", "silence", 3600.0),
-    Button("silence_4h", "Silence 4h", "silence", 4 * 3600.0),
-    Button("silence_24h", "Silence 24h", "silence", 24 * 3600.0),
-    Button("unsilence", "Unsilence", "silence"),
-)}
-SILENCE_BUTTONS = tuple(b for b in BUTTONS.values() if b.seconds)
 
 
 class _Wire(BaseModel):

@@ -14,14 +14,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from responder.buttons import BUTTONS
 from responder.config import Config
 from responder.console.alertmanager import (
     AlertmanagerError,
     alertmanager_api,
-    alertmanager_for,
     silence_matchers,
 )
-from responder.console.clicks import BUTTONS, permalink
+from responder.console.clicks import permalink
 from responder.console.permissions import Permissions
 from responder.events import Note
 from responder.jobs import (
@@ -43,7 +43,7 @@ from responder.store import Store
 from responder.store.actions import ActionStore
 from responder.store.console import Click, ConsoleStore
 from responder.store.db import Connection
-from responder.targets import Targets, UnknownTarget
+from responder.targets import Targets, UnknownTarget, alertmanager_for
 
 log = logging.getLogger(__name__)
 

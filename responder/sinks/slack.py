@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from responder.backoff import backoff_delay
 from responder.config import Config
-from responder.console.alertmanager import alertmanager_for
 from responder.events import IncidentEvent, Note
 from responder.jobs import INCIDENT_MEMBERS, INCIDENT_PROCESSED, INCIDENT_RESOLVED, JobKind, Payload
 from responder.metrics import Metrics
@@ -58,6 +57,7 @@ from responder.store import Store
 from responder.store.console import ConsoleStore
 from responder.store.db import Connection
 from responder.store.slack_threads import LEAD, REFIRE, SlackThreads, Thread
+from responder.targets import alertmanager_for
 
 if TYPE_CHECKING:
     import aiohttp

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from responder.console.clicks import BUTTONS, SILENCE_BUTTONS
+from responder.buttons import BUTTONS, SILENCE_BUTTONS
 from responder.events import Note
 from responder.sinks.mrkdwn import escape
 from responder.sinks.slack_blocks import SECTION_CHARS, Message, code_section, context, fit, section, when
