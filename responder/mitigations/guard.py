@@ -104,9 +104,11 @@ class Guard:
         """Decide each step once per distinct target: one rollback for a deployment, however many of its
         pods are members of the incident (every guard still applies to that target)."""
         decisions = []
-        targets: set[tuple[str, str]] = set()
+        # Per rule step (one `for_each` step renders once per member) and target; two steps of the rule
+        # acting on one target are two decisions, as written.
+        targets: set[tuple[int, str]] = set()
         for step in steps:
-            key = (step.type, registry.get(step.type)().target(step.params))
+            key = (id(step.spec), registry.get(step.type)().target(step.params))
             if key in targets:
                 continue
             targets.add(key)
