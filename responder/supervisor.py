@@ -52,6 +52,8 @@ class Supervisor:
         """Run `run()` as the task `name` until `stop()`; it is called again each time it fails."""
         if name in self._tasks:
             raise ValueError(f"a task named {name!r} is already supervised")
+        # Exported at 0 from the start, so a dashboard or an alert tells "never restarted" from "not scraped".
+        self.metrics.task_restarts.labels(name)
         self._tasks[name] = asyncio.create_task(self._keep(name, run), name=name)
 
     @property

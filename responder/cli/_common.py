@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,3 +152,16 @@ def fitted(table: Table, text: tuple[str, ...] = (), longest: int = 40, text_wid
     for column in table.columns:
         column.min_width = widths.get(str(column.header))
     return table
+
+
+def add_audit_list(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], command: str, help: str,
+                   what: str, func: Callable[[argparse.Namespace], int]) -> None:
+    """`responder COMMAND list [--incident ID] [--limit N] [--json]`: one of the audits, newest first."""
+    parser = subparsers.add_parser(command, help=help)
+    commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = commands.add_parser("list", help=f"list {what}, newest first")
+    add_config_args(listing, store=True)
+    listing.add_argument("--incident", type=int, metavar="ID", help=f"only this incident's {what}")
+    listing.add_argument("--limit", type=int, default=200)
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(func=func)

@@ -7,19 +7,12 @@ import argparse
 import json
 from typing import Any
 
-from responder.cli._common import add_config_args, fitted, fold_table, out, run_cli
+from responder.cli._common import add_audit_list, fitted, fold_table, out, run_cli
 from responder.cli.incidents import open_cli_store
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("actions", help="inspect the mitigation audit")
-    commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = commands.add_parser("list", help="list action decisions, newest first")
-    add_config_args(listing, store=True)
-    listing.add_argument("--incident", type=int, metavar="ID", help="only this incident's decisions")
-    listing.add_argument("--limit", type=int, default=200)
-    listing.add_argument("--json", action="store_true", help="print a JSON array")
-    listing.set_defaults(func=list_command)
+    add_audit_list(subparsers, "actions", "inspect the mitigation audit", "action decisions", list_command)
 
 
 @run_cli
