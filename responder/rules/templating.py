@@ -69,10 +69,13 @@ class Expression:
     text: str
     scope: str
     key: str
-    over_members: bool
     each: list[Filter]
     join: str | None
     filters: list[Filter]
+
+    @property
+    def over_members(self) -> bool:
+        return self.join is not None
 
     @property
     def name(self) -> str:
@@ -140,7 +143,7 @@ def _parse(expr: str) -> Expression:
     if over_members and join is None:
         raise TemplateError(f"{shown} is a list (one value per firing member): join it into one value,"
                             " e.g. | join(\",\")")
-    return Expression(shown, lookup.group(2), lookup.group(3), over_members, each, join, filters)
+    return Expression(shown, lookup.group(2), lookup.group(3), each, join, filters)
 
 
 def render(text: str, context: Context, escape: Callable[[str], str] | None = None,
@@ -152,9 +155,9 @@ def render(text: str, context: Context, escape: Callable[[str], str] | None = No
     def substitute(m: re.Match[str]) -> str:
         expr = _parse(m.group(1))
         value: str | None
-        if expr.over_members:
+        if expr.join is not None:
             values = members.values(expr.scope, expr.key, expr.each)
-            value = str(expr.join).join(values) if values else None
+            value = expr.join.join(values) if values else None
         else:
             value = context.get(expr.scope, {}).get(expr.key)
         for name, arg in expr.filters:
