@@ -278,9 +278,8 @@ async def test_a_store_of_the_previous_release_opens_and_its_open_incident_keeps
         await store.close()
 
 
-async def test_one_call_over_the_pods_of_a_group_names_each_firing_pod_once(
-        tmp_path: Path, store_url: str, daemon_client: Any) -> None:
-    rules = """
+# One call naming every firing pod of the group: an HTTP path and a PromQL regex.
+POD_LISTS = """
 rules:
   - name: crashloop
     match: ['alertname="PodCrashLooping"']
@@ -298,8 +297,12 @@ rules:
             sum by (pod) (rate(container_cpu_usage_seconds_total{namespace="{{ labels.namespace | promql }}",
             pod=~"{{ alerts.labels.pod | regex_escape | join("|") | promql }}"}[5m]))
 """
+
+
+async def test_one_call_over_the_pods_of_a_group_names_each_firing_pod_once(
+        tmp_path: Path, store_url: str, daemon_client: Any) -> None:
     async with admin_endpoint() as endpoint:
-        config = config_for(tmp_path, store_url, endpoint, rules,
+        config = config_for(tmp_path, store_url, endpoint, POD_LISTS,
                             **{"targets.prometheus": {"main": {"url": endpoint.url}}})
         client, daemon = await daemon_client(config)
         # Within group_wait: a pod fires and resolves; three pods fire, one of them in two alerts; one alert is

@@ -140,34 +140,6 @@ def test_list_expressions_that_do_not_load(template: str, message: str) -> None:
         check_template(template)
 
 
-def test_check_names_the_parameter_of_an_unsafe_list_in_a_query(tmp_path: Path) -> None:
-    cases = {
-        'up{pod=~"{{ alerts.labels.pod | regex_escape | promql | join("|") }}"}': "must end with '| promql' (after",
-        'up{pod=~"{{ alerts.labels.pod | join("|") | promql }}"}': "'| regex_escape' on each value, before join",
-        'up{pod!~"{{ labels.pod | promql }}"}': "sits in a regular expression",
-        "up{pod=~ '{{ labels.pod | promql }}.*'}": "sits in a regular expression",
-        'up{pod=~{{ alerts.labels.pod | regex_escape | join("|") | promql }}}': "sits in no string literal",
-        CPU_QUERY: None,
-    }
-    for query, message in cases.items():
-        _, problems = load(tmp_path, f"""
-rules:
-  - name: q
-    match: ['alertname="X"']
-    collectors:
-      - id: q
-        type: prometheus.query
-        params:
-          target: main
-          query: |-
-            {query}
-""")
-        if message is None:
-            assert problems == []
-        else:
-            assert any(message in p and "collectors.0.params.query" in p for p in problems), (query, problems)
-
-
 # --- hostile member values, per destination ----------------------------------------------------------------
 
 hostile = st.lists(st.sampled_from([*list("ab-._|\\\"'`{}()[]*?^$+/%~.#&=:;, \n\r\t\x00é"), "..", "%2e", "%25"]),

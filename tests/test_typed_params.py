@@ -90,6 +90,12 @@ def test_check_refuses_promql_templates_outside_the_string_literal_type(tmp_path
         "up{job=\"{{ labels.job | promql | upper }}\"}": "must end with '| promql'",
         "rate(up[{{ labels.window | promql }}])": "sits in no string literal",
         "up{job=`{{ labels.job | promql }}`}": "raw `...` string",
+        # Inside a regular expression a value must match literally; a list of the group's values too.
+        'up{pod!~"{{ labels.pod | promql }}"}': "sits in a regular expression",
+        "up{pod=~ '{{ labels.pod | promql }}.*'}": "sits in a regular expression",
+        'up{pod=~"{{ alerts.labels.pod | join("|") | promql }}"}': "'| regex_escape' on each value, before join",
+        'up{pod=~"{{ alerts.labels.pod | regex_escape | promql | join("|") }}"}': "must end with '| promql' (after",
+        'up{pod=~{{ alerts.labels.pod | regex_escape | join("|") | promql }}}': "sits in no string literal",
     }
     for query, message in cases.items():
         _, problems = load(tmp_path, f"""
