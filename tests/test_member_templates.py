@@ -78,7 +78,7 @@ def test_one_query_over_the_pods_of_a_group_in_member_order_without_repeats_or_g
 
 
 def test_filters_before_join_apply_to_each_value_after_it_to_the_joined_one() -> None:
-    members = Members([alert_context({"pod": pod}, {}, {}) for pod in ("a.b", "A.B", "c")])
+    members = Members([alert_context({"pod": pod}, {}, {}) for pod in ("a.b", "A.B", "c")], dict)
     assert render('{{ alerts.labels.pod | regex_escape | join("|") }}', {}, members=members) == "a\\.b|A\\.B|c"
     assert render('{{ alerts.labels.pod | join("|") | regex_escape }}', {}, members=members) == "a\\.b\\|A\\.B\\|c"
     # Values equal once filtered are one value.
@@ -87,7 +87,7 @@ def test_filters_before_join_apply_to_each_value_after_it_to_the_joined_one() ->
 
 
 def test_an_empty_list_takes_its_default_or_is_a_missing_value() -> None:
-    members = Members([alert_context({"pod": "a"}, {}, {}), alert_context({}, {}, {})])
+    members = Members([alert_context({"pod": "a"}, {}, {}), alert_context({}, {}, {})], dict)
     assert render('{{ alerts.labels.node | join(",") | default("any") }}', {}, members=members) == "any"
     assert render('{{ alerts.labels.pod | join(",") | default("any") }}', {}, members=members) == "a"
     with pytest.raises(TemplateError, match=r"alerts\.labels\.node is not set on any firing member"):
@@ -264,7 +264,7 @@ GRAMMAR = re.compile(r"""\s*(alerts\.)?(labels|annotations|alert)\.[A-Za-z_]\w*\
 def test_the_template_language_accepts_lookups_and_filters_and_nothing_else(body: str) -> None:
     template = "{{" + body + "}}"
     context = {"labels": {"pod": "p"}, "annotations": {"pod": "q"}, "alert": {"pod": "r"}}
-    members = Members([context, context])
+    members = Members([context, context], dict)
     try:
         check_template(template)
     except TemplateError:

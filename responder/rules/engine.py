@@ -90,11 +90,10 @@ def render_steps(rule: Rule, alert: Alert, members: Sequence[Alert] = ()
     lists of every step. Steps that fail to render are returned as errors (recorded on the incident);
     the others still run."""
     errors: list[StepError] = []
-    member_contexts = [_context(member) for member in members]
 
     def render_one(spec: StepSpec, step_id: str, model: type[BaseModel], context: dict[str, Any]
                    ) -> BaseModel | None:
-        group = Members(member_contexts, spec.max_members)
+        group = Members(members, _context, spec.max_members)
         try:
             # Each value is written in the way its parameter's type demands (see params.RenderAs).
             params = {key: render_value(value, context, kind.escape if (kind := render_as(model, key)) else None,
@@ -121,8 +120,8 @@ def render_steps(rule: Rule, alert: Alert, members: Sequence[Alert] = ()
                 continue
             # One call per distinct rendering: fifty pods of one deployment ask about the deployment once.
             seen: set[str] = set()
-            for context in member_contexts[:spec.max_members]:
-                params = render_one(spec, step_id, model, context)
+            for member in members[:spec.max_members]:
+                params = render_one(spec, step_id, model, _context(member))
                 if params is None:
                     continue
                 rendered_json = params.model_dump_json()

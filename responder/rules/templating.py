@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from responder.params import RenderAs, promql_string
 
@@ -27,6 +27,7 @@ _REGEX_MATCH = re.compile(r"[=!]~\s*$")
 # One alert as templates read it: "labels", "annotations" and "alert" (its fields), each name -> value.
 Context = Mapping[str, Mapping[str, str]]
 Filter = tuple[str, str | None]
+M = TypeVar("M")
 
 
 class TemplateError(ValueError):
@@ -34,20 +35,22 @@ class TemplateError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Members:
+class Members(Generic[M]):
     """The group's firing members as `alerts.*` reads them, in member order, and how many distinct
     values one list may hold (the step's `max_members`): a query over a deployment's pods stays bounded
-    however many pods alert."""
+    however many pods alert. A member is made a context only when a list reaches it, so a storm of
+    thousands of members costs a list of twenty values no more than twenty members."""
 
-    contexts: Sequence[Context] = ()
+    items: Sequence[M]
+    context: Callable[[M], Context]
     limit: int = 20
 
     def values(self, scope: str, key: str, each: Sequence[Filter]) -> list[str]:
         """The distinct non-empty values of `scope.key` after the per-element filters; members lacking
         it are skipped (an empty label is a missing one, as in Prometheus)."""
         distinct: dict[str, None] = {}
-        for context in self.contexts:
-            value = context.get(scope, {}).get(key)
+        for item in self.items:
+            value = self.context(item).get(scope, {}).get(key)
             if not value:
                 continue
             for name, _arg in each:
@@ -58,7 +61,11 @@ class Members:
         return list(distinct)
 
 
-NO_MEMBERS = Members()
+def _itself(context: Context) -> Context:
+    return context
+
+
+NO_MEMBERS: Members[Context] = Members((), _itself)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +154,7 @@ def _parse(expr: str) -> Expression:
 
 
 def render(text: str, context: Context, escape: Callable[[str], str] | None = None,
-           members: Members = NO_MEMBERS) -> str:
+           members: Members[Any] = NO_MEMBERS) -> str:
     """Render one template string; a missing label (for a list: no member has it) without default() is
     a TemplateError. `escape` (from the parameter's type) is applied to each substituted value, a
     joined list or a default included."""
@@ -175,7 +182,7 @@ def render(text: str, context: Context, escape: Callable[[str], str] | None = No
 
 
 def render_value(value: Any, context: Context, escape: Callable[[str], str] | None = None,
-                 members: Members = NO_MEMBERS) -> Any:
+                 members: Members[Any] = NO_MEMBERS) -> Any:
     """Render every string in a parameter tree (dicts and lists included)."""
     if isinstance(value, str):
         return render(value, context, escape, members) if "{{" in value else value
