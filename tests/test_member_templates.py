@@ -250,17 +250,46 @@ def test_hostile_pods_stay_inside_their_literal_regex_path_and_pattern(destinati
         assert any(e.startswith("restart: rendered parameters are invalid: name") for e in errors), errors
 
 
-expression_parts = st.sampled_from([
-    "labels", "annotations", "alert", "alerts", ".", "pod", "__class__", "__globals__", "|", " ", "join", "default",
-    "promql", "regex_escape", "lower", "count", "attr", "(", ")", '"', "'", "\\", ",", "[", "]", "{", "}", "0", "%",
-    "{{", "}}", "{%", "%}", "mro", "os", "popen", "x",
+lookups = st.sampled_from(["labels.pod", "annotations.pod", "alert.pod", "labels.node"])
+per_value = st.lists(st.sampled_from(["lower", "upper", "promql", "regex_escape"]), max_size=2)
+separators = st.sampled_from(['join(",")', "join('|')", 'join("}")', 'join("\\"")', "join('')"])
+defaults = st.lists(st.sampled_from(['default("x")', "default('a|b')"]), max_size=1)
+heads = st.sampled_from([
+    "alerts", "labels", "alerts.pod", "alerts.alerts.labels.pod", "''.__class__", "labels.__class__.__mro__",
+    "labels['pod']", "labels.pod.upper()", "cycler.__init__.__globals__.os", "alerts.labels.pod[0]", "self", "",
 ])
+filters = st.sampled_from([
+    "lower", "promql", 'join(",")', 'default("x")', "count", "attr('__class__')", "join", "default", "__class__",
+    "lower()", 'join(",", "x")', "join(x)", 'default("x"', "", "safe", "e", "format('%s')",
+])
+junk = st.lists(st.sampled_from([*"|.()[]{}'\" _%0x", "{{", "}}", "{%", "__"]), max_size=3).map("".join)
+
+
+@st.composite
+def expressions(draw: st.DrawFn) -> str:
+    """A well-formed lookup or list with filters, or a random head and filters; a third of them with a few
+    syntax characters thrown in."""
+    if draw(st.booleans()):
+        lookup = draw(lookups)
+        parts = [*draw(per_value), *draw(defaults)]
+        if draw(st.booleans()):
+            lookup = "alerts." + lookup
+            parts = [*draw(per_value), draw(separators), *parts]
+    else:
+        lookup, parts = draw(heads), draw(st.lists(filters, max_size=4))
+    body = " | ".join([lookup, *parts])
+    if draw(st.integers(0, 2)) == 0:
+        at = draw(st.integers(0, len(body)))
+        body = body[:at] + draw(junk) + body[at:]
+    return body
+
+
 GRAMMAR = re.compile(r"""\s*(alerts\.)?(labels|annotations|alert)\.[A-Za-z_]\w*\s*"""
                      r"""(\|\s*(lower|upper|promql|regex_escape|(default|join)\(\s*("([^"\\]|\\.)*"|'([^'\\]|\\.)*')\s*\))\s*)*""")
 
 
 @settings(max_examples=1500, deadline=None)
-@given(st.lists(expression_parts, max_size=14).map("".join))
+@given(expressions())
 def test_the_template_language_accepts_lookups_and_filters_and_nothing_else(body: str) -> None:
     template = "{{" + body + "}}"
     context = {"labels": {"pod": "p"}, "annotations": {"pod": "q"}, "alert": {"pod": "r"}}
