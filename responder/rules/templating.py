@@ -113,7 +113,12 @@ def check_template(text: str) -> None:
     """Raise TemplateError if `text` has an expression we would refuse to render."""
     for m in _EXPR.finditer(text):
         _parse(m.group(1))
-    if "{{" in _EXPR.sub("", text) or "}}" in _EXPR.sub("", text):
+    _check_balanced(text)
+
+
+def _check_balanced(text: str) -> None:
+    outside = _EXPR.sub("", text)
+    if "{{" in outside or "}}" in outside:
         raise TemplateError(f"unbalanced '{{{{' or '}}}}' in {text!r}")
 
 
@@ -178,6 +183,7 @@ def render(text: str, context: Context, escape: Callable[[str], str] | None = No
             raise TemplateError(f"{expr.name} is not set on {where} (add | default(\"...\") if optional)")
         return escape(value) if escape is not None else value
 
+    _check_balanced(text)
     return _EXPR.sub(substitute, text)
 
 
