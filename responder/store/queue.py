@@ -9,7 +9,7 @@
 - `retry` hands a failed attempt back with its backoff, or fails the job when its attempts run out;
 - `release` hands back, at shutdown, the jobs of a queue that a worker still holds.
 
-On PostgreSQL every statement that locks several job rows locks them in id order (claim, heartbeat, finish,
+On PostgreSQL every transaction that locks several job rows locks them in id order (claim, heartbeat, finish,
 release), so two of them never wait on each other in a cycle: no deadlock between a shutdown's release, the
 heartbeats and the jobs finishing meanwhile.
 
@@ -139,13 +139,9 @@ class JobQueue:
 
     async def _finish_batch(self, conn: Connection, batch: Sequence[_Finish]) -> list[None]:
         now = time.time()
-        if self.db.dialect == "postgres":
-            # The batch's job rows first, in id order (see the module's docstring); the updates below then
-            # wait for no job row, only for the incidents their writes touch.
-            await conn.execute("SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
-                               sorted(f.job.id for f in batch))
-        # In incident order, the order webhook deliveries lock incidents in: no deadlock between the two.
-        for finish in sorted(batch, key=lambda f: (f.job.incident_id or 0, f.job.id)):
+        # The job rows first, in id order (see the module's docstring), and only then the writes, which
+        # lock no job row that is running but do lock incidents.
+        for finish in sorted(batch, key=lambda f: f.job.id):
             job = finish.job
             changed = await conn.execute(
                 "UPDATE jobs SET status = 'done', finished_at = $3, result = $4, last_error = NULL"
@@ -154,6 +150,8 @@ class JobQueue:
             )
             if changed != 1:
                 raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
+        # In incident order, the order webhook deliveries lock incidents in: no deadlock between the two.
+        for finish in sorted(batch, key=lambda f: (f.job.incident_id or 0, f.job.id)):
             if finish.writes is not None:
                 await finish.writes(conn)
             for follow_up in finish.follow_ups:
