@@ -70,6 +70,10 @@ class JobQueue:
         self._finishing: GroupCommit[_Finish, None] = GroupCommit("job-finisher", db, self._finish_batch,
                                                                   writers=writers, connection_only=True)
 
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The finisher's writers, for the daemon's supervisor (GroupCommit.tasks)."""
+        return self._finishing.tasks()
+
     async def close(self) -> None:
         await self._finishing.close()
 
