@@ -251,7 +251,7 @@ def test_hostile_pods_stay_inside_their_literal_regex_path_and_pattern(destinati
 
 
 lookups = st.sampled_from(["labels.pod", "annotations.pod", "alert.pod", "labels.node"])
-per_value = st.lists(st.sampled_from(["lower", "upper", "promql", "regex_escape"]), max_size=2)
+per_value = st.lists(st.sampled_from(["lower", "upper", "promql", "regex_escape", "label_value"]), max_size=2)
 separators = st.sampled_from(['join(",")', "join('|')", 'join("}")', 'join("\\"")', "join('')"])
 defaults = st.lists(st.sampled_from(['default("x")', "default('a|b')"]), max_size=1)
 heads = st.sampled_from([
@@ -285,7 +285,7 @@ def expressions(draw: st.DrawFn) -> str:
 
 
 GRAMMAR = re.compile(r"""\s*(alerts\.)?(labels|annotations|alert)\.[A-Za-z_]\w*\s*"""
-                     r"""(\|\s*(lower|upper|promql|regex_escape|(default|join)\(\s*("([^"\\]|\\.)*"|'([^'\\]|\\.)*')\s*\))\s*)*""")
+                     r"""(\|\s*(lower|upper|promql|regex_escape|label_value|(default|join)\(\s*("([^"\\]|\\.)*"|'([^'\\]|\\.)*')\s*\))\s*)*""")
 
 
 @settings(max_examples=1500, deadline=None)

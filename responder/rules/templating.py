@@ -1,5 +1,6 @@
 """Safe parameter templates: `{{ labels.namespace }}`, `{{ annotations.summary | default("n/a") }}`,
-`{{ alerts.labels.pod | regex_escape | join("|") | promql }}`.
+`{{ alerts.labels.pod | regex_escape | join("|") | promql }}`,
+`app in ({{ alerts.labels.app | label_value | join(",") }})`.
 
 Deliberately not a general template language: an expression is a lookup in `labels`, `annotations`
 or `alert` (name, source, status, fingerprint, group_key), or the same lookup over the group's firing
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from responder.params import RenderAs, promql_string
+from responder.params import RenderAs, label_value, promql_string
 
 _EXPR = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _LOOKUP = re.compile(r"^(?:(alerts)\.)?(labels|annotations|alert)\.([A-Za-z_][A-Za-z0-9_]*)$")
@@ -45,16 +46,16 @@ class Members(Generic[M]):
     context: Callable[[M], Context]
     limit: int = 20
 
-    def values(self, scope: str, key: str, each: Sequence[Filter]) -> list[str]:
-        """The distinct non-empty values of `scope.key` after the per-element filters; members lacking
+    def values(self, expr: Expression) -> list[str]:
+        """The distinct non-empty values of the list `expr` after its per-element filters; members lacking
         it are skipped (an empty label is a missing one, as in Prometheus)."""
         distinct: dict[str, None] = {}
         for item in self.items:
-            value = self.context(item).get(scope, {}).get(key)
+            value = self.context(item).get(expr.scope, {}).get(expr.key)
             if not value:
                 continue
-            for name, _arg in each:
-                value = _FILTERS[name](value)
+            for name, _arg in expr.each:
+                value = expr.apply(name, value)
             distinct[value] = None
             if len(distinct) == self.limit:
                 break
@@ -91,6 +92,12 @@ class Expression:
     def uses(self, filter_name: str) -> bool:
         return any(name == filter_name for name, _arg in (*self.each, *self.filters))
 
+    def apply(self, filter_name: str, value: str) -> str:
+        try:
+            return _FILTERS[filter_name](value)
+        except ValueError as exc:  # a filter that checks (label_value) refused the value
+            raise TemplateError(f"{self.name}: {exc}") from None
+
 
 def _regex_escape(value: str) -> str:
     return re.escape(value)
@@ -101,6 +108,7 @@ _FILTERS: dict[str, Callable[[str], str]] = {
     "upper": str.upper,
     "promql": promql_string,
     "regex_escape": _regex_escape,
+    "label_value": label_value,
 }
 _KNOWN = ", ".join(['default("x")', 'join("sep")', *_FILTERS])
 
@@ -168,7 +176,7 @@ def render(text: str, context: Context, escape: Callable[[str], str] | None = No
         expr = _parse(m.group(1))
         value: str | None
         if expr.join is not None:
-            values = members.values(expr.scope, expr.key, expr.each)
+            values = members.values(expr)
             value = expr.join.join(values) if values else None
         else:
             value = context.get(expr.scope, {}).get(expr.key)
@@ -177,7 +185,7 @@ def render(text: str, context: Context, escape: Callable[[str], str] | None = No
                 if not value:
                     value = arg
             elif value is not None:
-                value = _FILTERS[name](value)
+                value = expr.apply(name, value)
         if value is None:
             where = "any firing member of this group" if expr.over_members else "this alert"
             raise TemplateError(f"{expr.name} is not set on {where} (add | default(\"...\") if optional)")
@@ -201,8 +209,9 @@ def render_value(value: Any, context: Context, escape: Callable[[str], str] | No
 
 def check_typed(text: str, kind: RenderAs) -> list[str]:
     """Problems with the expressions of a template written into a typed parameter (see RenderAs):
-    each must end with the type's filter and, for a query, sit inside a quoted string literal; inside
-    a regular expression (`=~"..."`, `!~"..."`) its values must be escaped with `| regex_escape`."""
+    each must end with the type's filter (a list: after join, or with `filter_each` before it) and, for
+    a query, sit inside a quoted string literal; inside a regular expression (`=~"..."`, `!~"..."`) its
+    values must be escaped with `| regex_escape`."""
     problems = []
     for m, quote, before in _expressions_in_literals(text):
         try:
@@ -212,7 +221,11 @@ def check_typed(text: str, kind: RenderAs) -> list[str]:
         names = [name for name, _arg in expr.filters]
         while names and names[-1] == "default":
             names.pop()
-        if kind.filter is not None and (not names or names[-1] != kind.filter):
+        if kind.filter is not None and kind.filter_each and expr.over_members:
+            if not expr.each or expr.each[-1][0] != kind.filter or names:
+                problems.append(f"{expr.text} in a {kind.kind} must apply '| {kind.filter}' to each value, as the"
+                                " last filter before join (and nothing but default after join)")
+        elif kind.filter is not None and (not names or names[-1] != kind.filter):
             after = " (after join)" if expr.over_members else ""
             problems.append(f"{expr.text} in a {kind.kind} must end with '| {kind.filter}'{after} (before any default)")
         if kind.in_string_literal and quote not in ('"', "'"):
