@@ -2,15 +2,17 @@
 PostgreSQL, one batch after another on one connection, so its cost is not hidden by a busy machine.
 
     .venv/bin/python bench/store_batch.py [--targets sqlite,postgres] [--workload storm,distinct]
-        [--batch 32] [--batches 300] [--groups 100] [--alerts 1]
+        [--batch 32] [--batches 300] [--groups 100] [--alerts 1] [--vary]
 
-Each batch holds `--batch` deliveries of `--alerts` new firing alerts each; storm puts every delivery in one
+Each batch holds `--batch` deliveries (with `--vary`, 1 to `--batch` of them, drawn at random, as a group
+commit's batches come in the daemon) of `--alerts` new firing alerts each; storm puts every delivery in one
 of `--groups` groups (after the first batches most join an open incident), distinct gives each its own.
 Prints, per target and workload: this process's CPU µs per delivery (building rows, encoding and decoding,
 the driver), on SQLite the part of it spent on the database's own thread (where a batch holds the write lock:
-its statements, its COMMIT's fsync and any Python code run there), the database server's CPU µs per delivery (PostgreSQL's backend, from /proc), statements and
-round trips per batch (PostgreSQL: each statement plus BEGIN and COMMIT; SQLite runs a batch in one call to
-its thread), and wall ms per batch. Writes bench/results/NAME.json (NAME from --name, default store_batch).
+its statements, its COMMIT and any Python code run there), the database server's CPU µs per delivery
+(PostgreSQL's backend, from /proc), statements and round trips per batch (PostgreSQL: each statement plus
+BEGIN and COMMIT; SQLite runs a batch in one call to its thread), and wall ms per batch. Writes
+bench/results/NAME.json (NAME from --name, default store_batch).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import collections
 import functools
 import os
+import random
 import sys
 import tempfile
 import time
@@ -99,8 +102,10 @@ async def measure(target: str, workload: str, args: argparse.Namespace, workdir:
         await migrate(db)
         pid = await backend_pid(db)
         clock = writer_clock(db)
-        batches = [[delivery(workload, args.groups, args.alerts, b * args.batch + i) for i in range(args.batch)]
-                   for b in range(args.batches)]
+        sizes = random.Random(1).choices(range(1, args.batch + 1), k=args.batches) if args.vary \
+            else [args.batch] * args.batches
+        batches = [[delivery(workload, args.groups, args.alerts, b * args.batch + i) for i in range(size)]
+                   for b, size in enumerate(sizes)]
         STATEMENTS.clear()
         cpu = time.process_time()
         server = cpu_seconds(pid) if pid else 0.0
@@ -117,7 +122,7 @@ async def measure(target: str, workload: str, args: argparse.Namespace, workdir:
         if schema:
             async with (await open_database(PG)).transaction() as conn:
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    deliveries = args.batches * args.batch
+    deliveries = sum(sizes)
     statements = sum(STATEMENTS.values()) / args.batches
     return {"target": target, "workload": workload, "alerts_per_delivery": args.alerts,
             "cpu_us_per_delivery": round(1e6 * cpu / deliveries, 1),
@@ -133,6 +138,7 @@ async def main() -> None:
     parser.add_argument("--targets", default="sqlite,postgres")
     parser.add_argument("--workload", default="storm,distinct")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--vary", action="store_true", help="batches of 1 to --batch deliveries")
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--groups", type=int, default=100)
     parser.add_argument("--alerts", type=int, default=1)
@@ -147,14 +153,13 @@ async def main() -> None:
                 for target in args.targets.split(","):
                     results.append(await measure(target, workload, args, Path(tmp)))
     print_table(["target", "workload", "alerts", "CPU µs/delivery", "writer thread CPU µs/delivery",
-                 "server CPU µs/delivery", "statements/batch",
-                 "round trips/batch", "wall ms/batch"],
+                 "server CPU µs/delivery", "statements/batch", "round trips/batch", "wall ms/batch"],
                 [[r["target"], r["workload"], r["alerts_per_delivery"], r["cpu_us_per_delivery"],
-                  r["writer_thread_cpu_us_per_delivery"], r["server_cpu_us_per_delivery"], r["statements_per_batch"], r["round_trips_per_batch"],
-                  r["wall_ms_per_batch"]] for r in results])
+                  r["writer_thread_cpu_us_per_delivery"], r["server_cpu_us_per_delivery"], r["statements_per_batch"],
+                  r["round_trips_per_batch"], r["wall_ms_per_batch"]] for r in results])
     print(f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    path = write_result(args.name, {"batch": args.batch, "batches": args.batches, "groups": args.groups,
-                                   "runs": results})
+    path = write_result(args.name, {"batch": args.batch, "vary": args.vary, "batches": args.batches,
+                                   "groups": args.groups, "runs": results})
     print(f"results: {path}")
 
 

@@ -4,11 +4,12 @@ failed writer."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from responder.models import Alert, AlertStatus, Delivery, NewJob
-from responder.store import LeaseLost, Store, WriterFailed
+from responder.store import LeaseLost, Store, WriterFailed, open_store
 from responder.store.db import Connection
 from tests.test_supervisor import leaking_a_cancellation
 
@@ -138,3 +139,43 @@ async def test_without_a_supervisor_a_failed_writer_refuses_what_it_held_and_the
     receipt = await store.record_delivery(Delivery("alertmanager", b"2", [alert("b")]))
     assert receipt.opened == 1
     assert [i.fingerprint for i in await store.list_incidents()] == ["b"]
+
+
+ROW_TYPES = ("bigint", "double precision", "text", "bytea", "integer")
+# Every kind of value a batch stores, NULL in each column, and values at the edges of each type.
+LITERAL_ROWS = [
+    (1, 1795000000.123456, "plain", b"{\"alerts\": []}", 0),
+    (2, None, None, None, None),
+    (2**63 - 1, 5e-324, "é 😀 \u202e ünïcödé \\u0000 'quoted' \"double\"", b"\x00\xff\x00 binary", -(2**31)),
+    (-(2**63), -1.7976931348623157e308, "", b"", 2**31 - 1),
+    (3, 0.1, "\n\t\\", b"x" * 100_000, 1),
+    (4, -0.0, "[1, 2]", None, None),
+]
+
+
+async def test_literal_rows_round_trip_every_column_type(store: Store) -> None:
+    async with store.db.transaction() as conn:
+        await conn.execute("CREATE TABLE literal_rows (n BIGINT, f DOUBLE PRECISION, t TEXT, b BYTEA, i INTEGER)"
+                           if store.dialect == "postgres" else
+                           "CREATE TABLE literal_rows (n INTEGER, f REAL, t TEXT, b BLOB, i INTEGER)")
+        source, args = conn.rows_source(LITERAL_ROWS, ROW_TYPES)
+        await conn.execute(f"INSERT INTO literal_rows SELECT * FROM {source} WHERE true", *args)
+        # The same statement again with another number of rows, whose only bytes are empty.
+        source, args = conn.rows_source(LITERAL_ROWS[3:4], ROW_TYPES)
+        await conn.execute(f"INSERT INTO literal_rows SELECT v.column1 + 10, v.column2, v.column3, v.column4,"
+                           f" v.column5 FROM {source} WHERE true", *args)
+    async with store.db.read() as conn:
+        rows = await conn.fetch("SELECT n, f, t, b, i FROM literal_rows ORDER BY n")
+    stored = [(r["n"], r["f"], r["t"], None if r["b"] is None else bytes(r["b"]), r["i"]) for r in rows]
+    assert stored == sorted([*LITERAL_ROWS, (-(2**63) + 10, *LITERAL_ROWS[3][1:])], key=lambda row: row[0])
+    assert [type(value) for value in stored[2]] == [int, float, str, bytes, int]  # n = 1
+
+
+async def test_sqlite_refuses_text_with_a_nul_rather_than_cutting_it(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path / 'nul.db'}")
+    try:
+        with pytest.raises(ValueError, match="NUL"):
+            await store.record_delivery(Delivery("alertmanager", b"", [alert("a\x00b")]))
+        assert await store.list_incidents() == []
+    finally:
+        await store.close()

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+import orjson
+
 # Each driver is imported when a store of its kind is opened: SQLite users never load asyncpg.
 if TYPE_CHECKING:
     import aiosqlite
@@ -99,17 +101,43 @@ def sqlite_sql(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda m: "?" + m.group(1), sql)
 
 
-@functools.lru_cache(maxsize=1024)
-def _values_placeholders(rows: int, columns: int) -> str:
-    return ", ".join("(" + ", ".join(f"${r * columns + c + 1}" for c in range(columns)) + ")" for r in range(rows))
+@functools.lru_cache(maxsize=256)
+def _json_rows(types: tuple[str, ...]) -> str:
+    """The rows of the JSON array `$1`, one array per row; a bytea value is the [start, length] of its bytes
+    in the blob `$2` (substr of a blob is a blob), so bytes travel as they are, not as text."""
+    columns = ", ".join((f"substr($2, value ->> '$[{i}][0]', value ->> '$[{i}][1]')" if t == "bytea"
+                         else f"value ->> {i}") + f" AS column{i + 1}" for i, t in enumerate(types))
+    return f"(WITH r AS MATERIALIZED (SELECT {columns} FROM json_each($1)) SELECT * FROM r) AS v"
 
 
 class _SqliteRows(Connection):
     dialect: Dialect = "sqlite"
 
     def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
-        text = _values_placeholders(len(rows), len(types))
-        return f"(VALUES {text}) AS v", [value for row in rows for value in row]
+        """The rows as one JSON argument (and one blob for bytes) instead of a parameter per value: the
+        statement's text is the same whatever the row count, so sqlite3 prepares it once and keeps it in
+        its statement cache. JSON keeps integers, finite floats (exactly: SQLite parses them back to the
+        same double), text and NULL as they are; text with NUL is refused, as PostgreSQL refuses it (SQLite's
+        JSON would cut it there)."""
+        binary = [i for i, t in enumerate(types) if t == "bytea"]
+        args: list[Any] = []
+        if binary:
+            # Never empty: substr of an empty blob is NULL, not an empty blob.
+            blob = bytearray(b"\x00")
+            encoded = []
+            for row in rows:
+                values = list(row)
+                for i in binary:
+                    value = values[i]
+                    if value is not None:
+                        values[i] = (len(blob) + 1, len(value))
+                        blob += value
+                encoded.append(values)
+            rows, args = encoded, [bytes(blob)]
+        text = orjson.dumps(rows).decode()
+        if "\\u0000" in text and any(isinstance(v, str) and "\x00" in v for row in rows for v in row):
+            raise ValueError("text with a NUL character cannot be stored")
+        return _json_rows(tuple(types)), [text, *args]
 
 
 class _SqliteConnection(_SqliteRows):
