@@ -2,7 +2,7 @@
 PostgreSQL, one batch after another on one connection, so its cost is not hidden by a busy machine.
 
     .venv/bin/python bench/store_batch.py [--targets sqlite,postgres] [--workload storm,distinct]
-        [--batch 32] [--batches 300] [--groups 100] [--alerts 1] [--vary]
+        [--batch 32] [--batches 300] [--groups 100] [--alerts 1] [--vary] [--tasks]
 
 Each batch holds `--batch` deliveries (with `--vary`, 1 to `--batch` of them, drawn at random, as a group
 commit's batches come in the daemon) of `--alerts` new firing alerts each; storm puts every delivery in one
@@ -11,7 +11,8 @@ Prints, per target and workload: this process's CPU µs per delivery (building r
 the driver), on SQLite the part of it spent on the database's own thread (where a batch holds the write lock:
 its statements, its COMMIT and any Python code run there), the database server's CPU µs per delivery
 (PostgreSQL's backend, from /proc), statements and round trips per batch (PostgreSQL: each statement plus
-BEGIN and COMMIT; SQLite runs a batch in one call to its thread), and wall ms per batch. Writes
+BEGIN and COMMIT; SQLite runs a batch in one call to its thread), and wall ms per batch (mean, p99 and max).
+`--tasks` runs the database's own tasks meanwhile, as the daemon does (SQLite's WAL checkpointer). Writes
 bench/results/NAME.json (NAME from --name, default store_batch).
 """
 
@@ -110,13 +111,20 @@ async def measure(target: str, workload: str, args: argparse.Namespace, workdir:
         cpu = time.process_time()
         server = cpu_seconds(pid) if pid else 0.0
         writer = time.clock_gettime(clock) if clock is not None else 0.0
+        tasks = [asyncio.create_task(run()) for run in db.tasks().values()] if args.tasks else []
+        walls = []
         wall = time.perf_counter()
         for batch in batches:
+            began = time.perf_counter()
             await db.run_batch(functools.partial(record_batch, batch=batch, max_attempts=5))
+            walls.append(time.perf_counter() - began)
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
         server = (cpu_seconds(pid) - server) if pid else 0.0
         writer = (time.clock_gettime(clock) - writer) if clock is not None else 0.0
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         await db.close()
         if schema:
@@ -130,7 +138,9 @@ async def measure(target: str, workload: str, args: argparse.Namespace, workdir:
             "server_cpu_us_per_delivery": round(1e6 * server / deliveries, 1) if pid else None,
             "statements_per_batch": round(statements - 2, 2) if target == "postgres" else round(statements, 2),
             "round_trips_per_batch": round(statements, 2) if target == "postgres" else 1,
-            "wall_ms_per_batch": round(1000 * wall / args.batches, 2)}
+            "wall_ms_per_batch": round(1000 * wall / args.batches, 2),
+            "wall_ms_per_batch_p99": round(1000 * sorted(walls)[int(0.99 * len(walls))], 2),
+            "wall_ms_per_batch_max": round(1000 * max(walls), 2)}
 
 
 async def main() -> None:
@@ -139,6 +149,7 @@ async def main() -> None:
     parser.add_argument("--workload", default="storm,distinct")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--vary", action="store_true", help="batches of 1 to --batch deliveries")
+    parser.add_argument("--tasks", action="store_true", help="run the database's own tasks meanwhile")
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--groups", type=int, default=100)
     parser.add_argument("--alerts", type=int, default=1)
@@ -153,12 +164,15 @@ async def main() -> None:
                 for target in args.targets.split(","):
                     results.append(await measure(target, workload, args, Path(tmp)))
     print_table(["target", "workload", "alerts", "CPU µs/delivery", "writer thread CPU µs/delivery",
-                 "server CPU µs/delivery", "statements/batch", "round trips/batch", "wall ms/batch"],
+                 "server CPU µs/delivery", "statements/batch", "round trips/batch", "wall ms/batch",
+                 "p99", "max"],
                 [[r["target"], r["workload"], r["alerts_per_delivery"], r["cpu_us_per_delivery"],
                   r["writer_thread_cpu_us_per_delivery"], r["server_cpu_us_per_delivery"], r["statements_per_batch"],
-                  r["round_trips_per_batch"], r["wall_ms_per_batch"]] for r in results])
+                  r["round_trips_per_batch"], r["wall_ms_per_batch"], r["wall_ms_per_batch_p99"],
+                  r["wall_ms_per_batch_max"]] for r in results])
     print(f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    path = write_result(args.name, {"batch": args.batch, "vary": args.vary, "batches": args.batches,
+    path = write_result(args.name, {"batch": args.batch, "vary": args.vary, "tasks": args.tasks,
+                                   "batches": args.batches,
                                    "groups": args.groups, "runs": results})
     print(f"results: {path}")
 

@@ -10,7 +10,7 @@ import pytest
 
 from responder.models import Alert, AlertStatus, Delivery, NewJob
 from responder.store import LeaseLost, Store, WriterFailed, open_store
-from responder.store.db import Connection
+from responder.store.db import Connection, SqliteDatabase
 from tests.test_supervisor import leaking_a_cancellation
 
 
@@ -179,3 +179,36 @@ async def test_sqlite_refuses_text_with_a_nul_rather_than_cutting_it(tmp_path: P
         assert await store.list_incidents() == []
     finally:
         await store.close()
+
+
+async def test_the_wal_checkpointer_keeps_the_wal_bounded_under_a_burst(tmp_path: Path) -> None:
+    path = tmp_path / "burst.db"
+    store = await open_store(f"sqlite:///{path}")
+    wal = tmp_path / "burst.db-wal"
+    body = b"x" * 60_000
+
+    async def burst(first: int) -> None:
+        # 25 batches of 32 deliveries, 48 MB in all: about 12,000 pages through the WAL.
+        for n in range(first, first + 800, 32):
+            await asyncio.gather(*(store.record_delivery(Delivery("alertmanager", body, [alert(f"a{n + i}")]))
+                                   for i in range(32)))
+
+    assert isinstance(store.db, SqliteDatabase)
+    # This burst writes in a fraction of a second what a storm writes in several: the checkpointer looks as
+    # much sooner.
+    store.db.checkpointer.interval = 0.005
+    try:
+        tasks = [asyncio.create_task(run()) for run in store.db.tasks().values()]
+        await burst(0)
+        high_water = wal.stat().st_size  # SQLite writes a restarted WAL from its start, never shrinks it
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Stopped, it leaves checkpoints to SQLite again.
+        await burst(800)
+        async with store.db.read() as conn:
+            assert await conn.fetchval("SELECT COUNT(*) FROM incidents") == 1600
+    finally:
+        await store.close()
+    assert high_water < 16_000_000
+    assert wal.exists() is False  # the last connection closed checkpoints the whole WAL and removes it

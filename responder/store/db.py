@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import asyncpg
 
 from responder.backoff import backoff_delay
+from responder.store.wal_checkpoint import WalCheckpointer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,10 @@ class Database(abc.ABC):
         commit's batch). The same as `async with transaction()`, except on SQLite (see there)."""
         async with self.transaction() as conn:
             return await write(conn)
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The database's own long-lived tasks, by name, for the daemon's supervisor to run."""
+        return {}
 
     @abc.abstractmethod
     def read(self) -> AbstractAsyncContextManager[Connection]:
@@ -210,10 +215,11 @@ class SqliteDatabase(Database):
 
     dialect: Dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, synchronous: str) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
         self._wrapped = _SqliteConnection(conn)
+        self.checkpointer = WalCheckpointer(path, synchronous, self._lock, conn)
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteDatabase:
@@ -223,10 +229,14 @@ class SqliteDatabase(Database):
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        mode = "FULL" if synchronous == "full" else "NORMAL"
+        await conn.execute(f"PRAGMA synchronous={mode}")
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute("PRAGMA busy_timeout=5000")
-        return cls(conn)
+        return cls(conn, path, mode)
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return self.checkpointer.tasks()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -245,6 +255,7 @@ class SqliteDatabase(Database):
             except sqlite3.Error as exc:
                 await self._conn.execute("ROLLBACK")
                 raise StoreUnavailable(f"sqlite commit failed: {exc}") from exc
+            self.checkpointer.committed()
 
     async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
         """The whole transaction, BEGIN to COMMIT, in one call to the database's thread instead of one per
@@ -271,7 +282,8 @@ class SqliteDatabase(Database):
         async with self._lock:
             with _sqlite_unavailable():
                 done: T = await self._conn._execute(transaction)  # type: ignore[no-untyped-call]
-                return done
+            self.checkpointer.committed()
+            return done
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:

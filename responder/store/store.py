@@ -90,8 +90,9 @@ class Store:
         return self.db.dialect
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        """The store's writer tasks (deliveries, finishing jobs), for the daemon's supervisor to run."""
-        return {**self._intake.tasks(), **self.queue.tasks()}
+        """The store's writer tasks (deliveries, finishing jobs) and its database's own (SQLite's checkpoints),
+        for the daemon's supervisor to run."""
+        return {**self.db.tasks(), **self._intake.tasks(), **self.queue.tasks()}
 
     async def close(self) -> None:
         await self._intake.close()
