@@ -9,11 +9,11 @@ the incident resolves when its last firing member does. An alert that is already
 incident of its rule stays there, whatever the rules say its group is now (rules changed, or an
 incident of the previous release).
 
-A batch is three rounds: what the database knows (the payloads stored, the alerts' memberships, the
-groups' open incidents, ids for the alert rows), the incidents to open (only when a group has none), and
-every write that follows from them. On PostgreSQL each round is one statement (one round trip: the
-statements of a round are CTEs of one); on SQLite, where a batch runs on the database's own thread,
-they are statements one after another. Both run the same statements, prepared by the same code.
+A batch is two rounds: what the database knows (the payloads stored, the alerts' memberships, the
+groups' open incidents, ids for the alert rows), and every write that follows from it (the incidents it
+opens, alerts, members, counts, jobs). On PostgreSQL each round is one statement (one round trip: the
+statements of a round are CTEs of one); on SQLite, where a batch runs on the database's own thread, they
+are statements one after another. Both run the same statements, prepared by the same code.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def alert_extra(alert: Alert) -> dict[str, Any]:
 PAYLOAD_TYPES = ("text", "double precision", "text", "text", "bytea")
 ALERT_TYPES = ("bigint", "bigint", "text", "text", "text", "text", "double precision", "double precision", "text",
                "text", "text", "double precision", "bigint")
-INCIDENT_TYPES = ("text", "text", "double precision", "text", "text", "text", "double precision", "double precision",
-                  "integer", "text", "text", "text", "bigint", "text", "text")
+# An incident to open: the batch's number for it (see record_batch), then its columns.
+INCIDENT_TYPES = ("bigint", "text", "text", "double precision", "text", "text", "text", "double precision",
+                  "double precision", "integer", "text", "text", "text", "bigint", "text", "text", "integer", "integer",
+                  "double precision")
 MEMBER_TYPES = ("bigint", "text", "text", "double precision", "text", "text", "text", "double precision",
                 "double precision", "double precision")
 END_TYPES = ("bigint", "text", "double precision", "integer")
@@ -150,10 +152,22 @@ class _Writes:
     ended: list[tuple[Any, ...]]
     # What may end members stored before: (incident, fingerprint, start, 1 for a resolution).
     ends: list[tuple[int, str, float, int]]
-    # Per touched incident: id, deliveries, last alert id.
+    # Per incident open before this batch: id, deliveries, last alert id.
     touched: list[tuple[int, int, int]]
-    # Incidents opened by this batch, each with the time its processing is due.
-    opened: list[tuple[int, float]]
+    # The incidents to open, with their counts (INCIDENT_TYPES), and when each one's processing is due.
+    opening: list[tuple[Any, ...]]
+    due: list[tuple[int, float]]
+
+
+@dataclass
+class _Written:
+    """What the writes found: each incident's status once counted (one resolved by another writer since it
+    was found is missing), the incidents whose members changed, and the ids of the incidents opened by their
+    numbers in the batch (one another writer opened meanwhile is missing)."""
+
+    statuses: dict[int, str]
+    changed: set[int]
+    opened: dict[int, int]
 
 
 async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: int) -> list[DeliveryReceipt]:
@@ -190,20 +204,45 @@ async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: 
     for group in groups.values():
         if group.incident_id is None:
             group.incident_id = incident_of_group.get(group.group_id)
-    opened = await _open_missing(conn, groups, now)
+    # A group with a firing alert and no open incident gets one, opened by the writes; until then the rows
+    # name it by a number of the batch's own, negative so that it is no incident's id.
+    opening = sorted(g for g, group in groups.items()
+                     if group.incident_id is None and group.firing and not g.startswith(LEGACY))
+    for number, group_id in enumerate(opening, 1):
+        groups[group_id].incident_id = -number
     for (_, row), alert_id in zip(rows, sorted(int(r["id"]) for r in id_rows), strict=False):
         row.id = alert_id
 
-    writes = _plan_writes(rows, groups, opened, now, max_attempts)
-    if conn.dialect == "postgres":
-        statuses, changed = await _write_at_once(conn, writes)
+    write = _write_at_once if conn.dialect == "postgres" else _write_in_steps
+    for _ in range(len(opening) + 1):
+        writes = _plan_writes(rows, groups, now, max_attempts)
+        written = await write(conn, writes)
+        if len(written.opened) == len(writes.opening):
+            break
+        # Another writer opened some of these groups since the first round: the writes waited for it to
+        # commit and wrote nothing but the other incidents. Those are given back, the groups it opened are
+        # found, and the writes run again (each time with fewer groups to open: at most once per group).
+        numbers = {group.incident_id: group for group in groups.values()}
+        _, found = await _fetch_steps(conn, [
+            _delete_incidents_statements(conn, sorted(written.opened.values())),
+            _open_incidents_statements(conn, sorted(g.group_id for n, g in numbers.items()
+                                                    if n is not None and n < 0 and n not in written.opened))])
+        for r in found:
+            groups[str(r["group_id"])].incident_id = int(r["id"])
     else:
-        statuses, changed = await _write_in_steps(conn, writes)
-    gone = {t[0] for t in writes.touched} - set(statuses)
+        raise StoreUnavailable("groups kept being opened by other writers meanwhile; the batch runs again")
+    # An incident found open that another writer resolved since the first round is not counted: this batch
+    # runs again, and then opens the group anew if a member still fires.
+    gone = {t[0] for t in writes.touched} - set(written.statuses)
     if gone:
         raise StoreUnavailable(f"incident(s) {sorted(gone)} resolved by another writer meanwhile; the batch"
                                " runs again")
-    resolved = {i for i, status in statuses.items() if status == "resolved"}
+    for group in groups.values():
+        if group.incident_id is not None and group.incident_id < 0:
+            group.incident_id = written.opened[group.incident_id]
+    opened = set(written.opened.values())
+    changed = written.changed
+    resolved = {i for i, status in written.statuses.items() if status == "resolved"}
 
     placed_groups = [g for g in groups.values() if g.incident_id is not None]
     for index, payload_id, placed in fresh:
@@ -310,6 +349,16 @@ def _open_incidents_statements(conn: Connection, group_ids: Sequence[str]) -> li
     return statements
 
 
+def _delete_incidents_statements(conn: Connection, ids: Sequence[int]) -> list[Statement]:
+    statements = []
+    for part in chunks(conn, ids):
+        args = _Args(conn)
+        statements.append(args.statement(
+            f"DELETE FROM incidents WHERE id IN (SELECT v.column1 FROM {args.rows([(i,) for i in part], ('bigint',))})"
+            " RETURNING id"))
+    return statements
+
+
 def _place(fresh: list[tuple[int, int, Placed]], known: dict[AlertKey, list[_Known]]
            ) -> tuple[dict[str, _Group], list[tuple[int, _Row]]]:
     """Each alert into its groups, and every alert as a row to store (with its payload id), in batch order.
@@ -336,56 +385,10 @@ def _place(fresh: list[tuple[int, int, Placed]], known: dict[AlertKey, list[_Kno
     return groups, rows
 
 
-async def _open_incidents(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
-    """A new incident for each group with a firing alert and no open incident (linked to the group's
-    previous incident, if any); the groups opened here learn their incident."""
-    firing = sorted(g for g, group in groups.items() if group.firing and not g.startswith(LEGACY))
-    opened: set[int] = set()
-    for part in chunks(conn, firing):
-        rows = []
-        for group_id in part:
-            group = groups[group_id]
-            alerts = [a for a in group.alerts if a.status is AlertStatus.FIRING]
-            first = min(alerts, key=lambda a: a.starts_at)
-            labels = common_labels([a.labels for a in alerts])
-            rows.append((group.source, first.fingerprint, first.starts_at, first.name, "open", group.placement.rule,
-                         now, now, 0, dumps(labels), dumps(first.annotations), dumps(alert_extra(first)), 0,
-                         group.placement.group_key, group_id))
-        source, args = conn.rows_source(rows, INCIDENT_TYPES)
-        columns = ", ".join(f"v.column{i + 1}" for i in range(len(INCIDENT_TYPES)))
-        returned = await conn.fetch(
-            "INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, rule, opened_at, last_seen,"
-            " deliveries, labels, annotations, extra, last_alert_id, group_key, group_id, previous_id)"
-            f" SELECT {columns}, (SELECT MAX(p.id) FROM incidents p WHERE p.group_id = v.column15)"
-            f" FROM {source} WHERE true ON CONFLICT (group_id) WHERE status = 'open' DO NOTHING RETURNING id, group_id",
-            *args)
-        for r in returned:
-            groups[r["group_id"]].incident_id = int(r["id"])
-            opened.add(int(r["id"]))
-    return opened
-
-
-async def _open_missing(conn: Connection, groups: dict[str, _Group], now: float) -> set[int]:
-    """Every group with a firing alert and no open incident gets one; returns the ones opened here. A group
-    opened by another replica meanwhile (its insert conflicts) is found after it commits, and one whose
-    incident another replica resolved while this batch waited for it is opened again."""
-    opened: set[int] = set()
-    for _ in range(2):
-        missing = {g: group for g, group in groups.items() if group.incident_id is None and group.firing}
-        if not missing:
-            break
-        opened |= await _open_incidents(conn, missing, now)
-        still = sorted(g for g, group in missing.items() if group.incident_id is None)
-        for rows in await _fetch_steps(conn, [_open_incidents_statements(conn, still)]):
-            for r in rows:
-                groups[r["group_id"]].incident_id = int(r["id"])
-    return opened
-
-
-def _plan_writes(rows: list[tuple[int, _Row]], groups: dict[str, _Group], opened: set[int], now: float,
-                 max_attempts: int) -> _Writes:
+def _plan_writes(rows: list[tuple[int, _Row]], groups: dict[str, _Group], now: float, max_attempts: int
+                 ) -> _Writes:
     """The alert rows (each naming its incident: the first, when its rules placed it in several), the member
-    rows and what ends members, the touched incidents and the opened ones' jobs.
+    rows and what ends members, the incidents to count and those to open, with theirs counted here.
 
     Firing alerts become members (once per fingerprint and start). A member ends when this batch resolves
     it or brings a later start of its fingerprint (one whose resolution was never seen); members this batch
@@ -417,19 +420,54 @@ def _plan_writes(rows: list[tuple[int, _Row]], groups: dict[str, _Group], opened
                 latest[key] = row
     firing: list[tuple[Any, ...]] = []
     ended: list[tuple[Any, ...]] = []
+    # Members of each incident to open: (firing, total).
+    members: dict[int, tuple[int, int]] = {}
     for key in sorted(latest):
         row = latest[key]
         over = key in resolutions or newest[key[:2]] > key[2]
         (ended if over else firing).append((key[0], row.alert.source, key[1], key[2], "resolved" if over else "firing",
                                             row.labels, row.annotations, now, now, now if over else None))
-    return _Writes(now, max_attempts, alert_rows, firing, ended, sorted(ends),
-                   sorted((incident, len(g.rows), max(r.id for r in g.rows)) for g, incident in placed),
-                   sorted((incident, now + g.placement.group_wait) for g, incident in placed if incident in opened))
+        if key[0] < 0:
+            counts = members.get(key[0], (0, 0))
+            members[key[0]] = (counts[0] + (not over), counts[1] + 1)
+    # Opened in the order of their groups' ids, as every batch opens them: two batches that wait for each
+    # other's groups then cannot each hold a group the other waits for.
+    new = sorted(((g, incident) for g, incident in placed if incident < 0), key=lambda p: p[0].group_id)
+    return _Writes(now, max_attempts, alert_rows, firing, ended, sorted(e for e in ends if e[0] > 0),
+                   sorted((incident, len(g.rows), max(r.id for r in g.rows)) for g, incident in placed
+                          if incident > 0),
+                   [_incident_row(g, incident, members.get(incident, (0, 0)), now) for g, incident in new],
+                   [(incident, now + g.placement.group_wait) for g, incident in new])
+
+
+def _incident_row(group: _Group, number: int, members: tuple[int, int], now: float) -> tuple[Any, ...]:
+    """An incident to open (INCIDENT_TYPES), counted as the batch leaves it: named after its first firing
+    alert, labelled with what its firing alerts share, resolved at once when none of its members fires."""
+    alerts = [a for a in group.alerts if a.status is AlertStatus.FIRING]
+    first = min(alerts, key=lambda a: a.starts_at)
+    labels = common_labels([a.labels for a in alerts])
+    firing, total = members
+    return (number, group.source, first.fingerprint, first.starts_at, first.name,
+            "open" if firing else "resolved", group.placement.rule, now, now, len(group.rows), dumps(labels),
+            dumps(first.annotations), dumps(alert_extra(first)), max(r.id for r in group.rows),
+            group.placement.group_key, group.group_id, firing, total, None if firing else now)
 
 
 # The three kinds of job a batch queues share the pipeline's queue, so one statement queues any of them.
 JOB_QUEUE = PROCESS.queue
 assert MEMBERS.queue == RESOLVE.queue == JOB_QUEUE
+
+
+def _insert_incidents_sql(source: str) -> str:
+    """The incidents to open (`source`: INCIDENT_TYPES), each linked to its group's previous incident, if any.
+    A group another writer opened meanwhile conflicts, and is not returned."""
+    columns = ", ".join(f"v.column{i}" for i in range(2, len(INCIDENT_TYPES) + 1))
+    return ("INSERT INTO incidents (source, fingerprint, starts_at, alertname, status, rule, opened_at, last_seen,"
+            " deliveries, labels, annotations, extra, last_alert_id, group_key, group_id, members_firing,"
+            " members_total, resolved_at, previous_id)"
+            f" SELECT {columns}, (SELECT MAX(p.id) FROM incidents p WHERE p.group_id = v.column16)"
+            f" FROM {source} WHERE true ON CONFLICT (group_id) WHERE status = 'open' DO NOTHING"
+            " RETURNING id, group_id, status")
 
 
 def _insert_alerts_sql(source: str) -> str:
@@ -501,16 +539,31 @@ def _enqueue_sql(args: _Args, w: _Writes, source: str, now: str, *, unless_queue
             f" {args.one(w.max_attempts, 'integer')}, v.column3, {now} FROM {source} WHERE true{only}")
 
 
-async def _write_in_steps(conn: Connection, w: _Writes) -> tuple[dict[int, str], set[int]]:
-    """The writes one statement after another (SQLite); returns the status of each touched incident still
-    open when counted, and the incidents whose members changed."""
-    for part in chunks(conn, w.alerts):
+def _named(rows: list[tuple[Any, ...]], index: int, opened: dict[int, int]) -> list[tuple[Any, ...]]:
+    """Rows with the batch's numbers of incidents to open (at `index`) replaced by their ids."""
+    return [row if row[index] is None or row[index] > 0 else (*row[:index], opened[row[index]], *row[index + 1:])
+            for row in rows]
+
+
+async def _write_in_steps(conn: Connection, w: _Writes) -> _Written:
+    """The writes one statement after another (SQLite)."""
+    number_of = {row[15]: row[0] for row in w.opening}
+    opened: dict[int, int] = {}
+    statuses: dict[int, str] = {}
+    for part in chunks(conn, w.opening):
+        args = _Args(conn)
+        for r in await conn.fetch(_insert_incidents_sql(args.rows(part, INCIDENT_TYPES)), *args.values):
+            opened[number_of[r["group_id"]]] = int(r["id"])
+            statuses[int(r["id"])] = str(r["status"])
+    if len(opened) < len(w.opening):
+        return _Written(statuses, set(), opened)
+    for part in chunks(conn, _named(w.alerts, 12, opened)):
         args = _Args(conn)
         await conn.execute(_insert_alerts_sql(args.rows(part, ALERT_TYPES)), *args.values)
     gained: dict[int, int] = {}
     ended: dict[int, int] = {}
     for rows, firing in ((w.firing, True), (w.ended, False)):
-        for part in chunks(conn, rows):
+        for part in chunks(conn, _named(rows, 0, opened)):
             args = _Args(conn)
             sql = _insert_members_sql(args.rows(part, MEMBER_TYPES), firing=firing, inserted=_inserted(conn))
             for r in await conn.fetch(sql, *args.values):
@@ -526,7 +579,6 @@ async def _write_in_steps(conn: Connection, w: _Writes) -> tuple[dict[int, str],
             ended[int(r["incident_id"])] = ended.get(int(r["incident_id"]), 0) + 1
     counts = [(i, deliveries, last, gained.get(i, 0), gained.get(i, 0) - ended.get(i, 0))
               for i, deliveries, last in w.touched]
-    statuses: dict[int, str] = {}
     for part in chunks(conn, counts):
         args = _Args(conn)
         now = args.one(w.now, "double precision")
@@ -534,24 +586,26 @@ async def _write_in_steps(conn: Connection, w: _Writes) -> tuple[dict[int, str],
                      for r in await conn.fetch(_count_sql(args.rows(part, COUNT_TYPES), now), *args.values)}
     resolved = sorted(i for i, status in statuses.items() if status == "resolved")
     changed = set(gained) | set(ended)
-    opened = {i for i, _ in w.opened}
     # Member changes of an incident already processed: one `members` job each, unless one is already
     # waiting (it reads the newest state when it runs).
-    for jobs, unless_queued in (([(PROCESS.name, i, due) for i, due in w.opened]
+    for jobs, unless_queued in (([(PROCESS.name, i, due) for i, due in _named(w.due, 0, opened)]
                                  + [(RESOLVE.name, i, w.now) for i in resolved], False),
-                                ([(MEMBERS.name, i, w.now) for i in sorted(changed - opened - set(resolved))], True)):
+                                ([(MEMBERS.name, i, w.now)
+                                  for i in sorted(changed - set(opened.values()) - set(resolved))], True)):
         for part in chunks(conn, jobs):
             args = _Args(conn)
             source = args.rows(part, ("text", "bigint", "double precision"))
             now = args.one(w.now, "double precision")
             await conn.execute(_enqueue_sql(args, w, source, now, unless_queued=unless_queued), *args.values)
-    return statuses, changed
+    return _Written(statuses, changed, opened)
 
 
-async def _write_at_once(conn: Connection, w: _Writes) -> tuple[dict[int, str], set[int]]:
+async def _write_at_once(conn: Connection, w: _Writes) -> _Written:
     """The same writes as _write_in_steps as one statement (PostgreSQL): one round trip instead of one per
     statement. Its parts all see the database as it was before it, which the plan allows for (see
-    _plan_writes); the members' and jobs' counts come from the rows the parts returned.
+    _plan_writes); the members' and jobs' counts come from the rows the parts returned, and the rows name
+    the incidents it opens through `opened_ids`. When another writer opened one of the groups to open
+    meanwhile, it writes nothing but the other incidents (see record_batch).
 
     The incident rows are locked all at once and in id order (the order job completions update them in, see
     JobQueue.finish; the UPDATE itself may walk them in any order, and two batches did deadlock on it),
@@ -562,36 +616,56 @@ async def _write_at_once(conn: Connection, w: _Writes) -> tuple[dict[int, str], 
     args = _Args(conn)
     now = args.one(w.now, "double precision")
     inserted = _inserted(conn)
-    opened = args.one([i for i, _ in w.opened], "bigint[]")
+
+    def whole(rows: list[tuple[Any, ...]], types: Sequence[str], column: int | None = None) -> str:
+        """`rows`, none of them when a group to open was opened by another writer meanwhile (`verdict`), with
+        the numbers of incidents to open in `column` replaced by their ids."""
+        names = [f"column{i}" for i in range(1, len(types) + 1)]
+        columns = ", ".join(f"COALESCE(opened_ids.id, v.{name})" if i == column else f"v.{name}"
+                            for i, name in enumerate(names, 1))
+        join = f" LEFT JOIN opened_ids ON opened_ids.number = v.column{column}" if column else ""
+        return (f"(SELECT {columns} FROM {args.rows(rows, types)}{join} WHERE (SELECT whole FROM verdict))"
+                f" AS v ({', '.join(names)})")
+
     sql = (
-        f"WITH new_alerts AS ({_insert_alerts_sql(args.rows(w.alerts, ALERT_TYPES))}),"
-        f" firing AS ({_insert_members_sql(args.rows(w.firing, MEMBER_TYPES), firing=True, inserted=inserted)}),"
-        f" ended AS ({_insert_members_sql(args.rows(w.ended, MEMBER_TYPES), firing=False, inserted=inserted)}),"
-        f" ends AS ({_end_members_sql(args.rows(w.ends, END_TYPES), now)}),"
+        f"WITH opened AS ({_insert_incidents_sql(args.rows(w.opening, INCIDENT_TYPES))}),"
+        f" verdict AS (SELECT COUNT(*) = {args.one(len(w.opening), 'bigint')} AS whole FROM opened),"
+        " opened_ids AS (SELECT v.column1 AS number, opened.id, opened.status"
+        f" FROM {args.rows([(row[0], row[15]) for row in w.opening], ('bigint', 'text'))}"
+        " JOIN opened ON opened.group_id = v.column2),"
+        f" new_alerts AS ({_insert_alerts_sql(whole(w.alerts, ALERT_TYPES, 13))}),"
+        f" firing AS ({_insert_members_sql(whole(w.firing, MEMBER_TYPES, 1), firing=True, inserted=inserted)}),"
+        f" ended AS ({_insert_members_sql(whole(w.ended, MEMBER_TYPES, 1), firing=False, inserted=inserted)}),"
+        f" ends AS ({_end_members_sql(whole(w.ends, END_TYPES), now)}),"
         " changes AS (SELECT incident_id, SUM(gained) AS gained, SUM(ended) AS ended FROM ("
         "SELECT incident_id, CASE WHEN inserted THEN 1 ELSE 0 END AS gained, 0 AS ended FROM firing"
         " UNION ALL SELECT incident_id, 1, 1 FROM ended UNION ALL SELECT incident_id, 0, 1 FROM ends) AS c"
         " GROUP BY incident_id),"
         " counts AS (SELECT v.column1, v.column2, v.column3, COALESCE(c.gained, 0) AS column4,"
         " COALESCE(c.gained, 0) - COALESCE(c.ended, 0) AS column5, COALESCE(c.gained > 0 OR c.ended > 0, false)"
-        f" AS changed FROM {args.rows(w.touched, COUNT_TYPES[:3])} LEFT JOIN changes c ON c.incident_id = v.column1),"
+        f" AS changed FROM {whole(w.touched, COUNT_TYPES[:3])} LEFT JOIN changes c ON c.incident_id = v.column1),"
         " locked AS (SELECT i.id FROM incidents i WHERE i.id IN (SELECT column1 FROM counts) ORDER BY i.id"
         " FOR NO KEY UPDATE OF i),"
         f" counted AS ({_count_sql('counts AS v JOIN locked ON locked.id = v.column1', now)}),"
         # One statement for the opened incidents' jobs and the resolved ones', in that order (an incident
         # opened and resolved by this batch is processed first).
         " queued AS ("
-        + _enqueue_sql(args, w, f"(SELECT {args.one(PROCESS.name, 'text')}, v.column1, v.column2"
-                                f" FROM {args.rows(w.opened, DUE_TYPES)} UNION ALL SELECT"
-                                f" {args.one(RESOLVE.name, 'text')}, counted.id, {now} FROM counted"
-                                " WHERE counted.status = 'resolved') AS v (column1, column2, column3)", now)
+        + _enqueue_sql(args, w, f"(SELECT {args.one(PROCESS.name, 'text')}, opened_ids.id, v.column2"
+                                f" FROM {whole(w.due, DUE_TYPES)} JOIN opened_ids ON opened_ids.number = v.column1"
+                                f" UNION ALL SELECT {args.one(RESOLVE.name, 'text')}, resolved.id, {now} FROM"
+                                " (SELECT id, status FROM opened_ids WHERE (SELECT whole FROM verdict)"
+                                " UNION ALL SELECT id, status FROM counted) AS resolved"
+                                " WHERE resolved.status = 'resolved') AS v (column1, column2, column3)",
+                       now)
         + "), changed AS ("
         + _enqueue_sql(args, w, f"(SELECT {args.one(MEMBERS.name, 'text')}, counts.column1, {now} FROM counts"
                                 " JOIN counted ON counted.id = counts.column1 WHERE counts.changed"
-                                f" AND counted.status = 'open' AND counts.column1 <> ALL({opened}))"
-                                " AS v (column1, column2, column3)", now, unless_queued=True)
-        + ") SELECT counts.column1 AS id, counted.status, counts.changed FROM counts"
-        " LEFT JOIN counted ON counted.id = counts.column1")
+                                " AND counted.status = 'open') AS v (column1, column2, column3)", now,
+                       unless_queued=True)
+        + ") SELECT counts.column1 AS id, counted.status, counts.changed, CAST(NULL AS bigint) AS number"
+        " FROM counts LEFT JOIN counted ON counted.id = counts.column1"
+        " UNION ALL SELECT id, status, true, number FROM opened_ids")
     rows = await conn.fetch(sql, *args.values)
-    return ({int(r["id"]): str(r["status"]) for r in rows if r["status"] is not None},
-            {int(r["id"]) for r in rows if r["changed"]})
+    return _Written({int(r["id"]): str(r["status"]) for r in rows if r["status"] is not None},
+                    {int(r["id"]) for r in rows if r["changed"]},
+                    {int(r["number"]): int(r["id"]) for r in rows if r["number"] is not None})
