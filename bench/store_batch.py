@@ -102,10 +102,10 @@ async def measure(target: str, workload: str, args: argparse.Namespace, workdir:
         cpu = time.process_time() - cpu
         server = (cpu_seconds(pid) - server) if pid else 0.0
     finally:
-        await db.close()
         if schema:
-            async with (await open_database(PG)).transaction() as conn:
+            async with db.transaction() as conn:
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await db.close()
     deliveries = args.batches * args.batch
     statements = sum(STATEMENTS.values()) / args.batches
     return {"target": target, "workload": workload, "alerts_per_delivery": args.alerts,
