@@ -132,7 +132,7 @@ async def storm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return await run_storm(args, workdir, slack)
 
 
-def slack_numbers(slack: Any, groups: int, rate: float, delivered_after: float, first_delivered: dict[str, float],
+def slack_numbers(slack: Any, rate: float, delivered_after: float, first_delivered: dict[str, float],
                   group_of_incident: dict[int, str]) -> dict[str, Any]:
     """What the Slack fake received: threads, successful calls per group (on average and the most any group
     made), 429s, per group the time from its first accepted delivery to its thread's parent message, and
@@ -155,6 +155,8 @@ def slack_numbers(slack: Any, groups: int, rate: float, delivered_after: float, 
                                                                                group_of_incident)
         per_group[key] = per_group.get(key, 0) + 1
     bound = len(ok) / rate + 30
+    # The groups that fired (fewer than --groups when there are fewer alerts).
+    groups = len(set(group_of_incident.values()))
     return {
         "threads": len(parents),
         "messages_posted": len(slack.calls_to("chat.postMessage", ok=True)),
@@ -272,8 +274,7 @@ async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict
         "every_alert_one_member": members == distinct == args.alerts and unlinked == 0,
     }
     if slack is not None:
-        result["slack"] = slack_numbers(slack, args.groups, args.slack_rate, delivered_after, first_delivered,
-                                        group_of_incident)
+        result["slack"] = slack_numbers(slack, args.slack_rate, delivered_after, first_delivered, group_of_incident)
     return result
 
 
