@@ -176,6 +176,22 @@ async def test_queue_keeps_order_per_key_and_fences_completion_by_lease(store: S
     assert await store.queue.depth("q") == 1
 
 
+async def test_a_postponed_job_waits_unconsumed_and_hastened_runs_now_with_a_new_payload(store: Store) -> None:
+    async with store.db.transaction() as conn:
+        waiting = await store.queue.enqueue(conn, NewJob("q", "edit", "k1", payload={"paced": True}, max_attempts=1))
+    [job] = await store.queue.claim("q", "worker-a", 10, lease_seconds=30)
+    assert await store.queue.postpone(job, 60)
+    assert not await store.queue.postpone(job, 60)  # no longer held
+    [row] = await store.queue.rows(queue="q")
+    assert (row["status"], row["attempts"], row["last_error"]) == ("queued", 0, None)
+    assert await store.queue.claim("q", "worker-a", 10, lease_seconds=30) == []
+    async with store.db.transaction() as conn:
+        assert await store.queue.hasten(conn, "q", "k1", "edit", payload={"paced": False})
+    [job] = await store.queue.claim("q", "worker-a", 10, lease_seconds=30)
+    # Waiting did not use up its only attempt.
+    assert (job.id, job.payload, job.attempts) == (waiting, {"paced": False}, 1)
+
+
 async def test_a_batch_is_written_whole_or_not_at_all(store: Store) -> None:
     async def half_then_fail(conn: Connection) -> None:
         await conn.execute("INSERT INTO settings (key, value, updated_at, updated_by) VALUES ('a', '{}', 0, 't')")
