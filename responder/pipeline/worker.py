@@ -67,6 +67,10 @@ class QueueWorker:
                 raise crashed
             free = self.settings.concurrency - len(self._running)
             jobs: list[Job] = []
+            # Cleared before the claim, not after it: a job committed while the claim runs (its wake-up
+            # arriving meanwhile) may be missed by that claim, and then the next turn claims it at once
+            # instead of a poll interval later.
+            self._wake.clear()
             if free > 0:
                 if self.before_claim is not None:
                     await self.before_claim()
@@ -80,7 +84,6 @@ class QueueWorker:
                 self._running[task] = job.id
                 task.add_done_callback(self._job_finished)
             if not jobs:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval)
 

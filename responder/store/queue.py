@@ -102,10 +102,13 @@ class JobQueue:
     async def claim(self, queue: str, owner: str, limit: int, lease_seconds: float) -> list[Job]:
         """Take up to `limit` runnable jobs: queued and due, or running with an expired lease, and
         never one whose `ordering_key` has an earlier job still unfinished."""
-        now = time.time()
         lock = "FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgres" else ""
-        async with self.db.transaction() as conn:
-            rows = await conn.fetch(
+
+        async def take(conn: Connection) -> list[Row]:
+            # The time once the transaction has begun: a job committed while this claim waited for SQLite's
+            # writer lock is due by it (its run_after is its commit's time), and is claimed now.
+            now = time.time()
+            return await conn.fetch(
                 "UPDATE jobs SET status = 'running', lease_owner = $2, lease_expires = $3,"
                 " attempts = attempts + 1 WHERE id IN ("
                 "  SELECT j.id FROM jobs j WHERE j.queue = $1 AND j.status IN ('queued', 'running')"
@@ -118,6 +121,9 @@ class JobQueue:
                 ") RETURNING *",
                 queue, owner, now + lease_seconds, now, limit,
             )
+
+        # A claim lost to a power failure only means the job runs again, as every job left running does.
+        rows = await self.db.run_batch(take, durable=False)
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     async def finish(self, job: Job, result: dict[str, Any] | None = None, writes: Writes | None = None,
