@@ -1,5 +1,6 @@
 """Workers learn of new work from the daemon itself, not from their poll: a new alert's evidence is printed
-as soon as its collectors are done, even with a poll interval far longer than the test waits. And the store
+as soon as its collectors are done (or its group's group_wait has passed), even with a poll interval far
+longer than the test waits. And the store
 keeps the path short: a read never waits for another transaction's commit, and claiming a job leaves the
 commits that must be durable (deliveries, results) synchronous."""
 
@@ -29,6 +30,11 @@ RULES = """
 rules:
   - name: quick
     match: ['alertname="Quick"']
+    collectors:
+      - {type: test.sleep, id: nap, params: {seconds: 0.05}}
+  - name: grouped
+    match: ['alertname="Grouped"']
+    group_wait: 1s
     collectors:
       - {type: test.sleep, id: nap, params: {seconds: 0.05}}
 """
@@ -77,6 +83,25 @@ async def test_an_idle_daemon_prints_a_new_alerts_evidence_without_waiting_for_a
                 await asyncio.sleep(0.01)
                 printed += capsys.readouterr().out
     assert printed.count("slept 0.05s") == 3
+
+
+async def test_a_group_is_processed_when_its_group_wait_ends_not_at_the_next_poll(
+        tmp_path: Path, store_url: str, daemon_client: DaemonClient, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(store_url, write_rules(tmp_path / "rules", RULES), **{
+        "store.poll_interval": SLOW_POLL, "plugins": ["tests.support.plugins"], "collectors.cache_ttl": 0})
+    client, _ = await daemon_client(config)
+    await asyncio.sleep(0.3)
+    first, second = (am_alert("Grouped", labels={"pod": pod}) for pod in ("a", "b"))
+    assert (await client.post("/webhooks/alertmanager", json=am_payload(first, group_key="g"))).status == 200
+    accepted = time.monotonic()
+    assert (await client.post("/webhooks/alertmanager", json=am_payload(first, second, group_key="g"))).status == 200
+    printed = ""
+    async with asyncio.timeout(SLOW_POLL / 4):
+        while "[incident.processed]" not in printed:
+            await asyncio.sleep(0.01)
+            printed += capsys.readouterr().out
+    assert time.monotonic() - accepted >= 1  # the group waited for its members
+    assert "alerts: 2 firing of 2" in printed  # and gathered evidence once, for both
 
 
 async def test_a_read_does_not_wait_for_a_commit_in_progress(store: Store) -> None:

@@ -13,6 +13,7 @@ What a job means is not known here: kinds and payloads are the job table's (resp
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,13 +65,30 @@ class JobQueue:
         self.max_attempts = max_attempts
         self._finishing: GroupCommit[_Finish, None] = GroupCommit("job-finisher", db, self._finish_batch,
                                                                   writers=writers, connection_only=True)
+        # When the jobs queued here with a delay fall due, per queue (see due_at).
+        self._due: dict[str, list[float]] = {}
 
     async def close(self) -> None:
         await self._finishing.close()
 
+    def due_at(self, queue: str, when: float) -> None:
+        """A job of `queue` falls due at `when` (epoch seconds): its worker claims then rather than at its
+        next poll. Noted in this process only (a job another replica queued is found by polling); noting a
+        job whose transaction then rolls back costs one claim that finds nothing."""
+        heapq.heappush(self._due.setdefault(queue, []), when)
+
+    def next_due(self, queue: str, now: float) -> float | None:
+        """The earliest time noted for `queue` that is still after `now`."""
+        due = self._due.get(queue)
+        while due and due[0] <= now:
+            heapq.heappop(due)
+        return due[0] if due else None
+
     async def enqueue(self, conn: Connection, job: NewJob, *, delay: float = 0.0) -> int:
         """Queue a job within the caller's transaction: it exists if and only if that transaction commits."""
         now = time.time()
+        if delay > 0:
+            self.due_at(job.queue, now + delay)
         return int(await conn.fetchval(
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts,"
             " run_after, created_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) RETURNING id",
@@ -177,6 +195,8 @@ class JobQueue:
                 " WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING status",
                 job.id, job.lease_owner, time.time() + delay, error[:4000], permanent, time.time(),
             )
+        if status == "queued":
+            self.due_at(job.queue, time.time() + delay)
         return str(status or "lost")
 
     async def release(self, owner: str) -> int:
