@@ -110,6 +110,11 @@ class Daemon:
                 log.info("re-queued %d job(s) left running by the previous process", recovered)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._store.close)
+            for name, writer in self._store.tasks().items():
+                self.supervisor.start(name, writer, stop_last=True)
+            # Runs before the store closes (a stack unwinds last in, first out); after the workers have
+            # drained, it is the writers that are left.
+            stack.push_async_callback(self.supervisor.stop)
             preload_clients(self.config.targets)
             await stack.enter_async_context(self.targets)
             self.locks = await open_locks(self.config.mitigations, self.targets, stack)

@@ -11,7 +11,7 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, get_args, get_origin
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, StringConstraints
@@ -32,7 +32,6 @@ def _selector(value: str) -> str:
     return value
 
 
-LabelSelector = Annotated[str, AfterValidator(_selector)]
 TargetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
@@ -48,13 +47,15 @@ class RenderAs:
     """How values from an alert are written into a parameter of this type.
 
     `escape` is applied by the renderer to every value substituted into the parameter. `filter` names
-    the template filter each `{{ ... }}` must end with (optionally followed by `default(...)`) and
-    `in_string_literal` says it must sit inside a quoted string: both are checked when rules load, so
-    `responder check` refuses a rule that forgets them."""
+    the template filter each `{{ ... }}` must end with (optionally followed by `default(...)`); with
+    `filter_each`, a list's filter is the last one before `join`, so it judges each value and not the
+    rule's separator. `in_string_literal` says each must sit inside a quoted string. All are checked
+    when rules load, so `responder check` refuses a rule that forgets them."""
 
     kind: str
     escape: Callable[[str], str] | None = None
     filter: str | None = None
+    filter_each: bool = False
     in_string_literal: bool = False
 
 
@@ -62,8 +63,15 @@ def render_as(model: type[BaseModel], key: str) -> RenderAs | None:
     """How alert values are written into parameter `key` (its name or alias) of `model`, if it is typed."""
     for name, info in model.model_fields.items():
         if key in (name, info.alias):
-            return next((m for m in info.metadata if isinstance(m, RenderAs)), None)
+            return next((m for m in info.metadata if isinstance(m, RenderAs)), None) or _render_as_in(info.annotation)
     return None
+
+
+def _render_as_in(annotation: Any) -> RenderAs | None:
+    # An optional typed parameter (`LabelSelector | None`) keeps its type's metadata inside the union.
+    if get_origin(annotation) is Annotated:
+        return next((m for m in annotation.__metadata__ if isinstance(m, RenderAs)), None)
+    return next((kind for arg in get_args(annotation) if (kind := _render_as_in(arg)) is not None), None)
 
 
 def promql_string(value: str) -> str:
@@ -140,6 +148,26 @@ PromQLQuery = Annotated[str, StringConstraints(min_length=1, max_length=4000),
                         RenderAs("PromQL query", filter="promql", in_string_literal=True)]
 # A Redis glob pattern; values from the alert are matched literally (their `*?[]` escaped).
 RedisGlob = Annotated[str, StringConstraints(max_length=256), RenderAs("Redis pattern", escape=redis_glob_literal)]
+
+
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def label_value(value: str) -> str:
+    """`value` unchanged if Kubernetes accepts it as a label value, else ValueError: in a selector such a
+    value is one value, never a `,`, an operator, a parenthesis or a space that would add or change terms."""
+    if len(value) > 63:
+        raise ValueError(f"{value[:63]!r}... is {len(value)} characters, a Kubernetes label value at most 63")
+    if not _LABEL_VALUE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Kubernetes label value (ASCII letters, digits, '-', '_' and '.',"
+                         " beginning and ending with a letter or digit)")
+    return value
+
+
+# A Kubernetes label selector; values from the alert only through `| label_value`, which refuses any value
+# that is not a label value (for a list, on each value before join: the separator is the rule's).
+LabelSelector = Annotated[str, AfterValidator(_selector),
+                          RenderAs("label selector", filter="label_value", filter_each=True)]
 
 
 # --- hosts named by an alert --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from responder.jobs import CONSOLE_QUEUE
 from responder.metrics import labelled
 from responder.mitigations.approvals import Rejected, check_headers, verify_fresh
 from responder.replay import only_alert, parse_payload, replaying, result_json, run_replay
-from responder.store import StoreUnavailable
+from responder.store import StoreUnavailable, WriterFailed
 from responder.store.actions import KILL_SWITCH
 from responder.store.console import ConsoleStore
 from responder.ui import setup_console
@@ -130,7 +130,8 @@ def webhook_handler(daemon: Daemon, intake: Intake) -> Callable[[web.Request], A
                 receipt = await daemon.store.record_delivery(delivery)
         except StoreUnavailable as exc:
             log.warning("webhook %s refused with 503: %s", intake.name, exc)
-            return store_unavailable("alerts were not stored; retry later")
+            why = f": {exc}" if isinstance(exc, WriterFailed) else ""  # its message is meant to be shown
+            return store_unavailable(f"alerts were not stored{why}; retry later")
         # One label lookup per (source, status), not per alert: a storm's 50-alert requests add up.
         for key, count in Counter((a.source, a.status.value) for a in delivery.alerts).items():
             received(*key).inc(count)

@@ -5,7 +5,8 @@ started again after a jittered backoff; while it is down, readiness fails. A tas
 (more than `max_restarts` restarts within `restart_window`) stops being restarted and `failed` is set:
 the daemon then exits non-zero, so that Kubernetes or systemd restarts the whole process, which is
 what fixes a stuck connection pool or a broken client. At shutdown every task is cancelled and
-awaited; whatever one raised on its way out is logged and kept in `errors`, never dropped.
+awaited, those started with `stop_last` (the store's writers, which the others write through) after the
+rest; whatever one raised on its way out is logged and kept in `errors`, never dropped.
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ class Supervisor:
         self.failure: TaskFailed | None = None
         self.errors: list[BaseException] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._last: set[str] = set()
         self._down: set[str] = set()
         self._stopping = False
 
-    def start(self, name: str, run: TaskFactory) -> None:
-        """Run `run()` as the task `name` until `stop()`; it is called again each time it fails."""
+    def start(self, name: str, run: TaskFactory, *, stop_last: bool = False) -> None:
+        """Run `run()` as the task `name` until `stop()`; it is called again each time it fails. `stop_last`:
+        stopped after every other task."""
         if name in self._tasks:
             raise ValueError(f"a task named {name!r} is already supervised")
+        if stop_last:
+            self._last.add(name)
         # Exported at 0 from the start, so a dashboard or an alert tells "never restarted" from "not scraped".
         self.metrics.task_restarts.labels(name)
         self._tasks[name] = asyncio.create_task(self._keep(name, run), name=name)
@@ -97,13 +102,14 @@ class Supervisor:
         self._stopping = True
 
     async def stop(self) -> None:
-        """Cancel every task and wait for it; errors raised while stopping are logged and kept."""
+        """Cancel every task and wait for it, the `stop_last` ones after the others; errors raised while
+        stopping are logged and kept."""
         self._stopping = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
-            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
-                log.error("task %s raised while stopping", task.get_name(), exc_info=outcome)
-                self.errors.append(outcome)
-        self._tasks.clear()
+        for last in (False, True):
+            tasks = [self._tasks.pop(name) for name in [n for n in self._tasks if (n in self._last) == last]]
+            for task in tasks:
+                task.cancel()
+            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                    log.error("task %s raised while stopping", task.get_name(), exc_info=outcome)
+                    self.errors.append(outcome)

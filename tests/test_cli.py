@@ -1,5 +1,5 @@
 """The CLI around the daemon: what --help and check load, --version, completion, explain's conditions and
-targets, replay --ignore-age."""
+targets, replay --ignore-age, and every store-reading command's answer when the store cannot be opened."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import REPO, daemon_env
+from tests.support.services import free_port
 
 HEAVY = ("kubernetes_asyncio", "asyncpg", "redis", "aiohttp", "slack_sdk", "matplotlib", "cryptography")
 
@@ -127,3 +128,37 @@ def test_replay_ignore_age_judges_an_old_alert_as_new(setup: tuple[Path, Path]) 
     assert flush_decision()["guard"] == "alert_age"
     decision = flush_decision("--ignore-age")
     assert decision["outcome"] == "dry-run" and decision["guard"] in (None, ""), decision
+
+
+STORE_COMMANDS = [
+    ("incidents", "list"), ("incidents", "show", "1"), ("incidents", "resolve", "1", "--reason", "r"),
+    ("alerts", "list"), ("alerts", "export", "1"), ("actions", "list"), ("clicks", "list"),
+    ("explain", "ALERT"), ("replay", "--alert", "1"),
+]
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS, ids=" ".join)
+def test_an_unreachable_store_is_one_clear_error_with_the_url_masked(setup: tuple[Path, Path],
+                                                                      command: tuple[str, ...]) -> None:
+    config, tmp = setup
+    # Nothing listens on a port just freed: the connection is refused at once.
+    url = f"postgresql://responder:hunter2-secret@127.0.0.1:{free_port()}/alerts"
+    config.write_text(config.read_text().replace(f"sqlite:///{tmp}/r.db", url))
+    alert = str(alert_file(tmp / "a.json", "2030-01-01T00:00:00Z"))
+    result = responder(*(alert if arg == "ALERT" else arg for arg in command), "--config", str(config))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {config.resolve()}:2: store.url: cannot open the store"
+                           f" postgresql://responder:[REDACTED]@127.0.0.1:"), line
+    assert "refused" in line.lower() or "connect" in line.lower(), line
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_an_unopenable_store_given_with_store_is_named_as_such(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    result = responder("alerts", "list", "--store", f"sqlite:///{blocked}/r.db")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: --store: store.url: cannot open the store sqlite:///{blocked}/r.db:"), \
+        result.stderr

@@ -1,8 +1,10 @@
-"""The daemon as a real process: kill -9 mid-work, two replicas on one PostgreSQL, a real Alertmanager."""
+"""The daemon as a real process: kill -9 mid-work, SIGTERM under load, two replicas on one PostgreSQL, a real
+Alertmanager."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,67 @@ async def test_kill_9_after_2xx_then_restart_processes_every_alert_exactly_once(
             await wait_all_processed(store, 20)
         jobs = await assert_processed_exactly_once(store, 20)
         assert all(j["attempts"] == 2 for j in jobs), "each job was interrupted once, then finished once"
+    finally:
+        await store.close()
+
+
+# Quick jobs finish within the shutdown's grace period, slow ones are still gathering when it ends.
+SHUTDOWN_RULES = """
+rules:
+  - name: quick
+    match: ['alertname=~"Quick.*"']
+    group_by: ['...']
+    collectors:
+      - type: test.sleep
+        params: {seconds: 0.3, label: "gathered"}
+  - name: slow
+    match: ['alertname=~"Slow.*"']
+    group_by: ['...']
+    collectors:
+      - type: test.sleep
+        params: {seconds: 5, label: "gathered"}
+"""
+
+
+def shutdown_problems(log: str) -> list[str]:
+    """Lines of a daemon's log that a clean shutdown must not write: errors, and any deadlock or closed
+    database met on the way (logged at debug level while a transaction is retried)."""
+    return [line for line in log.splitlines()
+            if re.search(r" (ERROR|CRITICAL) ", line) or re.search(r"deadlock|closed|closing", line, re.IGNORECASE)]
+
+
+async def test_sigterm_under_load_on_postgresql_stops_cleanly_and_the_next_start_runs_the_rest_once(
+        tmp_path: Path, pg_url: str) -> None:
+    # Leases renewed every 2s, so heartbeats run while jobs finish, and the slow jobs are renewed too.
+    config = write_config(tmp_path, pg_url, pipeline={"workers": 32}, store={"lease_seconds": "6s"},
+                          logging={"level": "debug"})
+    (tmp_path / "rules" / "slow.yaml").write_text(SHUTDOWN_RULES)
+    port = free_port()
+    slow, quick = [f"Slow{i}" for i in range(8)], [f"Quick{i}" for i in range(100)]
+    names = slow + quick
+    store = await open_store(pg_url)
+    try:
+        first = responder_daemon(config, port, tmp_path / "first.log").start()
+        try:
+            await wait_http(f"http://127.0.0.1:{port}/readyz", proc=first)
+            # The slow jobs first: a quarter of the workers are on them when the quick ones pour in.
+            assert await post_alerts(port, slow) == [200] * len(slow)
+            assert await post_alerts(port, quick) == [200] * len(quick)
+            await wait_all_processed(store, 20)
+        finally:
+            code = first.stop(timeout=30)
+        assert code == 0, first.output()[-3000:]
+        assert shutdown_problems(first.output()) == []
+        assert "handed 8 unfinished job(s) back" in first.output(), "the slow jobs were cut short"
+        async with store.db.read() as conn:
+            assert await conn.fetchval("SELECT COUNT(*) FROM jobs WHERE status = 'running'") == 0, "all handed back"
+        with responder_daemon(config, port, tmp_path / "second.log") as second:
+            await wait_http(f"http://127.0.0.1:{port}/readyz", proc=second)
+            await wait_all_processed(store, len(names))
+        assert second.proc is not None and second.proc.returncode == 0
+        assert shutdown_problems(second.output()) == []
+        jobs = await assert_processed_exactly_once(store, len(names))
+        assert all(j["attempts"] == 1 for j in jobs), "a job handed back at shutdown ran once, on the next start"
     finally:
         await store.close()
 

@@ -31,7 +31,7 @@ RULES = {"rules": [{
     "collectors": [
         {"id": "health", "type": "http.check", "params": {"target": "self", "path": "/healthz"}},
         {"id": "pods", "type": "kubernetes.pods", "params": {"namespace": "prod",
-                                                             "selector": "app={{ labels.deployment }}"}},
+                                                             "selector": "app={{ labels.deployment | label_value }}"}},
     ],
     "mitigations": [
         {"id": "ping", "type": "http.request", "params": {"target": "self", "path": "/healthz", "method": "GET"}},

@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -275,3 +276,51 @@ async def test_a_store_of_the_previous_release_opens_and_its_open_incident_keeps
         assert (assigned.id, assigned.ts, role) == (thread, "1.000001", "lead")
     finally:
         await store.close()
+
+
+# One call naming every firing pod of the group: an HTTP path and a PromQL regex.
+POD_LISTS = """
+rules:
+  - name: crashloop
+    match: ['alertname="PodCrashLooping"']
+    group_by: [namespace, deployment]
+    group_wait: 1s
+    collectors:
+      - id: logs
+        type: http.check
+        params: {target: app, path: '/logs?pods={{ alerts.labels.pod | join(",") }}'}
+      - id: cpu
+        type: prometheus.query
+        params:
+          target: main
+          query: >-
+            sum by (pod) (rate(container_cpu_usage_seconds_total{namespace="{{ labels.namespace | promql }}",
+            pod=~"{{ alerts.labels.pod | regex_escape | join("|") | promql }}"}[5m]))
+"""
+
+
+async def test_one_call_over_the_pods_of_a_group_names_each_firing_pod_once(
+        tmp_path: Path, store_url: str, daemon_client: Any) -> None:
+    async with admin_endpoint() as endpoint:
+        config = config_for(tmp_path, store_url, endpoint, POD_LISTS,
+                            **{"targets.prometheus": {"main": {"url": endpoint.url}}})
+        client, daemon = await daemon_client(config)
+        # Within group_wait: a pod fires and resolves; three pods fire, one of them in two alerts; one alert is
+        # about the deployment itself.
+        assert (await client.post("/webhooks/alertmanager", json=am_payload(pod(3)))).status == 200
+        alerts = [pod(0), pod(1), am_alert("PodCrashLooping", labels={"deployment": "api", "pod": "api-0",
+                                                                       "container": "sidecar"}),
+                  am_alert("PodCrashLooping", labels={"deployment": "api"}), pod(2), pod(3, "resolved")]
+        assert (await client.post("/webhooks/alertmanager", json=am_payload(*alerts))).status == 200
+        [incident] = await settled(daemon)
+    assert (incident.members_firing, incident.members_total) == (5, 6)
+    calls = {c["path"].partition("?")[0]: c for c in endpoint.calls}
+    assert len(endpoint.calls) == 2
+    # In the order the members joined (within one delivery: by fingerprint), each firing pod once.
+    raw, _, pods = calls["/logs"]["raw_path"].partition("=")
+    assert raw == "/logs?pods" and sorted(pods.split("%2C")) == ["api-0", "api-1", "api-2"]
+    [query] = parse_qs(calls["/api/v1/query"]["body"])["query"]
+    start, _, regex = query.partition(' pod=~"')
+    assert start == 'sum by (pod) (rate(container_cpu_usage_seconds_total{namespace="prod",'
+    assert regex.endswith('"}[5m]))')
+    assert regex.removesuffix('"}[5m]))').split("|") == [p.replace("-", "\\\\-") for p in pods.split("%2C")]

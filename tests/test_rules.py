@@ -144,6 +144,14 @@ rules:
     collectors:
       - type: test.sleep
         params: {seconds: "soon"}
+  - name: unjoined-list
+    match: ['alertname="D"']
+    group_by: [deployment]
+    collectors:
+      - type: test.sleep
+        params:
+          seconds: 0
+          label: "pods {{ alerts.labels.pod | upper }}"
 """
 
 
@@ -161,10 +169,12 @@ def test_check_reports_every_problem_with_file_rule_and_key(tmp_path: Path) -> N
     assert any(f"{rule_file}:4: rule 'bad-matcher': match: bad regular expression" in e for e in errors), errors
     assert any(f"{rule_file}:8: rule 'unknown-collector': collectors.0.type: unknown collector "
                "'kubernetes.crystal_ball'" in e for e in errors), errors
-    assert any(f"{rule_file}:13: rule 'bad-template': collectors.0.params: unsupported template expression" in e
-               for e in errors), errors
+    assert any(f"{rule_file}:13: rule 'bad-template': collectors.0.params.label: unsupported template expression"
+               in e for e in errors), errors
     assert any(f"{rule_file}:18: rule 'bad-param': collectors.0.params.seconds:" in e for e in errors), errors
-    assert "4 error(s)" in result.stderr
+    assert any(f"{rule_file}:26: rule 'unjoined-list': collectors.0.params.label: {{{{ alerts.labels.pod | upper }}}}"
+               " is a list (one value per firing member): join it" in e for e in errors), errors
+    assert "5 error(s)" in result.stderr
 
 
 def test_check_names_the_config_key(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The store on both engines: batched intake semantics, dedup keys, the leased queue and its ordering."""
+"""The store on both engines: batched intake semantics, dedup keys, the leased queue and its ordering, a
+failed writer."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import asyncpg
 import pytest
 
 from responder.models import Alert, AlertStatus, Delivery, NewJob
-from responder.store import LeaseLost, Store, open_store
+from responder.store import LeaseLost, Store, WriterFailed, open_store
 from responder.store.db import Connection
 from tests.support.services import PG_BASE, unique
+from tests.test_supervisor import leaking_a_cancellation
 
 
 def alert(fp: str, status: AlertStatus = AlertStatus.FIRING, starts_at: float = 100.0) -> Alert:
@@ -128,6 +130,16 @@ async def test_a_batch_is_written_whole_or_not_at_all(store: Store) -> None:
             await store.db.run_batch(waits_on_something_else)
     async with store.db.read() as conn:
         assert await conn.fetchval("SELECT COUNT(*) FROM settings WHERE key IN ('a', 'b')") == 0
+
+
+async def test_without_a_supervisor_a_failed_writer_refuses_what_it_held_and_the_next_write_starts_it(
+        store: Store) -> None:
+    store._intake.write = leaking_a_cancellation(store._intake.write)
+    with pytest.raises(WriterFailed, match=r"the store's intake-writer failed \(CancelledError\)"):
+        await store.record_delivery(Delivery("alertmanager", b"1", [alert("a")]))
+    receipt = await store.record_delivery(Delivery("alertmanager", b"2", [alert("b")]))
+    assert receipt.opened == 1
+    assert [i.fingerprint for i in await store.list_incidents()] == ["b"]
 
 
 async def test_a_responder_starts_while_another_schema_of_its_database_is_migrating(pg_url: str) -> None:

@@ -1,5 +1,6 @@
 """Supervised tasks: a worker loop that fails restarts (counted, readiness 503 meanwhile), its job still
-runs; a task that fails on every start makes the process exit non-zero; errors at shutdown are kept."""
+runs; a store writer that fails answers 503 and restarts; a task that fails on every start makes the process
+exit non-zero; errors at shutdown are kept."""
 
 from __future__ import annotations
 
@@ -80,7 +81,10 @@ async def test_a_claim_that_raises_restarts_the_worker_and_readiness_recovers(
     response = await client.post("/webhooks/alertmanager", json=am_payload(am_alert("Sleepy")))
     assert response.status == 200
     await pipeline_done(store)
-    await asyncio.sleep(0.2)
+    # The restarted worker reports ready on its next loop; a loaded machine may take a while to get there.
+    deadline = time.monotonic() + 10
+    while (not seen or seen[-1] != 200) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     stop.set()
     await watching
     assert 503 in seen, "readiness failed while a worker was down"
@@ -106,6 +110,70 @@ async def test_a_handler_error_retries_the_job_and_a_bookkeeping_error_restarts_
     metrics = await (await client.get("/metrics")).text()
     assert restarts(metrics, "worker:pipeline") == 1
     assert (await client.get("/readyz")).status == 200
+
+
+def leaking_a_cancellation(write: Any) -> Any:
+    """The store's write, once cancelling itself from within (a driver's timeout leaking a cancellation),
+    which no error handling for exceptions catches."""
+    once = [True]
+
+    async def call(*args: Any) -> Any:
+        if once:
+            once.clear()
+            raise asyncio.CancelledError()
+        return await write(*args)
+
+    return call
+
+
+def answering_nothing(write: Any) -> Any:
+    """The store's write, once committing but returning no result for its batch: a broken contract."""
+    once = [True]
+
+    async def call(*args: Any) -> Any:
+        results = await write(*args)
+        if once:
+            once.clear()
+            return []
+        return results
+
+    return call
+
+
+@pytest.mark.parametrize("fault", [leaking_a_cancellation, answering_nothing])
+async def test_a_store_writer_that_fails_answers_503_then_restarts_and_takes_deliveries_again(
+        tmp_path: Path, store_url: str, daemon_client: DaemonClient, fault: Any) -> None:
+    config = make_config(store_url, write_rules(tmp_path / "rules", RULES),
+                         **{**FAST_RESTARTS, "supervisor.restart_initial": 0.5})
+    client, daemon = await daemon_client(config)
+    intake = daemon.store._intake
+    intake.write = fault(intake.write)
+    async with asyncio.timeout(10):  # never a webhook left waiting
+        first = await client.post("/webhooks/alertmanager", json=am_payload(am_alert("Sleepy", labels={"pod": "a"})))
+        assert first.status == 503
+        assert await first.json() == {
+            "error": "store unavailable",
+            "detail": "alerts were not stored: the store's intake-writer failed"
+                      f" ({'CancelledError' if fault is leaking_a_cancellation else 'ValueError'})"
+                      " and is being restarted; retry later"}
+        statuses = []
+        while not statuses or statuses[-1] == 503:
+            response = await client.post("/webhooks/alertmanager",
+                                         json=am_payload(am_alert("Sleepy", labels={"pod": "b"})))
+            statuses.append(response.status)
+            await asyncio.sleep(0.05)
+    assert statuses[-1] == 200, statuses
+    if daemon.store.dialect == "sqlite":
+        assert len(statuses) > 1, "its only writer was down a while, and said so at once meanwhile"
+    stored = [a["fingerprint"] for a in await daemon.store.list_alerts(10)]
+    assert am_alert("Sleepy", labels={"pod": "b"})["fingerprint"] in stored
+    async with asyncio.timeout(10):
+        while (await client.get("/readyz")).status != 200:  # down until restarted
+            await asyncio.sleep(0.05)
+    metrics = await (await client.get("/metrics")).text()
+    writers = re.findall(r'^responder_task_restarts_total{task="(intake-writer:\d+)"}', metrics, re.M)
+    assert len(writers) == (1 if daemon.store.dialect == "sqlite" else 3)
+    assert sum(restarts(metrics, task) for task in writers) == 1
 
 
 async def test_a_task_failing_on_every_start_makes_the_process_exit_non_zero(tmp_path: Path, pg_url: str) -> None:

@@ -4,6 +4,7 @@ whatever the rule author forgot. Against real endpoints: the admin endpoint, Pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -33,9 +34,13 @@ def load(tmp_path: Path, text: str) -> tuple[list[Rule], list[str]]:
     return rules, [str(p) for p in problems]
 
 
-def rendered(rule: Rule, **labels: str) -> tuple[list[RenderedStep], list[RenderedStep], list[str]]:
+def rendered(rule: Rule, *members: dict[str, str], **labels: str
+             ) -> tuple[list[RenderedStep], list[RenderedStep], list[str]]:
+    """Steps for an alert with `labels`, its own group's only member unless `members` (their labels) are given."""
     alert = Alert("alertmanager", AlertStatus.FIRING, "fp", time.time(), {"alertname": "X", **labels})
-    collectors, mitigations, errors = render_steps(rule, alert)
+    group = [dataclasses.replace(alert, fingerprint=f"fp{i}", labels={**alert.labels, **m})
+             for i, m in enumerate(members)] or [alert]
+    collectors, mitigations, errors = render_steps(rule, alert, group)
     return collectors, mitigations, [str(e) for e in errors]
 
 
@@ -85,6 +90,12 @@ def test_check_refuses_promql_templates_outside_the_string_literal_type(tmp_path
         "up{job=\"{{ labels.job | promql | upper }}\"}": "must end with '| promql'",
         "rate(up[{{ labels.window | promql }}])": "sits in no string literal",
         "up{job=`{{ labels.job | promql }}`}": "raw `...` string",
+        # Inside a regular expression a value must match literally; a list of the group's values too.
+        'up{pod!~"{{ labels.pod | promql }}"}': "sits in a regular expression",
+        "up{pod=~ '{{ labels.pod | promql }}.*'}": "sits in a regular expression",
+        'up{pod=~"{{ alerts.labels.pod | join("|") | promql }}"}': "'| regex_escape' on each value, before join",
+        'up{pod=~"{{ alerts.labels.pod | regex_escape | promql | join("|") }}"}': "must end with '| promql' (after",
+        'up{pod=~{{ alerts.labels.pod | regex_escape | join("|") | promql }}}': "sits in no string literal",
     }
     for query, message in cases.items():
         _, problems = load(tmp_path, f"""
@@ -110,6 +121,8 @@ rules:
       - {id: sq, type: prometheus.query, params: {target: main, query: "up{job='{{ labels.job | promql }}'}"}}
       - {id: re, type: prometheus.query,
          params: {target: main, query: 'up{job=~"{{ labels.job | regex_escape | promql }}"}'}}
+      - {id: members, type: prometheus.query,
+         params: {target: main, query: 'up{job=~"{{ alerts.labels.job | regex_escape | join("|") | promql }}"}'}}
 """)
     assert not problems
 
@@ -135,6 +148,13 @@ rules:
                 # A well-formed query for a job that does not exist: no error, and no injected vector(1).
                 assert evidence.status is EvidenceStatus.OK, (injection, evidence.step, evidence.text)
                 assert evidence.payload["series_count"] == 0, (injection, evidence.step, evidence.text)
+        # A group whose members name every injection and the real job: the alternation matches that job only.
+        for jobs, series in ((INJECTIONS, 0), ([*INJECTIONS, "test"], 1)):
+            collectors, _, errors = rendered(rule, *({"job": job} for job in jobs))
+            assert not [e for e in errors if e.startswith("members")], errors
+            [evidence] = await run_steps(config, *(c for c in collectors if c.id == "members"))
+            assert evidence.status is EvidenceStatus.OK, evidence.text
+            assert evidence.payload["series_count"] == series, (jobs, evidence.text)
 
 
 async def test_a_label_cannot_widen_a_redis_pattern(tmp_path: Path, redis_url: str, redis_prefix: str,

@@ -6,7 +6,8 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from responder.config import Config
     from responder.rules.engine import RuleSet
     from responder.rules.loader import RuleProblem
+    from responder.store import Store
 
 
 PIPE_WIDTH = 160
@@ -99,6 +101,33 @@ def ruleset_from_config(config: Config) -> tuple[RuleSet, list[RuleProblem]]:
         return RuleSet(rules, config.rules.default_rule), problems
     except ValueError as exc:
         raise CliError(f"{config.source or '(config)'}: rules.default_rule: {exc}") from None
+
+
+@asynccontextmanager
+async def cli_store(args: argparse.Namespace, config: Config | None = None) -> AsyncIterator[Store]:
+    """`async with cli_store(args) as store:` the store of the command's config (`config`, when the command
+    has loaded it already), closed on the way out. One that cannot be opened is a CliError naming where the
+    URL was set (--store or the config file), the URL with its password masked, and why."""
+    from responder.config import secret_values
+    from responder.problems import Problem
+    from responder.redaction import Redactor
+    from responder.store import StoreUnavailable, open_store
+
+    config = config or config_from_args(args)
+    url = config.store_url()
+    try:
+        store = await open_store(url, synchronous=config.store.sqlite_synchronous, pool_size=2,
+                                 timeout=config.store.connect_timeout)
+    except (StoreUnavailable, OSError) as exc:
+        redact = Redactor(secret_values(config), config.redact).text
+        origin, line = ("--store", None) if getattr(args, "store", None) \
+            else (str(config.source or "(defaults)"), config.line("store.url"))
+        raise CliError(str(Problem(origin, None, "store.url", redact(f"cannot open the store {url}: {exc}"),
+                                   line))) from None
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def fail(message: str) -> int:

@@ -7,8 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from responder.cli._common import add_audit_list, fitted, fold_table, out, run_cli
-from responder.cli.incidents import open_cli_store
+from responder.cli._common import add_audit_list, cli_store, fitted, fold_table, out, run_cli
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,11 +25,8 @@ def list_command(args: argparse.Namespace) -> int:
     from responder.views import decision_row
 
     async def fetch() -> list[dict[str, Any]]:
-        store = await open_cli_store(args)
-        try:
+        async with cli_store(args) as store:
             return [decision_row(r) for r in await ActionStore(store).recent(args.incident, args.limit)]
-        finally:
-            await store.close()
 
     rows = asyncio.run(fetch())
     if args.json:

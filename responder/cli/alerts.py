@@ -7,8 +7,15 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from responder.cli._common import CliError, add_config_args, fitted, fold_table, out, run_cli
-from responder.cli.incidents import open_cli_store
+from responder.cli._common import (
+    CliError,
+    add_config_args,
+    cli_store,
+    fitted,
+    fold_table,
+    out,
+    run_cli,
+)
 
 if TYPE_CHECKING:
     from responder.store.db import Row
@@ -39,11 +46,8 @@ def list_command(args: argparse.Namespace) -> int:
     from responder.sinks.render import ts
 
     async def fetch() -> list[Row]:
-        store = await open_cli_store(args)
-        try:
+        async with cli_store(args) as store:
             return await store.list_alerts(args.limit)
-        finally:
-            await store.close()
 
     rows = asyncio.run(fetch())
     if args.json:
@@ -63,11 +67,8 @@ def export_command(args: argparse.Namespace) -> int:
     import asyncio
 
     async def fetch() -> Row | None:
-        store = await open_cli_store(args)
-        try:
+        async with cli_store(args) as store:
             return await store.get_alert(args.id)
-        finally:
-            await store.close()
 
     row = asyncio.run(fetch())
     if row is None:

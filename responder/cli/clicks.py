@@ -7,8 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from responder.cli._common import add_audit_list, fitted, fold_table, out, run_cli
-from responder.cli.incidents import open_cli_store
+from responder.cli._common import add_audit_list, cli_store, fitted, fold_table, out, run_cli
 
 FIELDS = ("id", "incident_id", "button", "value", "user_id", "user_name", "channel_id", "outcome", "detail",
           "created_at", "finished_at")
@@ -30,11 +29,8 @@ def list_command(args: argparse.Namespace) -> int:
     from responder.store.console import ConsoleStore
 
     async def fetch() -> list[dict[str, Any]]:
-        store = await open_cli_store(args)
-        try:
+        async with cli_store(args) as store:
             return [{k: r[k] for k in FIELDS} for r in await ConsoleStore(store).clicks(args.incident, args.limit)]
-        finally:
-            await store.close()
 
     rows = asyncio.run(fetch())
     if args.json:

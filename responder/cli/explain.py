@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from responder.cli._common import CliError, add_config_args, config_from_args, out, ruleset_from_config, run_cli
+from responder.cli._common import (
+    CliError,
+    add_config_args,
+    cli_store,
+    config_from_args,
+    out,
+    ruleset_from_config,
+    run_cli,
+)
 
 if TYPE_CHECKING:
     from responder.config import Config
@@ -80,7 +88,6 @@ def command(args: argparse.Namespace) -> int:
     from responder.intake import PayloadError
     from responder.preview import preview
     from responder.replay import parse_payload
-    from responder.store import StoreUnavailable, open_store
 
     config = config_from_args(args)
     ruleset, problems = ruleset_from_config(config)
@@ -94,14 +101,8 @@ def command(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file}: {exc}") from None
 
     async def run() -> list[AlertPreview]:
-        try:
-            store = await open_store(config.store_url(), pool_size=2, timeout=config.store.connect_timeout)
-        except (StoreUnavailable, OSError) as exc:
-            raise CliError(f"cannot open the store to read cooldowns and budgets: {exc}") from None
-        try:
+        async with cli_store(args, config) as store:
             return [await preview(config, ruleset, store, alert) for alert in delivery.alerts]
-        finally:
-            await store.close()
 
     for item in asyncio.run(run()):
         show(item, config)

@@ -7,11 +7,19 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from responder.cli._common import CliError, add_config_args, config_from_args, fitted, fold_table, out, run_cli
+from responder.cli._common import (
+    CliError,
+    add_config_args,
+    cli_store,
+    config_from_args,
+    fitted,
+    fold_table,
+    out,
+    run_cli,
+)
 
 if TYPE_CHECKING:
     from responder.models import Incident
-    from responder.store import Store
     from responder.views import IncidentView
 
 
@@ -36,17 +44,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     resolve.add_argument("--reason", required=True, help="why it is closed; kept with the incident")
     resolve.add_argument("--by", metavar="NAME", help="who closes it (default: $USER)")
     resolve.set_defaults(func=resolve_command)
-
-
-async def open_cli_store(args: argparse.Namespace) -> Store:
-    from responder.store import StoreUnavailable, open_store
-
-    config = config_from_args(args)
-    try:
-        return await open_store(config.store_url(), synchronous=config.store.sqlite_synchronous,
-                                pool_size=2, timeout=config.store.connect_timeout)
-    except (StoreUnavailable, OSError) as exc:
-        raise CliError(f"cannot open the store: {exc}") from None
 
 
 def incident_row(incident: Incident) -> dict[str, object]:
@@ -74,11 +71,8 @@ def list_command(args: argparse.Namespace) -> int:
     from responder.sinks.render import ts
 
     async def fetch() -> list[Incident]:
-        store = await open_cli_store(args)
-        try:
+        async with cli_store(args) as store:
             return await store.list_incidents(args.status, args.limit)
-        finally:
-            await store.close()
 
     incidents = asyncio.run(fetch())
     if args.json:
@@ -107,12 +101,9 @@ def show_command(args: argparse.Namespace) -> int:
     ruleset, _problems = ruleset_from_config(config)  # for the checklists; rule problems are check's business
 
     async def fetch() -> IncidentView | None:
-        store = await open_cli_store(args)
-        try:
+        async with cli_store(args, config) as store:
             return await load_incident_view(store, args.id, Redactor(secret_values(config), config.redact),
                                             ruleset=ruleset)
-        finally:
-            await store.close()
 
     view = asyncio.run(fetch())
     if view is None:
@@ -210,11 +201,8 @@ def resolve_command(args: argparse.Namespace) -> int:
     actor = args.by or getpass.getuser()
 
     async def close() -> tuple[Incident | None, Incident | None]:
-        store = await open_cli_store(args)
-        try:
+        async with cli_store(args) as store:
             return await store.resolve_by_hand(args.id, actor, args.reason), await store.get_incident(args.id)
-        finally:
-            await store.close()
 
     closed, current = asyncio.run(close())
     if closed is None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from responder.cli._common import (
     CliError,
     add_config_args,
+    cli_store,
     config_from_args,
     fitted,
     fold_table,
@@ -57,17 +58,9 @@ def force_rule(ruleset: RuleSet, name: str) -> RuleSet:
     return RuleSet([rule], default_rule=name)
 
 
-async def load_stored_alert(config: Config, alert_id: int) -> tuple[bytes, str, str, float]:
-    from responder.store import StoreUnavailable, open_store
-
-    try:
-        store = await open_store(config.store_url(), pool_size=2, timeout=config.store.connect_timeout)
-    except (StoreUnavailable, OSError) as exc:
-        raise CliError(f"cannot open the store: {exc}") from None
-    try:
+async def load_stored_alert(args: argparse.Namespace, config: Config, alert_id: int) -> tuple[bytes, str, str, float]:
+    async with cli_store(args, config) as store:
         row = await store.get_alert(alert_id)
-    finally:
-        await store.close()
     if row is None:
         raise CliError(f"no stored alert with id {alert_id}")
     return bytes(row["payload_body"]), row["source"], row["fingerprint"], float(row["starts_at"])
@@ -132,7 +125,7 @@ def command(args: argparse.Namespace) -> int:
 
     async def run() -> list[ReplayResult]:
         if args.alert is not None:
-            body, source, fingerprint, starts_at = await load_stored_alert(config, args.alert)
+            body, source, fingerprint, starts_at = await load_stored_alert(args, config, args.alert)
         else:
             try:
                 body = args.file.read_bytes()

@@ -4,6 +4,10 @@ Jobs are claimed from the store with a lease. A job that keeps failing is marked
 attempts run out and stops blocking the jobs queued behind it. `run` and `heartbeat` are long-lived
 tasks of the daemon's supervisor: an unavailable store is waited out here, anything else unexpected
 (also from a job's own bookkeeping) ends the loop with its error, and the supervisor restarts it.
+
+`drain` stops a worker in an order that leaves nothing behind for the store's close: no claim is in
+flight any more, the running jobs have finished (or were cancelled at the grace period's end), no heartbeat
+is renewing a lease, and only then are the jobs still leased handed back.
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ class QueueWorker:
         self.before_claim = before_claim
         self._wake = asyncio.Event()
         self._stopping = False
+        # Held from a claim to its jobs' tasks being counted as running, and around a heartbeat's renewal:
+        # drain takes each to know that no claim, and then no renewal, is in flight.
+        self._claiming = asyncio.Lock()
+        self._renewing = asyncio.Lock()
+        self._released = False
         self._running: dict[asyncio.Task[None], int] = {}
         # An error that escaped a job's own bookkeeping: `run` re-raises it for the supervisor.
         self._crashed: BaseException | None = None
@@ -76,14 +85,17 @@ class QueueWorker:
                 if self.before_claim is not None:
                     await self.before_claim()
                     free = self.settings.concurrency - len(self._running)
-                try:
-                    jobs = await self.jobs.claim(self.queue, self.owner, free, self.settings.lease_seconds)
-                except StoreUnavailable as exc:
-                    log.warning("queue %s: store unavailable while claiming: %s", self.queue, exc)
-            for job in jobs:
-                task = asyncio.create_task(self._run_job(job), name=f"{self.queue}:{job.id}")
-                self._running[task] = job.id
-                task.add_done_callback(self._job_finished)
+                async with self._claiming:
+                    if self._stopping:
+                        return
+                    try:
+                        jobs = await self.jobs.claim(self.queue, self.owner, free, self.settings.lease_seconds)
+                    except StoreUnavailable as exc:
+                        log.warning("queue %s: store unavailable while claiming: %s", self.queue, exc)
+                    for job in jobs:
+                        task = asyncio.create_task(self._run_job(job), name=f"{self.queue}:{job.id}")
+                        self._running[task] = job.id
+                        task.add_done_callback(self._job_finished)
             if not jobs:
                 # Until woken, the next poll, or a delayed job of this process falling due (a group's
                 # group_wait, a retry's backoff), whichever comes first.
@@ -97,10 +109,13 @@ class QueueWorker:
         """Renew the leases of running jobs at a third of the lease time."""
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            try:
-                await self.jobs.heartbeat(list(self._running.values()), self.owner, self.settings.lease_seconds)
-            except StoreUnavailable as exc:
-                log.warning("queue %s: could not renew leases: %s", self.queue, exc)
+            async with self._renewing:
+                if self._released:
+                    return
+                try:
+                    await self.jobs.heartbeat(list(self._running.values()), self.owner, self.settings.lease_seconds)
+                except StoreUnavailable as exc:
+                    log.warning("queue %s: could not renew leases: %s", self.queue, exc)
 
     def _job_finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
@@ -141,16 +156,22 @@ class QueueWorker:
         return {"failed": "failed", "queued": "retried"}.get(status, "lease_lost")
 
     async def drain(self, timeout: float) -> None:
-        """Stop claiming; let running jobs finish within `timeout`; hand the rest back to the queue."""
+        """Stop claiming; let running jobs finish within `timeout`, cancel the rest; stop renewing leases;
+        hand back what is still leased, so the next start runs it (once: a job handed back does not count
+        as an attempt)."""
         self._stopping = True
         self._wake.set()
+        async with self._claiming:
+            pass  # a claim in flight has ended, and its jobs are among the running ones
         if self._running:
             _, pending = await asyncio.wait(set(self._running), timeout=timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        async with self._renewing:
+            self._released = True
         try:
-            released = await self.jobs.release(self.owner)
+            released = await self.jobs.release(self.queue, self.owner)
         except StoreUnavailable:
             released = 0
         if released:

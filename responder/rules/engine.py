@@ -14,7 +14,7 @@ from responder.params import render_as
 from responder.plugins import Registry
 from responder.rules.matchers import Matcher
 from responder.rules.model import MitigationSpec, Rule, StepSpec
-from responder.rules.templating import TemplateError, alert_context, render_value
+from responder.rules.templating import Members, TemplateError, alert_context, render_value
 from responder.steps import RenderedStep, StepType, action_types, collector_types
 
 
@@ -86,15 +86,18 @@ def _context(alert: Alert) -> dict[str, Any]:
 def render_steps(rule: Rule, alert: Alert, members: Sequence[Alert] = ()
                  ) -> tuple[list[RenderedStep], list[RenderedStep], list[StepError]]:
     """Render a rule's collectors and mitigations for an incident: `alert` stands for the group (its
-    common labels), `members` are its firing alerts for `for_each: alerts` steps. Steps that fail to
-    render are returned as errors (recorded on the incident); the others still run."""
+    common labels), `members` are its firing alerts, for `for_each: alerts` steps and the `alerts.*`
+    lists of every step. Steps that fail to render are returned as errors (recorded on the incident);
+    the others still run."""
     errors: list[StepError] = []
 
     def render_one(spec: StepSpec, step_id: str, model: type[BaseModel], context: dict[str, Any]
                    ) -> BaseModel | None:
+        group = Members(members, _context, spec.max_members)
         try:
             # Each value is written in the way its parameter's type demands (see params.RenderAs).
-            params = {key: render_value(value, context, kind.escape if (kind := render_as(model, key)) else None)
+            params = {key: render_value(value, context, kind.escape if (kind := render_as(model, key)) else None,
+                                        group)
                       for key, value in spec.params.items()}
             return model.model_validate(params)
         except TemplateError as exc:

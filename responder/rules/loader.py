@@ -104,7 +104,7 @@ def validate_step(step: StepSpec, registry: Registry[type[StepType]]) -> list[tu
         plugin = registry.get(step.type)
     except UnknownPlugin as exc:
         return [("type", str(exc))]
-    problems = [("params", msg) for msg in check_value(step.params)]
+    problems = check_value(step.params)
     model: type[BaseModel] = plugin.params_model
     try:
         model.model_validate(step.params)

@@ -25,7 +25,8 @@ class StepSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     timeout: Duration | None = None
     # Render once per firing member of the incident (its labels as `labels`), not once for the group;
-    # at most `max_members` members, and identical rendered calls are made once.
+    # at most `max_members` members, and identical rendered calls are made once. `max_members` also caps
+    # the distinct values of an `alerts.*` list, so a query over a group's pods stays bounded.
     for_each: Literal["alerts"] | None = None
     max_members: int = Field(default=20, ge=1, le=500)
 

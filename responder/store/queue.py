@@ -6,7 +6,12 @@
 - `heartbeat` keeps the leases of running jobs; a worker that vanished loses them when they expire;
 - `finish` marks a job done together with its results, fenced by the lease owner: a worker that lost its
   lease cannot commit twice. Jobs finishing together share a transaction (group commit);
-- `retry` hands a failed attempt back with its backoff, or fails the job when its attempts run out.
+- `retry` hands a failed attempt back with its backoff, or fails the job when its attempts run out;
+- `release` hands back, at shutdown, the jobs of a queue that a worker still holds.
+
+On PostgreSQL every transaction that locks several job rows locks them in id order (claim, heartbeat, finish,
+release), so two of them never wait on each other in a cycle: no deadlock between a shutdown's release, the
+heartbeats and the jobs finishing meanwhile.
 
 What a job means is not known here: kinds and payloads are the job table's (responder/jobs.py).
 """
@@ -67,6 +72,10 @@ class JobQueue:
                                                                   writers=writers, connection_only=True)
         # When the jobs queued here with a delay fall due, per queue (see due_at).
         self._due: dict[str, list[float]] = {}
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The finisher's writers, for the daemon's supervisor (GroupCommit.tasks)."""
+        return self._finishing.tasks()
 
     async def close(self) -> None:
         await self._finishing.close()
@@ -154,8 +163,9 @@ class JobQueue:
 
     async def _finish_batch(self, conn: Connection, batch: Sequence[_Finish]) -> list[None]:
         now = time.time()
-        # In incident order, the order webhook deliveries lock incidents in: no deadlock between the two.
-        for finish in sorted(batch, key=lambda f: (f.job.incident_id or 0, f.job.id)):
+        # The job rows first, in id order (see the module's docstring), and only then the writes, which
+        # lock no job row that is running but do lock incidents.
+        for finish in sorted(batch, key=lambda f: f.job.id):
             job = finish.job
             changed = await conn.execute(
                 "UPDATE jobs SET status = 'done', finished_at = $3, result = $4, last_error = NULL"
@@ -164,6 +174,8 @@ class JobQueue:
             )
             if changed != 1:
                 raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
+        # In incident order, the order webhook deliveries lock incidents in: no deadlock between the two.
+        for finish in sorted(batch, key=lambda f: (f.job.incident_id or 0, f.job.id)):
             if finish.writes is not None:
                 await finish.writes(conn)
             for follow_up in finish.follow_ups:
@@ -199,13 +211,16 @@ class JobQueue:
             self.due_at(job.queue, time.time() + delay)
         return str(status or "lost")
 
-    async def release(self, owner: str) -> int:
-        """Hand back, unconsumed, every job this owner still holds (graceful shutdown)."""
+    async def release(self, queue: str, owner: str) -> int:
+        """Hand back, unconsumed, every job of `queue` this owner still holds (graceful shutdown). Only that
+        queue's: the owner's workers of other queues may still be finishing theirs."""
+        lock = "ORDER BY id FOR UPDATE" if self.db.dialect == "postgres" else ""
         async with self.db.transaction() as conn:
             return await conn.execute(
                 "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_owner = NULL,"
-                " lease_expires = NULL WHERE lease_owner = $1 AND status = 'running'",
-                owner,
+                " lease_expires = NULL WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND lease_owner = $2"
+                f" AND status = 'running' {lock})",
+                queue, owner,
             )
 
     async def recover_all_running(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from responder.evidence import Evidence, EvidenceStatus
@@ -88,6 +88,10 @@ class Store:
     @property
     def dialect(self) -> str:
         return self.db.dialect
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The store's writer tasks (deliveries, finishing jobs), for the daemon's supervisor to run."""
+        return {**self._intake.tasks(), **self.queue.tasks()}
 
     async def close(self) -> None:
         await self._intake.close()

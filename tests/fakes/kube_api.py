@@ -15,6 +15,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.fakes.kube_selectors import SelectorError, selector_terms
+
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
@@ -148,9 +150,9 @@ class FakeKubeAPI:
                                                       "osImage": "Debian GNU/Linux 12"}}})
 
     def _selected(self, table: dict[tuple[str, str], dict[str, Any]], ns: str, query: Any) -> list[dict[str, Any]]:
-        wanted = dict(term.split("=", 1) for term in query.get("labelSelector", "").split(",") if term)
+        terms = selector_terms(query.get("labelSelector", ""))
         return [obj for (obj_ns, _), obj in table.items() if obj_ns == ns
-                and all(obj["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())]
+                and all(term.matches(obj["metadata"].get("labels", {})) for term in terms)]
 
     # --- server ---------------------------------------------------------------------------------
 
@@ -186,6 +188,9 @@ class FakeKubeAPI:
         except KeyError as exc:
             return web.json_response({"kind": "Status", "status": "Failure", "reason": "NotFound",
                                       "message": f"{exc} not found", "code": 404}, status=404)
+        except SelectorError as exc:
+            return web.json_response({"kind": "Status", "status": "Failure", "reason": "BadRequest",
+                                      "message": f"unable to parse requirement: {exc}", "code": 400}, status=400)
 
     def _route(self, method: str, parts: list[str], query: Any, content_type: str, body: Any) -> web.Response:
         match parts:
