@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from responder.backoff import backoff_delay
-from responder.jobs import Handler, PermanentJobError, RetryLater
+from responder.jobs import Handler, PermanentJobError, Postpone, RetryLater
 from responder.metrics import Metrics
 from responder.models import Job
 from responder.store import JobQueue, LeaseLost, StoreUnavailable
@@ -133,6 +133,8 @@ class QueueWorker:
         except LeaseLost as exc:
             log.warning("queue %s: %s", self.queue, exc)
             outcome = "lease_lost"
+        except Postpone as exc:
+            outcome = await self._postpone(job, exc.delay)
         except RetryLater as exc:
             outcome = await self._give_back(job, str(exc), exc.delay)
         except PermanentJobError as exc:
@@ -154,6 +156,13 @@ class QueueWorker:
         if status == "failed":
             log.error("queue %s: job %s (%s) failed for good: %s", self.queue, job.id, job.kind, error)
         return {"failed": "failed", "queued": "retried"}.get(status, "lease_lost")
+
+    async def _postpone(self, job: Job, delay: float) -> str:
+        try:
+            kept = await self.jobs.postpone(job, delay)
+        except StoreUnavailable:
+            return "postponed"  # the lease will expire and the job will run again
+        return "postponed" if kept else "lease_lost"
 
     async def drain(self, timeout: float) -> None:
         """Stop claiming; let running jobs finish within `timeout`, cancel the rest; stop renewing leases;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import functools
 import logging
 import re
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+import orjson
+
 # Each driver is imported when a store of its kind is opened: SQLite users never load asyncpg.
 if TYPE_CHECKING:
     import aiosqlite
@@ -30,6 +33,8 @@ from responder.backoff import backoff_delay
 log = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
+# A statement and its arguments.
+Statement = tuple[str, Sequence[Any]]
 Dialect = Literal["sqlite", "postgres"]
 
 
@@ -53,10 +58,26 @@ class Connection(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
 
+    # Rows one rows_source may hold (SQLite binds each value as a parameter, and allows 32766); None: any.
+    rows_per_statement: int | None
+
     @abc.abstractmethod
-    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str], first: int = 1
+                    ) -> tuple[str, list[Any]]:
         """A FROM-able set of literal rows, `... AS v` with columns v.column1..N, and its arguments
-        (numbered from $1; further arguments of the statement follow them). `types` are SQL type names."""
+        (numbered from `$first`; further arguments of the statement follow them). `types` are SQL type names."""
+
+    async def fetch_each(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        """Each statement's rows. The statements must not depend on each other: none reads what another
+        writes and no two write the same rows, because on PostgreSQL they run as one statement (one round
+        trip), all seeing the database as it was before it; elsewhere they run one after another. Each one
+        is a SELECT or returns its rows (RETURNING)."""
+        return [await self.fetch(sql, *args) for sql, args in statements]
+
+    @abc.abstractmethod
+    def reserve_ids(self, table: str, count: int) -> Statement:
+        """A statement returning `count` new ids (`id`, ascending) of `table`, which rows inserted later in
+        this transaction may take."""
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         rows = await self.fetch(sql, *args)
@@ -105,16 +126,27 @@ def sqlite_sql(sql: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _values_placeholders(rows: int, columns: int) -> str:
-    return ", ".join("(" + ", ".join(f"${r * columns + c + 1}" for c in range(columns)) + ")" for r in range(rows))
+def _values_placeholders(rows: int, columns: int, first: int) -> str:
+    return ", ".join("(" + ", ".join(f"${first + r * columns + c}" for c in range(columns)) + ")"
+                     for r in range(rows))
 
 
 class _SqliteRows(Connection):
     dialect: Dialect = "sqlite"
+    # Well below SQLite's 32766 bound parameters for our widest table.
+    rows_per_statement = 400
 
-    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
-        text = _values_placeholders(len(rows), len(types))
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str], first: int = 1
+                    ) -> tuple[str, list[Any]]:
+        text = _values_placeholders(len(rows), len(types), first)
         return f"(VALUES {text}) AS v", [value for row in rows for value in row]
+
+    def reserve_ids(self, table: str, count: int) -> Statement:
+        # AUTOINCREMENT's high-water mark; the one writer holds the database until it commits, and the rows
+        # inserted with these ids move the mark past them.
+        return (f"WITH RECURSIVE n(i) AS (SELECT 1 WHERE $1 > 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1)"
+                f" SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0) + i AS id FROM n"
+                " ORDER BY i", [count])
 
 
 class _SqliteConnection(_SqliteRows):
@@ -300,18 +332,59 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 )
 
 
+def shift_placeholders(sql: str, by: int) -> str:
+    """The statement with `$n` renumbered `$(n + by)`, to follow another statement's arguments."""
+    return _PLACEHOLDER.sub(lambda m: f"${int(m.group(1)) + by}", sql) if by else sql
+
+
+@functools.lru_cache(maxsize=256)
+def _together(texts: tuple[str, ...], counts: tuple[int, ...]) -> str:
+    """Statements as the CTEs of one, which returns each one's rows as a JSON array (one value per
+    statement, so statements of any shape share one result row)."""
+    parts = []
+    offset = 0
+    for n, (text, count) in enumerate(zip(texts, counts, strict=True)):
+        parts.append(f"s{n} AS ({shift_placeholders(text, offset)})")
+        offset += count
+    selects = ", ".join(f"(SELECT json_agg(s{n}) FROM s{n})" for n in range(len(texts)))
+    return f"WITH {', '.join(parts)} SELECT {selects}"
+
+
+@functools.lru_cache(maxsize=256)
+def _json_rows(types: tuple[str, ...], first: int) -> str:
+    columns = ", ".join((f"decode(r.e ->> {i}, 'base64')" if t == "bytea" else f"CAST(r.e ->> {i} AS {t})")
+                        + f" AS column{i + 1}" for i, t in enumerate(types))
+    return f"(SELECT {columns} FROM jsonb_array_elements(CAST(${first} AS jsonb)) AS r (e)) AS v"
+
+
 class _PostgresConnection(Connection):
     dialect: Dialect = "postgres"
+    rows_per_statement = None
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
-        # One array per column: the statement text is the same whatever the row count, so asyncpg's
-        # prepared-statement cache holds and the server plans it once.
-        arrays = ", ".join(f"CAST(${i + 1} AS {t}[])" for i, t in enumerate(types))
-        names = ", ".join(f"column{i + 1}" for i in range(len(types)))
-        return f"unnest({arrays}) AS v({names})", [list(column) for column in zip(*rows, strict=True)]
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str], first: int = 1
+                    ) -> tuple[str, list[Any]]:
+        # All the rows as one JSON argument, an array of arrays: asyncpg encodes an array argument value by
+        # value (with several type checks each, most of a batch's CPU with 50 alerts per delivery), while
+        # orjson writes the whole at once. The statement text is the same whatever the row count, so
+        # asyncpg's prepared-statement cache holds and the server plans it once. bytea travels as base64.
+        binary = [i for i, t in enumerate(types) if t == "bytea"]
+        if binary:
+            rows = [[base64.b64encode(v).decode() if i in binary and v is not None else v for i, v in enumerate(row)]
+                    for row in rows]
+        return _json_rows(tuple(types), first), [orjson.dumps(rows).decode()]
+    def reserve_ids(self, table: str, count: int) -> Statement:
+        return f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS id FROM generate_series(1, $1)", [count]
+
+    async def fetch_each(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        if len(statements) < 2:
+            return await super().fetch_each(statements)
+        sql = _together(tuple(text for text, _ in statements), tuple(len(args) for _, args in statements))
+        values = await self._conn.fetchrow(sql, *(arg for _, args in statements for arg in args))
+        assert values is not None
+        return [orjson.loads(value) if value is not None else [] for value in values]
 
     async def execute(self, sql: str, *args: Any) -> int:
         status: str = await self._conn.execute(sql, *args)
@@ -345,6 +418,7 @@ class PostgresDatabase(Database):
                 timeout=timeout,
                 command_timeout=max(timeout, 30.0),
                 server_settings=settings,
+                reset=_keep_session,
             )
         except _connection_errors() as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
@@ -377,6 +451,13 @@ class PostgresDatabase(Database):
 
     async def close(self) -> None:
         await asyncio.wait_for(self._pool.close(), timeout=10)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs before its next use, beyond the rollback of an unfinished transaction
+    that asyncpg always does: nothing, since no store code leaves state in a session (no LISTEN, SET or
+    session-level advisory lock). asyncpg's default (RESET ALL, UNLISTEN, CLOSE ALL and unlocking) is a round
+    trip after every transaction, which its caller waits for."""
 
 
 def split_schema(url: str) -> tuple[str, str | None]:

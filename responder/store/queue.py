@@ -7,6 +7,7 @@
 - `finish` marks a job done together with its results, fenced by the lease owner: a worker that lost its
   lease cannot commit twice. Jobs finishing together share a transaction (group commit);
 - `retry` hands a failed attempt back with its backoff, or fails the job when its attempts run out;
+- `postpone` hands a job back for later without counting the attempt (it did not fail, it waits);
 - `release` hands back, at shutdown, the jobs of a queue that a worker still holds.
 
 On PostgreSQL every transaction that locks several job rows locks them in id order (claim, heartbeat, finish,
@@ -115,11 +116,14 @@ class JobQueue:
         return int(count) > 0
 
     @staticmethod
-    async def hasten(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
-        """Make a waiting job of this kind on the key due now; False if none waits."""
+    async def hasten(conn: Connection, queue: str, ordering_key: str, kind: str,
+                     payload: dict[str, Any] | None = None) -> bool:
+        """Make a waiting job of this kind on the key due now, and with `payload` run it with that one (the
+        request it now stands for); False if none waits."""
         return await conn.execute(
-            f"UPDATE jobs SET run_after = $4 WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND {WAITING}",
-            queue, ordering_key, kind, time.time()) > 0
+            "UPDATE jobs SET run_after = $4, payload = CASE WHEN $5 = '' THEN payload ELSE $5 END"
+            f" WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND {WAITING}",
+            queue, ordering_key, kind, time.time(), dumps(payload) if payload is not None else "") > 0
 
     async def schedule(self, job: NewJob, delay: float) -> None:
         """Queue a job in a transaction of its own, to run after `delay` seconds."""
@@ -210,6 +214,17 @@ class JobQueue:
         if status == "queued":
             self.due_at(job.queue, time.time() + delay)
         return str(status or "lost")
+
+    async def postpone(self, job: Job, delay: float) -> bool:
+        """Hand a running job back, due in `delay` seconds, its attempt not counted; False if its lease was lost."""
+        async with self.db.transaction() as conn:
+            kept = await conn.execute(
+                "UPDATE jobs SET status = 'queued', attempts = attempts - 1, run_after = $3, lease_owner = NULL,"
+                " lease_expires = NULL WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                job.id, job.lease_owner, time.time() + delay) == 1
+        if kept:
+            self.due_at(job.queue, time.time() + delay)
+        return kept
 
     async def release(self, queue: str, owner: str) -> int:
         """Hand back, unconsumed, every job of `queue` this owner still holds (graceful shutdown). Only that
