@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
 from responder.models import Alert, AlertStatus, Delivery, NewJob
 from responder.store import LeaseLost, Store, WriterFailed, open_store
 from responder.store.db import Connection
+from tests.support.services import PG_BASE, unique
 from tests.test_supervisor import leaking_a_cancellation
 
 
@@ -218,3 +220,26 @@ async def test_without_a_supervisor_a_failed_writer_refuses_what_it_held_and_the
     receipt = await store.record_delivery(Delivery("alertmanager", b"2", [alert("b")]))
     assert receipt.opened == 1
     assert [i.fingerprint for i in await store.list_incidents()] == ["b"]
+
+
+async def test_a_responder_starts_while_another_schema_of_its_database_is_migrating(pg_url: str) -> None:
+    """Responders sharing one PostgreSQL database in schemas of their own (`?schema=`) do not wait for each
+    other's migrations: a first start elsewhere (hundreds of milliseconds of DDL) does not hold this one up."""
+    other = unique("s")
+    blocker = await asyncpg.connect(PG_BASE)
+    try:
+        # The other responder's migration is kept running: it waits for a table this connection locks.
+        await blocker.execute(f'CREATE SCHEMA "{other}"; CREATE TABLE "{other}".schema_migrations'
+                              " (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at DOUBLE PRECISION)")
+        async with blocker.transaction():
+            await blocker.execute(f'LOCK TABLE "{other}".schema_migrations IN ACCESS EXCLUSIVE MODE')
+            migrating = asyncio.create_task(open_store(f"{PG_BASE}?schema={other}"))
+            await asyncio.sleep(0.5)
+            assert not migrating.done()
+            async with asyncio.timeout(10):
+                opened = await open_store(pg_url)
+            await opened.close()
+        await (await migrating).close()
+    finally:
+        await blocker.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+        await blocker.close()

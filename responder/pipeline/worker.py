@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -76,6 +77,10 @@ class QueueWorker:
                 raise crashed
             free = self.settings.concurrency - len(self._running)
             jobs: list[Job] = []
+            # Cleared before the claim, not after it: a job committed while the claim runs (its wake-up
+            # arriving meanwhile) may be missed by that claim, and then the next turn claims it at once
+            # instead of a poll interval later.
+            self._wake.clear()
             if free > 0:
                 if self.before_claim is not None:
                     await self.before_claim()
@@ -92,9 +97,13 @@ class QueueWorker:
                         self._running[task] = job.id
                         task.add_done_callback(self._job_finished)
             if not jobs:
-                self._wake.clear()
+                # Until woken, the next poll, or a delayed job of this process falling due (a group's
+                # group_wait, a retry's backoff), whichever comes first.
+                now = time.time()
+                due = self.jobs.next_due(self.queue, now)
+                wait = self.settings.poll_interval if due is None else min(self.settings.poll_interval, due - now)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval)
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
     async def heartbeat(self) -> None:
         """Renew the leases of running jobs at a third of the lease time."""

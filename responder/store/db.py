@@ -95,9 +95,14 @@ class Database(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Connection]:
         """`async with db.transaction() as conn:` commits on exit, rolls back on error."""
 
-    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
         """`write(conn)` in one transaction, for a writer that awaits nothing but its connection (a group
-        commit's batch). The same as `async with transaction()`, except on SQLite (see there)."""
+        commit's batch). The same as `async with transaction()`, except on SQLite (see there).
+
+        `durable=False`: the caller can lose this transaction to a power failure and recover on its own (a
+        job's claim: the job is run again). SQLite then commits it without waiting for the disk; the next
+        durable commit syncs it with its own. PostgreSQL commits it as any other: there, another replica
+        would claim a job whose claim was lost while this one still runs it."""
         async with self.transaction() as conn:
             return await write(conn)
 
@@ -210,14 +215,19 @@ def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class SqliteDatabase(Database):
-    """A single connection in WAL mode; writers are serialized by an asyncio lock, as SQLite would."""
+    """A writing connection in WAL mode, its writers serialized by an asyncio lock as SQLite would, and a
+    reading connection: WAL lets reads run beside a write, so a read never waits for a commit's fsync."""
 
     dialect: Dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, reader: aiosqlite.Connection, *, synchronous: str = "full"
+                 ) -> None:
         self._conn = conn
+        self._reader = reader
         self._lock = asyncio.Lock()
         self._wrapped = _SqliteConnection(conn)
+        self._reading = _SqliteConnection(reader)
+        self._synchronous = "FULL" if synchronous == "full" else "NORMAL"
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteDatabase:
@@ -227,10 +237,15 @@ class SqliteDatabase(Database):
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        return cls(conn)
+        reader = await aiosqlite.connect(str(path), isolation_level=None)
+        reader.row_factory = sqlite3.Row
+        db = cls(conn, reader, synchronous=synchronous)
+        await conn.execute(f"PRAGMA synchronous={db._synchronous}")
+        for each in (conn, reader):
+            await each.execute("PRAGMA foreign_keys=ON")
+            await each.execute("PRAGMA busy_timeout=5000")
+        await reader.execute("PRAGMA query_only=ON")
+        return db
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -250,7 +265,7 @@ class SqliteDatabase(Database):
                 await self._conn.execute("ROLLBACK")
                 raise StoreUnavailable(f"sqlite commit failed: {exc}") from exc
 
-    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
         """The whole transaction, BEGIN to COMMIT, in one call to the database's thread instead of one per
         statement: under load each of those calls waits for the busy event loop to resume it, and the one
         writer holds SQLite's lock meanwhile (a storm batch is about ten statements)."""
@@ -259,17 +274,25 @@ class SqliteDatabase(Database):
             # aiosqlite runs functions on the connection's own thread (the only one that may use it) through
             # `_execute`, with the sqlite3 connection as `_conn`; it has no public name for either.
             raw: sqlite3.Connection = self._conn._conn
-            raw.execute("BEGIN IMMEDIATE")
+            if not durable:
+                # In WAL mode NORMAL writes the commit to the WAL without an fsync; the next FULL commit's
+                # fsync covers it (and a checkpoint syncs first), so only this transaction is at risk.
+                raw.execute("PRAGMA synchronous=NORMAL")
             try:
-                result = _run_to_end(write(_SqliteOnItsThread(raw)))
-            except BaseException:
-                raw.execute("ROLLBACK")
-                raise
-            try:
-                raw.execute("COMMIT")
-            except sqlite3.Error:
-                raw.execute("ROLLBACK")
-                raise
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    result = _run_to_end(write(_SqliteOnItsThread(raw)))
+                except BaseException:
+                    raw.execute("ROLLBACK")
+                    raise
+                try:
+                    raw.execute("COMMIT")
+                except sqlite3.Error:
+                    raw.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    raw.execute(f"PRAGMA synchronous={self._synchronous}")
             return result
 
         async with self._lock:
@@ -279,10 +302,11 @@ class SqliteDatabase(Database):
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
-        async with self._lock:
-            yield self._wrapped
+        # Each statement reads the last commit, as a PostgreSQL read outside a transaction does.
+        yield self._reading
 
     async def close(self) -> None:
+        await self._reader.close()
         await self._conn.close()
 
 
