@@ -126,10 +126,10 @@ async def measure(target: str, workload: str, args: argparse.Namespace, workdir:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await db.close()
         if schema:
-            async with (await open_database(PG)).transaction() as conn:
+            async with db.transaction() as conn:
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await db.close()
     deliveries = sum(sizes)
     statements = sum(STATEMENTS.values()) / args.batches
     return {"target": target, "workload": workload, "alerts_per_delivery": args.alerts,

@@ -8,9 +8,10 @@ or (`--slack`) the Slack API fake at its per-channel rate.
 An incident is an alert group: the storm should make one incident per group, gather its evidence once (the
 rule's collector is rendered per group, so identical calls are not shared across groups), keep one Slack
 thread per group and stay inside Slack's rate. Reports incidents, members (every alert stored exactly once as
-a member), collector runs (the daemon's own counter), Slack threads, calls, 429 answers, time from a group's
-first delivery to its thread's first message, time until everything is delivered, peak RSS and queue depth
-over time. Writes bench/results/storm-<target>[-slack].json.
+a member), collector runs (the daemon's own counter), Slack threads, calls (on average and for the group that
+made most), 429 answers, time from a group's first delivery to its thread's first message, time until
+everything is delivered against the bound (successful Slack calls ÷ the channel's rate) + 30 s, peak RSS and
+queue depth over time. Writes bench/results/storm-<target>[-slack].json.
 """
 
 from __future__ import annotations
@@ -131,29 +132,52 @@ async def storm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return await run_storm(args, workdir, slack)
 
 
-def slack_numbers(slack: Any, groups: int, first_delivered: dict[str, float],
+def slack_numbers(slack: Any, rate: float, delivered_after: float, first_delivered: dict[str, float],
                   group_of_incident: dict[int, str]) -> dict[str, Any]:
-    """What the Slack fake received: threads, calls per group, 429s, and per group the time from its first
-    accepted delivery to its thread's parent message."""
+    """What the Slack fake received: threads, successful calls per group (on average and the most any group
+    made), 429s, per group the time from its first accepted delivery to its thread's parent message, and
+    whether everything was delivered within (successful calls ÷ rate) + 30 s of the storm's start."""
     parents = slack.parents("#incidents")
     latency = []
+    group_of_thread: dict[str, str | None] = {}
     for parent in parents:
-        incident_id = ((parent.metadata or {}).get("event_payload") or {}).get("incident_id")
-        key = group_of_incident.get(int(incident_id)) if incident_id is not None else None
+        key = _group_of(parent.metadata, group_of_incident)
+        group_of_thread[parent.ts] = key
         if key in first_delivered:
             latency.append(_posted_at(slack, parent) - first_delivered[key])
     latency.sort()
-    calls = [c for c in slack.calls if c.method in ("chat.postMessage", "chat.update")]
+    ok = [c for c in slack.calls if c.error is None]
+    per_group: dict[str | None, int] = {}
+    for call in ok:
+        # A parent by its metadata, a reply by its thread, an edit by the message it edits.
+        thread_ts = call.args.get("thread_ts") or (call.args.get("ts") if call.method == "chat.update" else None)
+        key = group_of_thread.get(str(thread_ts)) if thread_ts else _group_of(call.args.get("metadata"),
+                                                                               group_of_incident)
+        per_group[key] = per_group.get(key, 0) + 1
+    bound = len(ok) / rate + 30
+    # The groups that fired (fewer than --groups when there are fewer alerts).
+    groups = len(set(group_of_incident.values()))
     return {
         "threads": len(parents),
         "messages_posted": len(slack.calls_to("chat.postMessage", ok=True)),
         "updates": len(slack.calls_to("chat.update", ok=True)),
         "rate_limited_429": len([c for c in slack.calls if c.status == 429]),
         "calls": len(slack.calls),
-        "calls_per_group": round(len([c for c in calls if c.status == 200]) / max(groups, 1), 2),
+        "calls_ok": len(ok),
+        "calls_per_group": round(len(ok) / max(groups, 1), 2),
+        "calls_per_group_max": max((n for key, n in per_group.items() if key is not None), default=0),
+        "calls_without_group": per_group.get(None, 0),
         "first_message_p50_s": round(statistics.median(latency), 2) if latency else None,
         "first_message_max_s": round(max(latency), 2) if latency else None,
+        "delivered_bound_s": round(bound, 1),
+        "delivered_within_bound": delivered_after <= bound,
     }
+
+
+def _group_of(metadata: dict[str, Any] | None, group_of_incident: dict[int, str]) -> str | None:
+    """The group of the incident a message's metadata names."""
+    incident_id = ((metadata or {}).get("event_payload") or {}).get("incident_id")
+    return group_of_incident.get(int(incident_id)) if incident_id is not None else None
 
 
 def _posted_at(slack: Any, message: Any) -> float:
@@ -250,7 +274,7 @@ async def run_storm(args: argparse.Namespace, workdir: Path, slack: Any) -> dict
         "every_alert_one_member": members == distinct == args.alerts and unlinked == 0,
     }
     if slack is not None:
-        result["slack"] = slack_numbers(slack, args.groups, first_delivered, group_of_incident)
+        result["slack"] = slack_numbers(slack, args.slack_rate, delivered_after, first_delivered, group_of_incident)
     return result
 
 
@@ -282,7 +306,12 @@ def main() -> None:
     )
     print("queue depth (s, jobs):", " ".join(f"{t:g}:{d}" for t, d in result["queue_depth"][::5]))
     if "slack" in result:
-        print("slack:", result["slack"])
+        slack = result["slack"]
+        print("slack:", slack)
+        print(f"all delivered after {result['all_delivered_after_s']} s; bound ({slack['calls_ok']} calls ÷"
+              f" {args.slack_rate:g}/s) + 30 s = {slack['delivered_bound_s']} s:"
+              f" {'met' if slack['delivered_within_bound'] else 'missed'}; calls per group"
+              f" {slack['calls_per_group']} on average, {slack['calls_per_group_max']} at most")
     if args.output is not None:
         args.output.write_text(json.dumps(result, indent=2))
         return

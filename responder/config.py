@@ -387,6 +387,9 @@ class SlackSinkConfig(Strict):
     min_update_interval: Duration = 20.0
     # Alerts joining or resolving are told in one reply ("+37 alerts, 2 resolved") at most this often.
     summary_interval: Duration = 60.0
+    # While a channel has a backlog of messages (a storm), its threads' parent edits and member summaries
+    # wait for it to drain, so each shows the final state once; at most this long.
+    backlog_max_wait: Duration = 300.0
     # Who may approve, silence, acknowledge and re-run diagnostics from the thread (docs/slack.md).
     permissions: SlackPermissions = SlackPermissions()
     # User group memberships (usergroups.users.list) are asked again after this long.

@@ -38,6 +38,15 @@ class RetryLater(Exception):
         self.delay = delay
 
 
+class Postpone(Exception):
+    """Not now: run again after `delay`. Not a failure: no attempt is consumed, no error recorded, nothing
+    logged (work that waits for a better moment, such as a Slack edit while its channel has a backlog)."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
 class Payload(BaseModel):
     """Base of every job payload: immutable; unknown fields (from another release) are ignored."""
 

@@ -50,7 +50,7 @@ class Metrics:
         self.incidents_resolved = Counter(
             "responder_incidents_resolved_total", "Incidents resolved, by matched rule.", ["rule"], registry=r)
         self.jobs = Counter(
-            "responder_jobs_total", "Finished job attempts by outcome (done, retried, failed, lease_lost).",
+            "responder_jobs_total", "Finished job attempts by outcome (done, retried, postponed, failed, lease_lost).",
             ["outcome"], registry=r)
         self.task_restarts = Counter(
             "responder_task_restarts_total", "Restarts of a long-lived task after it failed.", ["task"], registry=r)

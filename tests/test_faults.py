@@ -370,7 +370,9 @@ async def test_slow_endless_and_idle_clients_do_not_starve_others(tmp_path: Path
     assert all(status == 408 and 0.9 < took < 3 for status, took in trickled), trickled
     assert all(status == 413 for status, _ in floods), floods
     assert all(sent < 16 * 1024 * 1024 for _, sent in floods), "the server stopped reading an endless body"
-    assert max(latencies) < 0.5, f"other requests waited up to {max(latencies):.2f}s"
+    # Starved requests would wait for the abusers' timeouts (1 s and more); a loaded CI machine's fsync and
+    # scheduling alone stay well below that.
+    assert max(latencies) < 0.9, f"other requests waited up to {max(latencies):.2f}s"
 
 
 # --- Slack failing and slow, with a restart ------------------------------------------------------

@@ -4,6 +4,7 @@ outages and exactly-once delivery."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 import tests.support.plugins  # noqa: F401  (the test.evidence collector)
+from responder.sinks.slack import SATURATED_SECONDS
 from responder.sinks.slack_blocks import Member, parent_message, thread_messages
 from responder.store import Store, open_store
 from tests.conftest import make_config, write_rules
@@ -361,3 +363,99 @@ async def test_kill9_during_an_outage_then_restart_delivers_exactly_once(tmp_pat
     finally:
         second.stop()
     assert_exactly_once_in_order(slack, rows, 50)
+
+
+# --- a saturated channel ------------------------------------------------------------------------------
+
+GROUPED = """
+rules:
+  - name: crashloop
+    match: ['alertname="PodCrashLooping"']
+    group_by: [deployment]
+    collectors:
+      - {id: logs, type: test.evidence, params: {kind: text, size: 1}}
+"""
+SATURATING_RATE = 8
+
+
+def crashing(deployment: str, pods: int, status: str = "firing") -> dict[str, Any]:
+    return am_payload(*(am_alert("PodCrashLooping", status=status,
+                                 labels={"deployment": deployment, "pod": f"{deployment}-{n}"}) for n in range(pods)),
+                      group_key=f'{{}}:{{deployment="{deployment}"}}')
+
+
+async def saturated(tmp_path: Path, store_url: str, daemon_client: Any, slack: FakeSlack) -> tuple[Any, Any]:
+    """A daemon whose channel takes SATURATING_RATE messages a second: the `grow` group's thread posted, then
+    40 other groups (80 messages, 10 s of them). Outside a storm the parent of `grow` would be edited and its
+    members summed up every 0.2 s."""
+    slack.rate_limit(SATURATING_RATE)
+    config = slack_config(store_url, tmp_path, slack, GROUPED, **{
+        "sinks.slack.rate_per_channel": SATURATING_RATE, "pipeline.workers": 8,
+        "sinks.slack.min_update_interval": "200ms", "sinks.slack.summary_interval": "200ms"})
+    client, daemon = await daemon_client(config)
+    assert (await client.post("/webhooks/alertmanager", json=crashing("grow", 1))).status == 200
+    async with asyncio.timeout(10):
+        while not slack.parents("#incidents"):
+            await asyncio.sleep(0.05)
+    await more_groups(client, 40)
+    return client, daemon
+
+
+async def more_groups(client: Any, n: int) -> None:
+    """`n` groups of one alert each, new ones on every call."""
+    for _ in range(n):
+        payload = crashing(f"other-{next(OTHERS)}", 1)
+        assert (await client.post("/webhooks/alertmanager", json=payload)).status == 200
+
+
+OTHERS = itertools.count()
+
+
+def thread_calls(slack: FakeSlack, parent: Message) -> list[Any]:
+    """The successful calls that made or edited the thread of `parent`."""
+    def ours(call: Any) -> bool:
+        if call.method == "chat.update":
+            return bool(call.args.get("ts") == parent.ts)
+        return bool(call.args.get("thread_ts") == parent.ts
+                    or (not call.args.get("thread_ts") and call.args.get("metadata") == parent.metadata))
+    return [c for c in slack.calls if c.error is None and ours(c)]
+
+
+def grow_parent(slack: FakeSlack) -> Message:
+    [parent] = [p for p in slack.parents("#incidents") if "grow" in json.dumps(p.blocks)]
+    return parent
+
+
+async def test_a_group_growing_while_its_channel_is_saturated_gets_one_edit_and_one_summary_with_its_final_state(
+        daemon_client: Any, store_url: str, tmp_path: Path, slack: FakeSlack, slack_token: str) -> None:
+    client, daemon = await saturated(tmp_path, store_url, daemon_client, slack)
+    for pods in range(2, 26):
+        # For 12 s new groups keep coming as fast as the channel takes their messages, queued behind the
+        # edit and the summary of `grow`: those get their turn while the channel is still saturated.
+        await asyncio.sleep(0.5)
+        await more_groups(client, 2)
+        assert (await client.post("/webhooks/alertmanager", json=crashing("grow", pods))).status == 200
+    rows = await settled(daemon.store, timeout=90)
+    assert {r["status"] for r in rows} == {"done"}
+    assert not [c for c in slack.calls if c.status == 429]
+    parent = grow_parent(slack)
+    calls = thread_calls(slack, parent)
+    # The parent, the evidence, then once the channel drained one edit and one summary.
+    assert [c.method for c in calls] == ["chat.postMessage", "chat.postMessage", "chat.update", "chat.postMessage"]
+    assert "*25 alerts in this group* (25 firing, 0 resolved)" in json.dumps(parent.blocks)
+    assert slack.thread("#incidents", parent.ts)[-1].text == ":busts_in_silhouette: +24 alerts · now 25 firing of 25"
+    # Not before the channel's backlog was down to what it sends in SATURATED_SECONDS.
+    later = [c for c in slack.calls_to("chat.postMessage", ok=True) if c not in calls and c.time > calls[2].time]
+    assert len(later) <= SATURATED_SECONDS * SATURATING_RATE
+
+
+async def test_a_group_resolving_while_its_channel_is_saturated_gets_its_parent_resolved_and_one_reply(
+        daemon_client: Any, store_url: str, tmp_path: Path, slack: FakeSlack, slack_token: str) -> None:
+    client, daemon = await saturated(tmp_path, store_url, daemon_client, slack)
+    assert (await client.post("/webhooks/alertmanager", json=crashing("grow", 1, "resolved"))).status == 200
+    rows = await settled(daemon.store, timeout=90)
+    assert {r["status"] for r in rows} == {"done"}
+    parent = grow_parent(slack)
+    assert parent.blocks[0]["text"]["text"].startswith("Resolved") and parent.edited == 1
+    replies = [m.text for m in slack.thread("#incidents", parent.ts)[1:]]
+    assert sum(1 for t in replies if t.startswith(":white_check_mark: Resolved")) == 1

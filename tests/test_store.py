@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from responder.models import Alert, AlertStatus, Delivery, NewJob
 from responder.store import LeaseLost, Store, WriterFailed, open_store
 from responder.store.db import Connection, SqliteDatabase
+from tests.support.services import PG_BASE, unique
 from tests.test_supervisor import leaking_a_cancellation
 
 
@@ -89,6 +91,70 @@ async def test_a_group_is_one_incident_and_a_refire_after_resolution_opens_a_lin
     assert [i.id for i in await store.linked_incidents(first)] == [second.id]
 
 
+def member_of(group: str, fp: str, status: AlertStatus = AlertStatus.FIRING, starts_at: float = 100.0) -> Alert:
+    return Alert("alertmanager", status, fp, starts_at, {"alertname": "PodDown", "pod": fp}, group_key=group)
+
+
+async def firing_members(store: Store, incident_id: int) -> dict[tuple[str, float], str]:
+    return {(m.fingerprint, m.starts_at): m.status.value for m in await store.members(incident_id)}
+
+
+async def test_member_counts_follow_batches_that_fire_and_resolve_the_same_alerts(store: Store) -> None:
+    def batch(*alerts: Alert) -> list[Delivery]:
+        return [Delivery("alertmanager", b"", [a]) for a in alerts]
+
+    resolved = AlertStatus.RESOLVED
+    # One batch: a fires and resolves, c fires again with a later start, d resolves without having fired.
+    first = await asyncio.gather(*(store.record_delivery(d) for d in batch(
+        member_of("g", "a"), member_of("g", "b"), member_of("g", "c"), member_of("g", "a", resolved),
+        member_of("g", "c", starts_at=200.0), member_of("g", "d", resolved))))
+    [incident] = await store.list_incidents()
+    assert await firing_members(store, incident.id) == {
+        ("a", 100.0): "resolved", ("b", 100.0): "firing", ("c", 100.0): "resolved", ("c", 200.0): "firing"}
+    assert (incident.status.value, incident.members_firing, incident.members_total, incident.deliveries) == (
+        "open", 2, 4, 6)
+    assert sum(r.opened for r in first) == 1 and sum(r.resolved for r in first) == 0
+    # b again, and resolved in the same batch, e joins; an old copy of a's firing revives nothing.
+    second = await asyncio.gather(*(store.record_delivery(d) for d in batch(
+        member_of("g", "b"), member_of("g", "e"), member_of("g", "b", resolved), member_of("g", "a"))))
+    [incident] = await store.list_incidents()
+    assert await firing_members(store, incident.id) == {
+        ("a", 100.0): "resolved", ("b", 100.0): "resolved", ("c", 100.0): "resolved", ("c", 200.0): "firing",
+        ("e", 100.0): "firing"}
+    assert (incident.members_firing, incident.members_total) == (2, 5)
+    assert sum(r.updated for r in second) == 4  # every delivery of the batch changed the incident's members
+    third = await asyncio.gather(*(store.record_delivery(d) for d in batch(
+        member_of("g", "c", resolved, 200.0), member_of("g", "e", resolved))))
+    [incident] = await store.list_incidents()
+    assert (incident.status.value, incident.members_firing, incident.members_total) == ("resolved", 0, 5)
+    assert sum(r.resolved for r in third) == 1
+    kinds = [j["kind"] for j in await store.queue.rows(queue="pipeline")]
+    assert kinds == ["process", "members", "resolve"]
+
+
+async def test_replicas_opening_the_same_groups_at_once_open_one_incident_each_with_exact_counts(
+        store: Store, store_url: str) -> None:
+    replica = await open_store(store_url)
+    try:
+        for run in range(5):
+            group = f"g{run}"
+            deliveries = [Delivery("alertmanager", b"", [member_of(group, f"{group}-{n % 12}")]) for n in range(24)]
+            # Each replica commits its first batch at once: both find no open incident and insert one.
+            await asyncio.gather(*(s.record_delivery(d) for n, d in enumerate(deliveries)
+                                   for s in ((store, replica)[n % 2],)))
+        incidents = await store.list_incidents()
+        assert sorted(i.group_key for i in incidents) == [f"g{run}" for run in range(5)]
+        for incident in incidents:
+            members = await firing_members(store, incident.id)
+            assert (incident.status.value, incident.deliveries, incident.members_total, incident.members_firing) == (
+                "open", 24, 12, 12)
+            assert len(members) == 12 and set(members.values()) == {"firing"}
+        kinds = [j["kind"] for j in await store.queue.rows(queue="pipeline")]
+        assert kinds.count("process") == 5 and "resolve" not in kinds
+    finally:
+        await replica.close()
+
+
 async def test_queue_keeps_order_per_key_and_fences_completion_by_lease(store: Store) -> None:
     async with store.db.transaction() as conn:
         first = await store.queue.enqueue(conn, NewJob("q", "one", "k1"))
@@ -111,6 +177,22 @@ async def test_queue_keeps_order_per_key_and_fences_completion_by_lease(store: S
     await store.queue.finish(stolen)
     assert await store.queue.retry(next_job, "boom", 0) == "queued"
     assert await store.queue.depth("q") == 1
+
+
+async def test_a_postponed_job_waits_unconsumed_and_hastened_runs_now_with_a_new_payload(store: Store) -> None:
+    async with store.db.transaction() as conn:
+        waiting = await store.queue.enqueue(conn, NewJob("q", "edit", "k1", payload={"paced": True}, max_attempts=1))
+    [job] = await store.queue.claim("q", "worker-a", 10, lease_seconds=30)
+    assert await store.queue.postpone(job, 60)
+    assert not await store.queue.postpone(job, 60)  # no longer held
+    [row] = await store.queue.rows(queue="q")
+    assert (row["status"], row["attempts"], row["last_error"]) == ("queued", 0, None)
+    assert await store.queue.claim("q", "worker-a", 10, lease_seconds=30) == []
+    async with store.db.transaction() as conn:
+        assert await store.queue.hasten(conn, "q", "k1", "edit", payload={"paced": False})
+    [job] = await store.queue.claim("q", "worker-a", 10, lease_seconds=30)
+    # Waiting did not use up its only attempt.
+    assert (job.id, job.payload, job.attempts) == (waiting, {"paced": False}, 1)
 
 
 async def test_a_batch_is_written_whole_or_not_at_all(store: Store) -> None:
@@ -212,3 +294,26 @@ async def test_the_wal_checkpointer_keeps_the_wal_bounded_under_a_burst(tmp_path
         await store.close()
     assert high_water < 16_000_000
     assert wal.exists() is False  # the last connection closed checkpoints the whole WAL and removes it
+
+
+async def test_a_responder_starts_while_another_schema_of_its_database_is_migrating(pg_url: str) -> None:
+    """Responders sharing one PostgreSQL database in schemas of their own (`?schema=`) do not wait for each
+    other's migrations: a first start elsewhere (hundreds of milliseconds of DDL) does not hold this one up."""
+    other = unique("s")
+    blocker = await asyncpg.connect(PG_BASE)
+    try:
+        # The other responder's migration is kept running: it waits for a table this connection locks.
+        await blocker.execute(f'CREATE SCHEMA "{other}"; CREATE TABLE "{other}".schema_migrations'
+                              " (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at DOUBLE PRECISION)")
+        async with blocker.transaction():
+            await blocker.execute(f'LOCK TABLE "{other}".schema_migrations IN ACCESS EXCLUSIVE MODE')
+            migrating = asyncio.create_task(open_store(f"{PG_BASE}?schema={other}"))
+            await asyncio.sleep(0.5)
+            assert not migrating.done()
+            async with asyncio.timeout(10):
+                opened = await open_store(pg_url)
+            await opened.close()
+        await (await migrating).close()
+    finally:
+        await blocker.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+        await blocker.close()

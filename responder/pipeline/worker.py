@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from responder.backoff import backoff_delay
-from responder.jobs import Handler, PermanentJobError, RetryLater
+from responder.jobs import Handler, PermanentJobError, Postpone, RetryLater
 from responder.metrics import Metrics
 from responder.models import Job
 from responder.store import JobQueue, LeaseLost, StoreUnavailable
@@ -76,6 +77,10 @@ class QueueWorker:
                 raise crashed
             free = self.settings.concurrency - len(self._running)
             jobs: list[Job] = []
+            # Cleared before the claim, not after it: a job committed while the claim runs (its wake-up
+            # arriving meanwhile) may be missed by that claim, and then the next turn claims it at once
+            # instead of a poll interval later.
+            self._wake.clear()
             if free > 0:
                 if self.before_claim is not None:
                     await self.before_claim()
@@ -92,9 +97,13 @@ class QueueWorker:
                         self._running[task] = job.id
                         task.add_done_callback(self._job_finished)
             if not jobs:
-                self._wake.clear()
+                # Until woken, the next poll, or a delayed job of this process falling due (a group's
+                # group_wait, a retry's backoff), whichever comes first.
+                now = time.time()
+                due = self.jobs.next_due(self.queue, now)
+                wait = self.settings.poll_interval if due is None else min(self.settings.poll_interval, due - now)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval)
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
     async def heartbeat(self) -> None:
         """Renew the leases of running jobs at a third of the lease time."""
@@ -124,6 +133,8 @@ class QueueWorker:
         except LeaseLost as exc:
             log.warning("queue %s: %s", self.queue, exc)
             outcome = "lease_lost"
+        except Postpone as exc:
+            outcome = await self._postpone(job, exc.delay)
         except RetryLater as exc:
             outcome = await self._give_back(job, str(exc), exc.delay)
         except PermanentJobError as exc:
@@ -145,6 +156,13 @@ class QueueWorker:
         if status == "failed":
             log.error("queue %s: job %s (%s) failed for good: %s", self.queue, job.id, job.kind, error)
         return {"failed": "failed", "queued": "retried"}.get(status, "lease_lost")
+
+    async def _postpone(self, job: Job, delay: float) -> str:
+        try:
+            kept = await self.jobs.postpone(job, delay)
+        except StoreUnavailable:
+            return "postponed"  # the lease will expire and the job will run again
+        return "postponed" if kept else "lease_lost"
 
     async def drain(self, timeout: float) -> None:
         """Stop claiming; let running jobs finish within `timeout`, cancel the rest; stop renewing leases;

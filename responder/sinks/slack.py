@@ -9,7 +9,10 @@ Two kinds of jobs run on its queue (`sink:slack`):
   make at most one call. Edits of the parent (`slack-parent:<id>`) and member summaries
   (`slack-summary:<id>`) are coalesced: one waits at a time, due no sooner than `min_update_interval`
   after the last edit (`summary_interval` after the last summary), and it renders the newest state when
-  it runs; an edit that would change nothing and a summary with nothing new make no call.
+  it runs; an edit that would change nothing and a summary with nothing new make no call. While the
+  thread's channel is saturated (a storm), such a row waits for it to drain, for up to `backlog_max_wait`:
+  the thread then gets one edit and one summary showing the final state instead of one per interval, each
+  of them stale by the time it got its turn. Edits for a press or new evidence do not wait.
   Messages carry Slack `metadata` naming their row; a row that may already have been sent (a second
   attempt after a crash or a timeout) first looks for itself in the channel or thread, so nothing is
   posted twice. Rate limits wait out Retry-After, outages back off and retry for as long as
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from responder.backoff import backoff_delay
 from responder.config import Config
 from responder.events import IncidentEvent, Note
-from responder.jobs import INCIDENT_MEMBERS, INCIDENT_PROCESSED, INCIDENT_RESOLVED, JobKind, Payload
+from responder.jobs import INCIDENT_MEMBERS, INCIDENT_PROCESSED, INCIDENT_RESOLVED, JobKind, Payload, Postpone
 from responder.metrics import Metrics
 from responder.models import Job, NewJob
 from responder.sinks.base import Delivered, Sink, SinkError, SinkHandler, registry
@@ -76,6 +79,11 @@ class ThreadRow(Payload):
     thread_id: int
 
 
+class EditRow(ThreadRow):
+    # For member changes: may wait while the channel is saturated. For a press or new evidence: goes when due.
+    paced: bool = False
+
+
 class ReplyRow(ThreadRow):
     text: str
     blocks: list[dict[str, Any]]
@@ -88,11 +96,20 @@ class UploadRow(ThreadRow):
 
 
 POST_PARENT = JobKind("slack.post_parent", ThreadRow, queue=OUTBOX)
-UPDATE = JobKind("slack.update", ThreadRow, queue=OUTBOX)
+UPDATE = JobKind("slack.update", EditRow, queue=OUTBOX)
 REPLY = JobKind("slack.reply", ReplyRow, queue=OUTBOX)
 UPLOAD = JobKind("slack.upload", UploadRow, queue=OUTBOX)
 SUMMARY = JobKind("slack.summary", ThreadRow, queue=OUTBOX)
 R = TypeVar("R", bound=ThreadRow)
+# The rows that are messages of a thread, in its order (ordering key THREAD_KEY and the thread's id): what
+# a channel's backlog is made of. Summaries are messages too, but they are the rows that wait for it.
+THREAD_KEY = "slack-thread:"
+MESSAGE_KINDS = [POST_PARENT.name, REPLY.name, UPLOAD.name]
+# A channel is saturated while its due messages need longer than this to go out at its rate. A few
+# messages waiting is not a storm: edits and summaries then keep their intervals.
+SATURATED_SECONDS = 5.0
+# A paced edit or summary looks at its channel again when the backlog should have drained, within these bounds.
+BACKLOG_RECHECK = (1.0, 30.0)
 # A parent edit or summary waits for the parent message (behind a channel's backlog) this many attempts,
 # 1 s more each time up to 10 s, about 20 minutes in all, then gives up.
 PARENT_WAIT_ATTEMPTS = 130
@@ -193,21 +210,28 @@ class SlackSink(Sink):
 
     def outbox(self) -> list[tuple[JobKind[Any], SinkHandler[Any]]]:
         return [(POST_PARENT, self._on_thread(self._post_parent, parent=False)),
-                (UPDATE, self._on_thread(self._update, wait_for_parent=True)),
-                (SUMMARY, self._on_thread(self._summary, wait_for_parent=True)),
+                (UPDATE, self._on_thread(self._update, follow_up=True)),
+                (SUMMARY, self._on_thread(self._summary, follow_up=True)),
                 (REPLY, self._on_thread(self._reply)),
                 (UPLOAD, self._on_thread(self._upload))]
 
     def _on_thread(self, send: Callable[[Job, Thread, R], Awaitable[Delivered]], *, parent: bool = True,
-                   wait_for_parent: bool = False) -> SinkHandler[R]:
+                   follow_up: bool = False) -> SinkHandler[R]:
         """An outbox row's call with its thread loaded; a permanent failure is recorded on the incident.
-        Rows ordered apart from the thread's (`wait_for_parent`) wait for its parent message to exist."""
+        Rows ordered apart from the thread's (`follow_up`: edits, summaries) wait for a saturated channel
+        (paced ones) and for the parent message to exist."""
 
         async def run(job: Job, row: R) -> Delivered:
             thread = await self.threads.get(row.thread_id)
             if thread is None:
                 raise SinkError(f"slack thread {row.thread_id} does not exist", permanent=True)
-            if wait_for_parent and thread.ts is None and job.attempts < PARENT_WAIT_ATTEMPTS:
+            if follow_up and (wait := await self._backlog_wait(job, thread, row)) is not None:
+                if await self._superseded(job):
+                    # It would hold up the row queued behind it (an edit for a press, say), which shows
+                    # the newest state anyway.
+                    return Delivered({"superseded": True})
+                raise Postpone(f"slack thread {thread.id}: channel {thread.channel} is saturated", wait)
+            if follow_up and thread.ts is None and job.attempts < PARENT_WAIT_ATTEMPTS:
                 raise SinkError(f"slack thread {thread.id}: its parent message is not posted yet",
                                 retry_after=min(10.0, float(job.attempts)))
             if parent and (thread.ts is None or thread.channel_id is None):
@@ -221,6 +245,25 @@ class SlackSink(Sink):
                 raise
 
         return run
+
+    async def _backlog_wait(self, job: Job, thread: Thread, row: ThreadRow) -> float | None:
+        """How long a paced edit or summary waits for its saturated channel, or None: it goes now."""
+        if isinstance(row, EditRow) and not row.paced:
+            return None
+        left = job.created_at + self.settings.backlog_max_wait - time.time()
+        if left <= 0:
+            return None
+        backlog = await self.threads.backlog(OUTBOX, THREAD_KEY, MESSAGE_KINDS, thread.channel)
+        drained_in = backlog / self.settings.rate_per_channel - SATURATED_SECONDS
+        if drained_in <= 0:
+            return None
+        low, high = BACKLOG_RECHECK
+        return min(max(drained_in, low), high, left)
+
+    async def _superseded(self, job: Job) -> bool:
+        """Whether a later row of this kind waits on the row's key (it renders the newest state when it runs)."""
+        async with self.threads.db.read() as conn:
+            return await self.threads.store.queue.queued(conn, OUTBOX, job.ordering_key, job.kind)
 
     # --- expanding an incident event into outbox rows --------------------------------------------
 
@@ -269,17 +312,19 @@ class SlackSink(Sink):
 
     async def _queue_parent(self, conn: Connection, job: Job, thread: Thread, *, paced: bool = False) -> None:
         """Queue the thread's parent message, or an edit of it unless one is already waiting. A paced edit
-        (member changes) is due `min_update_interval` after the last one; an edit for a person's press or
-        for new evidence is due now."""
+        (member changes, the resolution) is due `min_update_interval` after the last one and waits for a
+        saturated channel; an edit for a person's press or for new evidence is due now and does not wait."""
         queue = self.threads.store.queue
         key = f"slack-parent:{thread.id}"
         if await SlackThreads.claim_parent(conn, thread.id):
             await queue.enqueue(conn, self._row(job, POST_PARENT, ThreadRow(thread_id=thread.id)))
         elif not paced:
-            if not await queue.hasten(conn, OUTBOX, key, UPDATE.name):
-                await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id), key=key))
+            # A waiting paced edit becomes this one: due now, and not waiting for a saturated channel.
+            edit = EditRow(thread_id=thread.id)
+            if not await queue.hasten(conn, OUTBOX, key, UPDATE.name, payload=edit.model_dump(mode="json")):
+                await queue.enqueue(conn, self._row(job, UPDATE, edit, key=key))
         elif not await queue.queued(conn, OUTBOX, key, UPDATE.name):
-            await queue.enqueue(conn, self._row(job, UPDATE, ThreadRow(thread_id=thread.id), key=key),
+            await queue.enqueue(conn, self._row(job, UPDATE, EditRow(thread_id=thread.id, paced=True), key=key),
                                 delay=_due_in(thread.parent_updated_at, self.settings.min_update_interval))
 
     async def _queue_summary(self, conn: Connection, job: Job, thread: Thread) -> None:
@@ -336,7 +381,7 @@ class SlackSink(Sink):
         return charts
 
     def _row(self, job: Job, kind: JobKind[R], row: R, *, key: str | None = None) -> NewJob:
-        return kind.new(key or f"slack-thread:{row.thread_id}", row, incident_id=job.incident_id,
+        return kind.new(key or f"{THREAD_KEY}{row.thread_id}", row, incident_id=job.incident_id,
                         max_attempts=self.settings.max_attempts)
 
     def _rows(self, job: Job, thread: Thread, messages: list[Message]) -> list[NewJob]:
@@ -352,8 +397,10 @@ class SlackSink(Sink):
 
     # --- one Slack call per outbox row -----------------------------------------------------------
 
-    async def _parent(self, thread: Thread) -> tuple[Message, GroupCounts]:
-        """The parent message as it stands now, and the group counts it shows."""
+    async def _parent(self, thread: Thread) -> tuple[Message, GroupCounts, str]:
+        """The parent message as it stands now, the group counts it shows, and its digest. The digest leaves
+        out the incident's age: an edit that would change nothing else is not worth a call (in a storm every
+        thread's edit would otherwise go out, minutes later, only to say so)."""
         severity = str(thread.facts.get("incident", {}).get("labels", {}).get("severity", ""))
         incident_id = int(thread.facts["incident"]["id"])
         store = self.threads.store
@@ -363,12 +410,13 @@ class SlackSink(Sink):
         state = await ConsoleStore(store).state(incident_id)
         # Once somebody acknowledged, the severity's group is not called again.
         mention = None if state.acknowledged_by else self.settings.mentions.get(severity)
-        message = parent_message(thread.facts, [Member(m.name, m.status.value, m.labels) for m in members],
-                                 mention, self.settings.storm_list_lines, counts, time.time())
-        message.blocks = cap_blocks(message.blocks + console_blocks(
-            incident_id, state, silenceable=bool(thread.facts.get("alertmanager")),
-            resolved=bool(counts.total) and not counts.firing, latest=thread.facts.get("latest")))
-        return message, counts
+        shown = [Member(m.name, m.status.value, m.labels) for m in members]
+        console = console_blocks(incident_id, state, silenceable=bool(thread.facts.get("alertmanager")),
+                                 resolved=bool(counts.total) and not counts.firing, latest=thread.facts.get("latest"))
+        message, ageless = (parent_message(thread.facts, shown, mention, self.settings.storm_list_lines, counts, now)
+                            for now in (time.time(), None))
+        message.blocks = cap_blocks(message.blocks + console)
+        return message, counts, _digest(Message(ageless.text, cap_blocks(ageless.blocks + console)))
 
     # --- what the console asks of Slack --------------------------------------------------------------
 
@@ -397,7 +445,7 @@ class SlackSink(Sink):
     async def _post_parent(self, job: Job, thread: Thread, _: ThreadRow) -> Delivered:
         if thread.ts is not None and thread.channel_id is not None:
             return Delivered({"ts": thread.ts, "channel": thread.channel_id, "already": True})
-        message, counts = await self._parent(thread)
+        message, counts, digest = await self._parent(thread)
         found = None
         if job.attempts > 1:
             channel_id = await self._channel_id(job, thread.channel)
@@ -417,15 +465,14 @@ class SlackSink(Sink):
         async def writes(conn: Connection) -> None:
             await SlackThreads.set_parent(conn, thread.id, channel_id, ts)
             # The members the parent shows are told: summaries count from here.
-            await SlackThreads.set_shown(conn, thread.id, _digest(message), _told(counts))
+            await SlackThreads.set_shown(conn, thread.id, digest, _told(counts))
 
         return Delivered({"ts": ts, "channel": channel_id}, writes=writes)
 
     async def _update(self, job: Job, thread: Thread, _: ThreadRow) -> Delivered:
         assert thread.channel_id is not None and thread.ts is not None
         channel_id, ts = thread.channel_id, thread.ts
-        message, _counts = await self._parent(thread)
-        digest = _digest(message)
+        message, _counts, digest = await self._parent(thread)
         if digest == thread.parent_digest:
             return Delivered({"ts": ts, "channel": channel_id, "unchanged": True})
         await self._call("chat.update", channel_id, lambda: self.client.chat_update(

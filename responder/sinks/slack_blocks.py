@@ -177,7 +177,7 @@ def parent_message(facts: dict[str, Any], members: list[Member], mention: str | 
         if resolved_at is not None:
             timeline.append(f"after {duration(float(resolved_at) - float(incident['starts_at']))}")
     elif now is not None:
-        # Minutes, not seconds: an edit that changes nothing but the age is not worth a call.
+        # Minutes, not seconds: the age moves on only when the parent is edited for another change.
         timeline.append(f"open {duration(60 * ((now - float(incident['starts_at'])) // 60))}")
     blocks.append(context(" · ".join(timeline)))
     links = [(incident.get("extra", {}).get("generator_url"), "Source"), (annotations.get("runbook_url"), "Runbook"),

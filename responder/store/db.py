@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import functools
 import logging
 import re
@@ -33,6 +34,8 @@ from responder.store.wal_checkpoint import WalCheckpointer
 log = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
+# A statement and its arguments.
+Statement = tuple[str, Sequence[Any]]
 Dialect = Literal["sqlite", "postgres"]
 
 
@@ -56,10 +59,26 @@ class Connection(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
 
+    # Rows one rows_source may hold (SQLite binds each value as a parameter, and allows 32766); None: any.
+    rows_per_statement: int | None
+
     @abc.abstractmethod
-    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str], first: int = 1
+                    ) -> tuple[str, list[Any]]:
         """A FROM-able set of literal rows, `... AS v` with columns v.column1..N, and its arguments
-        (numbered from $1; further arguments of the statement follow them). `types` are SQL type names."""
+        (numbered from `$first`; further arguments of the statement follow them). `types` are SQL type names."""
+
+    async def fetch_each(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        """Each statement's rows. The statements must not depend on each other: none reads what another
+        writes and no two write the same rows, because on PostgreSQL they run as one statement (one round
+        trip), all seeing the database as it was before it; elsewhere they run one after another. Each one
+        is a SELECT or returns its rows (RETURNING)."""
+        return [await self.fetch(sql, *args) for sql, args in statements]
+
+    @abc.abstractmethod
+    def reserve_ids(self, table: str, count: int) -> Statement:
+        """A statement returning `count` new ids (`id`, ascending) of `table`, which rows inserted later in
+        this transaction may take."""
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         rows = await self.fetch(sql, *args)
@@ -77,9 +96,14 @@ class Database(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Connection]:
         """`async with db.transaction() as conn:` commits on exit, rolls back on error."""
 
-    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
         """`write(conn)` in one transaction, for a writer that awaits nothing but its connection (a group
-        commit's batch). The same as `async with transaction()`, except on SQLite (see there)."""
+        commit's batch). The same as `async with transaction()`, except on SQLite (see there).
+
+        `durable=False`: the caller can lose this transaction to a power failure and recover on its own (a
+        job's claim: the job is run again). SQLite then commits it without waiting for the disk; the next
+        durable commit syncs it with its own. PostgreSQL commits it as any other: there, another replica
+        would claim a job whose claim was lost while this one still runs it."""
         async with self.transaction() as conn:
             return await write(conn)
 
@@ -107,18 +131,22 @@ def sqlite_sql(sql: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _json_rows(types: tuple[str, ...]) -> str:
-    """The rows of the JSON array `$1`, one array per row; a bytea value is the [start, length] of its bytes
-    in the blob `$2` (substr of a blob is a blob), so bytes travel as they are, not as text."""
-    columns = ", ".join((f"substr($2, value ->> '$[{i}][0]', value ->> '$[{i}][1]')" if t == "bytea"
+def _sqlite_json_rows(types: tuple[str, ...], first: int) -> str:
+    """The rows of the JSON array `$first`, one array per row; a bytea value is the [start, length] of its
+    bytes in the blob `$(first + 1)` (substr of a blob is a blob), so bytes travel as they are, not as text."""
+    columns = ", ".join((f"substr(${first + 1}, value ->> '$[{i}][0]', value ->> '$[{i}][1]')" if t == "bytea"
                          else f"value ->> {i}") + f" AS column{i + 1}" for i, t in enumerate(types))
-    return f"(WITH r AS MATERIALIZED (SELECT {columns} FROM json_each($1)) SELECT * FROM r) AS v"
+    # Materialized first, so that the planner looks rows up by index from them, as it does from VALUES.
+    return f"(WITH r AS MATERIALIZED (SELECT {columns} FROM json_each(${first})) SELECT * FROM r) AS v"
 
 
 class _SqliteRows(Connection):
     dialect: Dialect = "sqlite"
+    # Bounds the blob that holds a statement's bytes (request bodies) well below SQLite's 1 GB for a value.
+    rows_per_statement = 400
 
-    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str], first: int = 1
+                    ) -> tuple[str, list[Any]]:
         """The rows as one JSON argument (and one blob for bytes) instead of a parameter per value: the
         statement's text is the same whatever the row count, so sqlite3 prepares it once and keeps it in
         its statement cache. JSON keeps integers, finite floats (exactly: SQLite parses them back to the
@@ -142,7 +170,14 @@ class _SqliteRows(Connection):
         text = orjson.dumps(rows).decode()
         if "\\u0000" in text and any(isinstance(v, str) and "\x00" in v for row in rows for v in row):
             raise ValueError("text with a NUL character cannot be stored")
-        return _json_rows(tuple(types)), [text, *args]
+        return _sqlite_json_rows(tuple(types), first), [text, *args]
+
+    def reserve_ids(self, table: str, count: int) -> Statement:
+        # AUTOINCREMENT's high-water mark; the one writer holds the database until it commits, and the rows
+        # inserted with these ids move the mark past them.
+        return (f"WITH RECURSIVE n(i) AS (SELECT 1 WHERE $1 > 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1)"
+                f" SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0) + i AS id FROM n"
+                " ORDER BY i", [count])
 
 
 class _SqliteConnection(_SqliteRows):
@@ -211,15 +246,20 @@ def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class SqliteDatabase(Database):
-    """A single connection in WAL mode; writers are serialized by an asyncio lock, as SQLite would."""
+    """A writing connection in WAL mode, its writers serialized by an asyncio lock as SQLite would, and a
+    reading connection: WAL lets reads run beside a write, so a read never waits for a commit's fsync."""
 
     dialect: Dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path, synchronous: str) -> None:
+    def __init__(self, conn: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path, *,
+                 synchronous: str = "full") -> None:
         self._conn = conn
+        self._reader = reader
         self._lock = asyncio.Lock()
         self._wrapped = _SqliteConnection(conn)
-        self.checkpointer = WalCheckpointer(path, synchronous, self._lock, conn)
+        self._reading = _SqliteConnection(reader)
+        self._synchronous = "FULL" if synchronous == "full" else "NORMAL"
+        self.checkpointer = WalCheckpointer(path, self._synchronous, self._lock, conn)
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteDatabase:
@@ -229,11 +269,15 @@ class SqliteDatabase(Database):
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute("PRAGMA journal_mode=WAL")
-        mode = "FULL" if synchronous == "full" else "NORMAL"
-        await conn.execute(f"PRAGMA synchronous={mode}")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        return cls(conn, path, mode)
+        reader = await aiosqlite.connect(str(path), isolation_level=None)
+        reader.row_factory = sqlite3.Row
+        db = cls(conn, reader, path, synchronous=synchronous)
+        await conn.execute(f"PRAGMA synchronous={db._synchronous}")
+        for each in (conn, reader):
+            await each.execute("PRAGMA foreign_keys=ON")
+            await each.execute("PRAGMA busy_timeout=5000")
+        await reader.execute("PRAGMA query_only=ON")
+        return db
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return self.checkpointer.tasks()
@@ -257,7 +301,7 @@ class SqliteDatabase(Database):
                 raise StoreUnavailable(f"sqlite commit failed: {exc}") from exc
             self.checkpointer.committed()
 
-    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+    async def run_batch(self, write: Callable[[Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
         """The whole transaction, BEGIN to COMMIT, in one call to the database's thread instead of one per
         statement: under load each of those calls waits for the busy event loop to resume it, and the one
         writer holds SQLite's lock meanwhile (a storm batch is about ten statements)."""
@@ -266,17 +310,25 @@ class SqliteDatabase(Database):
             # aiosqlite runs functions on the connection's own thread (the only one that may use it) through
             # `_execute`, with the sqlite3 connection as `_conn`; it has no public name for either.
             raw: sqlite3.Connection = self._conn._conn
-            raw.execute("BEGIN IMMEDIATE")
+            if not durable:
+                # In WAL mode NORMAL writes the commit to the WAL without an fsync; the next FULL commit's
+                # fsync covers it (and a checkpoint syncs first), so only this transaction is at risk.
+                raw.execute("PRAGMA synchronous=NORMAL")
             try:
-                result = _run_to_end(write(_SqliteOnItsThread(raw)))
-            except BaseException:
-                raw.execute("ROLLBACK")
-                raise
-            try:
-                raw.execute("COMMIT")
-            except sqlite3.Error:
-                raw.execute("ROLLBACK")
-                raise
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    result = _run_to_end(write(_SqliteOnItsThread(raw)))
+                except BaseException:
+                    raw.execute("ROLLBACK")
+                    raise
+                try:
+                    raw.execute("COMMIT")
+                except sqlite3.Error:
+                    raw.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    raw.execute(f"PRAGMA synchronous={self._synchronous}")
             return result
 
         async with self._lock:
@@ -287,10 +339,11 @@ class SqliteDatabase(Database):
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
-        async with self._lock:
-            yield self._wrapped
+        # Each statement reads the last commit, as a PostgreSQL read outside a transaction does.
+        yield self._reading
 
     async def close(self) -> None:
+        await self._reader.close()
         await self._conn.close()
 
 
@@ -316,18 +369,59 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 )
 
 
+def shift_placeholders(sql: str, by: int) -> str:
+    """The statement with `$n` renumbered `$(n + by)`, to follow another statement's arguments."""
+    return _PLACEHOLDER.sub(lambda m: f"${int(m.group(1)) + by}", sql) if by else sql
+
+
+@functools.lru_cache(maxsize=256)
+def _together(texts: tuple[str, ...], counts: tuple[int, ...]) -> str:
+    """Statements as the CTEs of one, which returns each one's rows as a JSON array (one value per
+    statement, so statements of any shape share one result row)."""
+    parts = []
+    offset = 0
+    for n, (text, count) in enumerate(zip(texts, counts, strict=True)):
+        parts.append(f"s{n} AS ({shift_placeholders(text, offset)})")
+        offset += count
+    selects = ", ".join(f"(SELECT json_agg(s{n}) FROM s{n})" for n in range(len(texts)))
+    return f"WITH {', '.join(parts)} SELECT {selects}"
+
+
+@functools.lru_cache(maxsize=256)
+def _json_rows(types: tuple[str, ...], first: int) -> str:
+    columns = ", ".join((f"decode(r.e ->> {i}, 'base64')" if t == "bytea" else f"CAST(r.e ->> {i} AS {t})")
+                        + f" AS column{i + 1}" for i, t in enumerate(types))
+    return f"(SELECT {columns} FROM jsonb_array_elements(CAST(${first} AS jsonb)) AS r (e)) AS v"
+
+
 class _PostgresConnection(Connection):
     dialect: Dialect = "postgres"
+    rows_per_statement = None
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
-        # One array per column: the statement text is the same whatever the row count, so asyncpg's
-        # prepared-statement cache holds and the server plans it once.
-        arrays = ", ".join(f"CAST(${i + 1} AS {t}[])" for i, t in enumerate(types))
-        names = ", ".join(f"column{i + 1}" for i in range(len(types)))
-        return f"unnest({arrays}) AS v({names})", [list(column) for column in zip(*rows, strict=True)]
+    def rows_source(self, rows: Sequence[Sequence[Any]], types: Sequence[str], first: int = 1
+                    ) -> tuple[str, list[Any]]:
+        # All the rows as one JSON argument, an array of arrays: asyncpg encodes an array argument value by
+        # value (with several type checks each, most of a batch's CPU with 50 alerts per delivery), while
+        # orjson writes the whole at once. The statement text is the same whatever the row count, so
+        # asyncpg's prepared-statement cache holds and the server plans it once. bytea travels as base64.
+        binary = [i for i, t in enumerate(types) if t == "bytea"]
+        if binary:
+            rows = [[base64.b64encode(v).decode() if i in binary and v is not None else v for i, v in enumerate(row)]
+                    for row in rows]
+        return _json_rows(tuple(types), first), [orjson.dumps(rows).decode()]
+    def reserve_ids(self, table: str, count: int) -> Statement:
+        return f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS id FROM generate_series(1, $1)", [count]
+
+    async def fetch_each(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        if len(statements) < 2:
+            return await super().fetch_each(statements)
+        sql = _together(tuple(text for text, _ in statements), tuple(len(args) for _, args in statements))
+        values = await self._conn.fetchrow(sql, *(arg for _, args in statements for arg in args))
+        assert values is not None
+        return [orjson.loads(value) if value is not None else [] for value in values]
 
     async def execute(self, sql: str, *args: Any) -> int:
         status: str = await self._conn.execute(sql, *args)
@@ -361,6 +455,7 @@ class PostgresDatabase(Database):
                 timeout=timeout,
                 command_timeout=max(timeout, 30.0),
                 server_settings=settings,
+                reset=_keep_session,
             )
         except _connection_errors() as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
@@ -393,6 +488,13 @@ class PostgresDatabase(Database):
 
     async def close(self) -> None:
         await asyncio.wait_for(self._pool.close(), timeout=10)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs before its next use, beyond the rollback of an unfinished transaction
+    that asyncpg always does: nothing, since no store code leaves state in a session (no LISTEN, SET or
+    session-level advisory lock). asyncpg's default (RESET ALL, UNLISTEN, CLOSE ALL and unlocking) is a round
+    trip after every transaction, which its caller waits for."""
 
 
 def split_schema(url: str) -> tuple[str, str | None]:

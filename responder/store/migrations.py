@@ -305,7 +305,9 @@ async def migrate(db: Database, upto: int | None = None) -> int:
     returns that version."""
     async with db.transaction() as conn:
         if db.dialect == "postgres":
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('responder-migrations'))")
+            # Keyed by the schema: responders sharing a database in schemas of their own (?schema=) do not
+            # wait for each other's migrations, only replicas of one responder do.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('responder-migrations:' || current_schema()))")
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"

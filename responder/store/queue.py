@@ -7,6 +7,7 @@
 - `finish` marks a job done together with its results, fenced by the lease owner: a worker that lost its
   lease cannot commit twice. Jobs finishing together share a transaction (group commit);
 - `retry` hands a failed attempt back with its backoff, or fails the job when its attempts run out;
+- `postpone` hands a job back for later without counting the attempt (it did not fail, it waits);
 - `release` hands back, at shutdown, the jobs of a queue that a worker still holds.
 
 On PostgreSQL every transaction that locks several job rows locks them in id order (claim, heartbeat, finish,
@@ -18,6 +19,7 @@ What a job means is not known here: kinds and payloads are the job table's (resp
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,6 +71,8 @@ class JobQueue:
         self.max_attempts = max_attempts
         self._finishing: GroupCommit[_Finish, None] = GroupCommit("job-finisher", db, self._finish_batch,
                                                                   writers=writers, connection_only=True)
+        # When the jobs queued here with a delay fall due, per queue (see due_at).
+        self._due: dict[str, list[float]] = {}
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         """The finisher's writers, for the daemon's supervisor (GroupCommit.tasks)."""
@@ -77,9 +81,24 @@ class JobQueue:
     async def close(self) -> None:
         await self._finishing.close()
 
+    def due_at(self, queue: str, when: float) -> None:
+        """A job of `queue` falls due at `when` (epoch seconds): its worker claims then rather than at its
+        next poll. Noted in this process only (a job another replica queued is found by polling); noting a
+        job whose transaction then rolls back costs one claim that finds nothing."""
+        heapq.heappush(self._due.setdefault(queue, []), when)
+
+    def next_due(self, queue: str, now: float) -> float | None:
+        """The earliest time noted for `queue` that is still after `now`."""
+        due = self._due.get(queue)
+        while due and due[0] <= now:
+            heapq.heappop(due)
+        return due[0] if due else None
+
     async def enqueue(self, conn: Connection, job: NewJob, *, delay: float = 0.0) -> int:
         """Queue a job within the caller's transaction: it exists if and only if that transaction commits."""
         now = time.time()
+        if delay > 0:
+            self.due_at(job.queue, now + delay)
         return int(await conn.fetchval(
             "INSERT INTO jobs (queue, kind, ordering_key, incident_id, payload, status, max_attempts,"
             " run_after, created_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) RETURNING id",
@@ -97,11 +116,14 @@ class JobQueue:
         return int(count) > 0
 
     @staticmethod
-    async def hasten(conn: Connection, queue: str, ordering_key: str, kind: str) -> bool:
-        """Make a waiting job of this kind on the key due now; False if none waits."""
+    async def hasten(conn: Connection, queue: str, ordering_key: str, kind: str,
+                     payload: dict[str, Any] | None = None) -> bool:
+        """Make a waiting job of this kind on the key due now, and with `payload` run it with that one (the
+        request it now stands for); False if none waits."""
         return await conn.execute(
-            f"UPDATE jobs SET run_after = $4 WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND {WAITING}",
-            queue, ordering_key, kind, time.time()) > 0
+            "UPDATE jobs SET run_after = $4, payload = CASE WHEN $5 = '' THEN payload ELSE $5 END"
+            f" WHERE queue = $1 AND ordering_key = $2 AND kind = $3 AND {WAITING}",
+            queue, ordering_key, kind, time.time(), dumps(payload) if payload is not None else "") > 0
 
     async def schedule(self, job: NewJob, delay: float) -> None:
         """Queue a job in a transaction of its own, to run after `delay` seconds."""
@@ -111,10 +133,13 @@ class JobQueue:
     async def claim(self, queue: str, owner: str, limit: int, lease_seconds: float) -> list[Job]:
         """Take up to `limit` runnable jobs: queued and due, or running with an expired lease, and
         never one whose `ordering_key` has an earlier job still unfinished."""
-        now = time.time()
         lock = "FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgres" else ""
-        async with self.db.transaction() as conn:
-            rows = await conn.fetch(
+
+        async def take(conn: Connection) -> list[Row]:
+            # The time once the transaction has begun: a job committed while this claim waited for SQLite's
+            # writer lock is due by it (its run_after is its commit's time), and is claimed now.
+            now = time.time()
+            return await conn.fetch(
                 "UPDATE jobs SET status = 'running', lease_owner = $2, lease_expires = $3,"
                 " attempts = attempts + 1 WHERE id IN ("
                 "  SELECT j.id FROM jobs j WHERE j.queue = $1 AND j.status IN ('queued', 'running')"
@@ -127,6 +152,9 @@ class JobQueue:
                 ") RETURNING *",
                 queue, owner, now + lease_seconds, now, limit,
             )
+
+        # A claim lost to a power failure only means the job runs again, as every job left running does.
+        rows = await self.db.run_batch(take, durable=False)
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     async def finish(self, job: Job, result: dict[str, Any] | None = None, writes: Writes | None = None,
@@ -183,7 +211,20 @@ class JobQueue:
                 " WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING status",
                 job.id, job.lease_owner, time.time() + delay, error[:4000], permanent, time.time(),
             )
+        if status == "queued":
+            self.due_at(job.queue, time.time() + delay)
         return str(status or "lost")
+
+    async def postpone(self, job: Job, delay: float) -> bool:
+        """Hand a running job back, due in `delay` seconds, its attempt not counted; False if its lease was lost."""
+        async with self.db.transaction() as conn:
+            kept = await conn.execute(
+                "UPDATE jobs SET status = 'queued', attempts = attempts - 1, run_after = $3, lease_owner = NULL,"
+                " lease_expires = NULL WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                job.id, job.lease_owner, time.time() + delay) == 1
+        if kept:
+            self.due_at(job.queue, time.time() + delay)
+        return kept
 
     async def release(self, queue: str, owner: str) -> int:
         """Hand back, unconsumed, every job of `queue` this owner still holds (graceful shutdown). Only that

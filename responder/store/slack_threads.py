@@ -133,6 +133,19 @@ class SlackThreads:
                 "UPDATE incidents SET error = CASE WHEN error IS NULL OR error = '' THEN $2"
                 " ELSE error || '; ' || $2 END WHERE id = $1", incident_id, error[:1000])
 
+    async def backlog(self, queue: str, key_prefix: str, kinds: list[str], channel: str) -> int:
+        """How many rows of these kinds (one message each) are due or being sent for threads in `channel`; a
+        row's ordering key is `key_prefix` and its thread's id."""
+        kind_params = ", ".join(f"${n}" for n in range(5, 5 + len(kinds)))
+        async with self.db.read() as conn:
+            count = await conn.fetchval(
+                "SELECT COUNT(*) FROM jobs j JOIN slack_threads t ON t.id = CAST(CASE WHEN j.ordering_key LIKE"
+                " $2 || '%' THEN substr(j.ordering_key, length($2) + 1) END AS BIGINT)"
+                " WHERE j.queue = $1 AND j.status IN ('queued', 'running') AND j.run_after <= $3"
+                f" AND t.channel = $4 AND j.kind IN ({kind_params})",
+                queue, key_prefix, time.time(), channel, *kinds)
+        return int(count)
+
     async def outbox(self, queue: str, kinds_prefix: str) -> tuple[int, float | None]:
         """How many outbox rows are undelivered, and when the oldest was queued."""
         async with self.db.read() as conn:

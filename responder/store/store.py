@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from responder.evidence import Evidence, EvidenceStatus
-from responder.jobs import RESOLVE, IncidentJob
+from responder.jobs import PIPELINE_QUEUE, RESOLVE, IncidentJob
 from responder.models import (
     AlertStatus,
     Delivery,
@@ -110,7 +110,12 @@ class Store:
         return once it is durable. Concurrent deliveries share one transaction (see intake_writer); the
         alerts are placed in their groups before it, so the transaction does no rule matching."""
         placements = [self.grouping.place(alert) for alert in delivery.alerts]
-        return await self._intake.submit(Placed(delivery, placements))
+        receipt = await self._intake.submit(Placed(delivery, placements))
+        # A group it opened is processed group_wait after its commit: its worker wakes then.
+        committed = time.time()
+        for wait in {p.group_wait for each in placements for p in each if p.group_wait > 0}:
+            self.queue.due_at(PIPELINE_QUEUE, committed + wait)
+        return receipt
 
     # --- incidents ------------------------------------------------------------------------------
 
