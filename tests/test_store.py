@@ -233,6 +233,7 @@ LITERAL_ROWS = [
     (3, 0.1, "\n\t\\", b"x" * 100_000, 1),
     (4, -0.0, "[1, 2]", None, None),
 ]
+MANY_ROWS = [(100 + n, *row[1:]) for n, row in enumerate(LITERAL_ROWS * 50)]
 
 
 async def test_literal_rows_round_trip_every_column_type(store: Store) -> None:
@@ -246,10 +247,14 @@ async def test_literal_rows_round_trip_every_column_type(store: Store) -> None:
         source, args = conn.rows_source(LITERAL_ROWS[3:4], ROW_TYPES)
         await conn.execute(f"INSERT INTO literal_rows SELECT v.column1 + 10, v.column2, v.column3, v.column4,"
                            f" v.column5 FROM {source} WHERE true", *args)
+        # Many rows at once (SQLite takes them otherwise than a few).
+        source, args = conn.rows_source(MANY_ROWS, ROW_TYPES)
+        await conn.execute(f"INSERT INTO literal_rows SELECT * FROM {source} WHERE true", *args)
     async with store.db.read() as conn:
         rows = await conn.fetch("SELECT n, f, t, b, i FROM literal_rows ORDER BY n")
     stored = [(r["n"], r["f"], r["t"], None if r["b"] is None else bytes(r["b"]), r["i"]) for r in rows]
-    assert stored == sorted([*LITERAL_ROWS, (-(2**63) + 10, *LITERAL_ROWS[3][1:])], key=lambda row: row[0])
+    assert stored == sorted([*LITERAL_ROWS, (-(2**63) + 10, *LITERAL_ROWS[3][1:]), *MANY_ROWS],
+                            key=lambda row: row[0])
     assert [type(value) for value in stored[2]] == [int, float, str, bytes, int]  # n = 1
 
 

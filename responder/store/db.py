@@ -140,6 +140,17 @@ def _sqlite_json_rows(types: tuple[str, ...], first: int) -> str:
     return f"(WITH r AS MATERIALIZED (SELECT {columns} FROM json_each(${first})) SELECT * FROM r) AS v"
 
 
+@functools.lru_cache(maxsize=1024)
+def _values_placeholders(rows: int, columns: int, first: int) -> str:
+    return ", ".join("(" + ", ".join(f"${first + r * columns + c}" for c in range(columns)) + ")"
+                     for r in range(rows))
+
+
+# Up to this many rows a statement takes them as JSON. Beyond, SQLite's parsing of each row's JSON (once per
+# column) costs more than preparing the statement, as there are few statements that large.
+JSON_ROWS = 64
+
+
 class _SqliteRows(Connection):
     dialect: Dialect = "sqlite"
     # Bounds the blob that holds a statement's bytes (request bodies) well below SQLite's 1 GB for a value.
@@ -151,7 +162,10 @@ class _SqliteRows(Connection):
         statement's text is the same whatever the row count, so sqlite3 prepares it once and keeps it in
         its statement cache. JSON keeps integers, finite floats (exactly: SQLite parses them back to the
         same double), text and NULL as they are; text with NUL is refused, as PostgreSQL refuses it (SQLite's
-        JSON would cut it there)."""
+        JSON would cut it there). Many rows are bound one parameter per value instead (see JSON_ROWS)."""
+        if len(rows) > JSON_ROWS:
+            text = _values_placeholders(len(rows), len(types), first)
+            return f"(VALUES {text}) AS v", [value for row in rows for value in row]
         binary = [i for i, t in enumerate(types) if t == "bytea"]
         args: list[Any] = []
         if binary:
