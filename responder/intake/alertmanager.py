@@ -81,6 +81,10 @@ def decode_json(body: bytes) -> Any:
 
 
 def normalize(source: str, payload: WirePayload, *, extras: list[dict[str, Any]] | None = None) -> list[Alert]:
+    # The group labels are what a silence from Slack matches: the group this notification stands for.
+    # Without per-alert extras every alert holds the same dict (the edge check then reads it once).
+    shared: dict[str, Any] = {"receiver": payload.receiver, "external_url": payload.externalURL,
+                              "group_labels": payload.groupLabels}
     alerts = []
     for index, wire in enumerate(payload.alerts):
         times: dict[str, float | None] = {}
@@ -92,11 +96,7 @@ def normalize(source: str, payload: WirePayload, *, extras: list[dict[str, Any]]
         starts_at, ends_at = times["startsAt"], times["endsAt"]
         if starts_at is None:
             raise PayloadError("startsAt is required", f"alerts.{index}.startsAt")
-        # The group labels are what a silence from Slack matches: the group this notification stands for.
-        extra: dict[str, Any] = {"receiver": payload.receiver, "external_url": payload.externalURL,
-                                 "group_labels": payload.groupLabels}
-        if extras:
-            extra.update(extras[index])
+        extra = {**shared, **extras[index]} if extras else shared
         alerts.append(Alert(
             source=source,
             status=AlertStatus(wire.status),
