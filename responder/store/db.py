@@ -134,10 +134,13 @@ def sqlite_sql(sql: str) -> str:
 def _sqlite_json_rows(types: tuple[str, ...], first: int) -> str:
     """The rows of the JSON array `$first`, one array per row; a bytea value is the [start, length] of its
     bytes in the blob `$(first + 1)` (substr of a blob is a blob), so bytes travel as they are, not as text."""
-    columns = ", ".join((f"substr(${first + 1}, value ->> '$[{i}][0]', value ->> '$[{i}][1]')" if t == "bytea"
-                         else f"value ->> {i}") + f" AS column{i + 1}" for i, t in enumerate(types))
-    # Materialized first, so that the planner looks rows up by index from them, as it does from VALUES.
-    return f"(WITH r AS MATERIALIZED (SELECT {columns} FROM json_each(${first})) SELECT * FROM r) AS v"
+    columns = ", ".join((f"substr(${first + 1}, e.item ->> '$[{i}][0]', e.item ->> '$[{i}][1]')" if t == "bytea"
+                         else f"e.item ->> {i}") + f" AS column{i + 1}" for i, t in enumerate(types))
+    # Each row's text is taken from json_each once (it renders the row anew each time `value` is read: for
+    # every column, most of the JSON's cost). The columns are materialized too, so that the planner looks rows
+    # up by index from them, as it does from VALUES.
+    return (f"(WITH e AS MATERIALIZED (SELECT value AS item FROM json_each(${first})),"
+            f" r AS MATERIALIZED (SELECT {columns} FROM e) SELECT * FROM r) AS v")
 
 
 @functools.lru_cache(maxsize=1024)

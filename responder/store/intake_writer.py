@@ -19,6 +19,7 @@ are statements one after another. Both run the same statements, prepared by the 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +158,8 @@ class _Writes:
     # The incidents to open, with their counts (INCIDENT_TYPES), and when each one's processing is due.
     opening: list[tuple[Any, ...]]
     due: list[tuple[int, float]]
+    # The member rows of this batch's alerts stored before it, as its first round found them.
+    stored: set[MemberKey]
 
 
 @dataclass
@@ -200,6 +203,7 @@ async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: 
             fresh.append((index, payload_id, placed))
 
     groups, rows = _place(fresh, _memberships(memberships))
+    stored = {(int(r["id"]), str(r["fingerprint"]), float(r["member_starts_at"])) for r in memberships}
     incident_of_group = {str(r["group_id"]): int(r["id"]) for r in open_rows}
     for group in groups.values():
         if group.incident_id is None:
@@ -215,7 +219,7 @@ async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: 
 
     write = _write_at_once if conn.dialect == "postgres" else _write_in_steps
     for _ in range(len(opening) + 1):
-        writes = _plan_writes(rows, groups, now, max_attempts)
+        writes = _plan_writes(rows, groups, stored, now, max_attempts)
         written = await write(conn, writes)
         if len(written.opened) == len(writes.opening):
             break
@@ -385,8 +389,8 @@ def _place(fresh: list[tuple[int, int, Placed]], known: dict[AlertKey, list[_Kno
     return groups, rows
 
 
-def _plan_writes(rows: list[tuple[int, _Row]], groups: dict[str, _Group], now: float, max_attempts: int
-                 ) -> _Writes:
+def _plan_writes(rows: list[tuple[int, _Row]], groups: dict[str, _Group], stored: set[MemberKey], now: float,
+                 max_attempts: int) -> _Writes:
     """The alert rows (each naming its incident: the first, when its rules placed it in several), the member
     rows and what ends members, the incidents to count and those to open, with theirs counted here.
 
@@ -437,7 +441,7 @@ def _plan_writes(rows: list[tuple[int, _Row]], groups: dict[str, _Group], now: f
                    sorted((incident, len(g.rows), max(r.id for r in g.rows)) for g, incident in placed
                           if incident > 0),
                    [_incident_row(g, incident, members.get(incident, (0, 0)), now) for g, incident in new],
-                   [(incident, now + g.placement.group_wait) for g, incident in new])
+                   [(incident, now + g.placement.group_wait) for g, incident in new], stored)
 
 
 def _incident_row(group: _Group, number: int, members: tuple[int, int], now: float) -> tuple[Any, ...]:
@@ -475,28 +479,18 @@ def _insert_alerts_sql(source: str) -> str:
             f" annotations, extra, received_at, incident_id) SELECT * FROM {source} WHERE true")
 
 
-def _insert_members_sql(source: str, *, firing: bool, inserted: str) -> str:
+def _insert_members_sql(source: str, *, firing: bool, returning: bool) -> str:
     """Members still firing are inserted, or a re-delivery updates them; members that end in this batch are
-    inserted ended, or are left to _end_members_sql when stored before. Returns the incident of each row
-    written and whether it was inserted."""
+    inserted ended, or are left to _end_members_sql when stored before. `returning`: returns the incident of
+    each row written and whether it was inserted (PostgreSQL says so itself: xmax is 0 for a new row
+    version)."""
     # A member's status only goes from firing to resolved: a late re-delivery does not revive it.
     conflict = ("DO UPDATE SET annotations = excluded.annotations, last_seen = excluded.last_seen" if firing
                 else "DO NOTHING")
     return ("INSERT INTO incident_members (incident_id, source, fingerprint, starts_at, status, labels, annotations,"
             f" first_seen, last_seen, resolved_at) SELECT * FROM {source} WHERE true"
             f" ON CONFLICT (incident_id, fingerprint, starts_at) {conflict}"
-            f" RETURNING incident_id, {inserted} AS inserted")
-
-
-def _inserted(conn: Connection) -> str:
-    """Whether a member row was inserted (not updated) by this statement: PostgreSQL says so itself (xmax is 0
-    for a new row version); on SQLite, whose one writer runs one batch at a time, a first_seen of this
-    batch's `now` was written by this batch."""
-    return "(xmax = 0)" if conn.dialect == "postgres" else "first_seen"
-
-
-def _was_inserted(value: Any, now: float) -> bool:
-    return value is True or (not isinstance(value, bool) and float(value) == now)
+            + (" RETURNING incident_id, (xmax = 0) AS inserted" if returning else ""))
 
 
 def _end_members_sql(source: str, now: str) -> str:
@@ -562,23 +556,21 @@ async def _write_in_steps(conn: Connection, w: _Writes) -> _Written:
     for part in chunks(conn, _named(w.alerts, 12, opened)):
         args = _Args(conn)
         await conn.execute(_insert_alerts_sql(args.rows(part, ALERT_TYPES)), *args.values)
-    gained: dict[int, int] = {}
-    ended: dict[int, int] = {}
     for rows, firing in ((w.firing, True), (w.ended, False)):
         for part in chunks(conn, _named(rows, 0, opened)):
             args = _Args(conn)
-            sql = _insert_members_sql(args.rows(part, MEMBER_TYPES), firing=firing, inserted=_inserted(conn))
-            for r in await conn.fetch(sql, *args.values):
-                incident = int(r["incident_id"])
-                if _was_inserted(r["inserted"], w.now):
-                    gained[incident] = gained.get(incident, 0) + 1
-                if not firing:
-                    ended[incident] = ended.get(incident, 0) + 1
+            await conn.execute(_insert_members_sql(args.rows(part, MEMBER_TYPES), firing=firing, returning=False),
+                               *args.values)
+    # The one writer holds the database from the first round to the commit, so a member row was inserted
+    # exactly when the first round found none: no row per member comes back from SQLite to count them.
+    new = [row for row in (*w.firing, *w.ended) if (row[0], row[2], row[3]) not in w.stored]
+    gained = Counter(opened.get(row[0], row[0]) for row in new)
+    ended = Counter(opened.get(row[0], row[0]) for row in new if row[4] == "resolved")
     for part in chunks(conn, w.ends):
         args = _Args(conn)
         now = args.one(w.now, "double precision")
         for r in await conn.fetch(_end_members_sql(args.rows(part, END_TYPES), now), *args.values):
-            ended[int(r["incident_id"])] = ended.get(int(r["incident_id"]), 0) + 1
+            ended[int(r["incident_id"])] += 1
     counts = [(i, deliveries, last, gained.get(i, 0), gained.get(i, 0) - ended.get(i, 0))
               for i, deliveries, last in w.touched]
     for part in chunks(conn, counts):
@@ -617,7 +609,6 @@ async def _write_at_once(conn: Connection, w: _Writes) -> _Written:
     incident through the foreign key."""
     args = _Args(conn)
     now = args.one(w.now, "double precision")
-    inserted = _inserted(conn)
 
     def whole(rows: list[tuple[Any, ...]], types: Sequence[str], column: int | None = None) -> str:
         """`rows`, none of them when a group to open was opened by another writer meanwhile (`verdict`), with
@@ -636,8 +627,8 @@ async def _write_at_once(conn: Connection, w: _Writes) -> _Written:
         f" FROM {args.rows([(row[0], row[15]) for row in w.opening], ('bigint', 'text'))}"
         " JOIN opened ON opened.group_id = v.column2),"
         f" new_alerts AS ({_insert_alerts_sql(whole(w.alerts, ALERT_TYPES, 13))}),"
-        f" firing AS ({_insert_members_sql(whole(w.firing, MEMBER_TYPES, 1), firing=True, inserted=inserted)}),"
-        f" ended AS ({_insert_members_sql(whole(w.ended, MEMBER_TYPES, 1), firing=False, inserted=inserted)}),"
+        f" firing AS ({_insert_members_sql(whole(w.firing, MEMBER_TYPES, 1), firing=True, returning=True)}),"
+        f" ended AS ({_insert_members_sql(whole(w.ended, MEMBER_TYPES, 1), firing=False, returning=True)}),"
         f" ends AS ({_end_members_sql(whole(w.ends, END_TYPES), now)}),"
         " changes AS (SELECT incident_id, SUM(gained) AS gained, SUM(ended) AS ended FROM ("
         "SELECT incident_id, CASE WHEN inserted THEN 1 ELSE 0 END AS gained, 0 AS ended FROM firing"
