@@ -77,8 +77,12 @@ class Connection(abc.ABC):
 
     @abc.abstractmethod
     def reserve_ids(self, table: str, count: int) -> Statement:
-        """A statement returning `count` new ids (`id`, ascending) of `table`, which rows inserted later in
-        this transaction may take."""
+        """A statement reserving `count` new ids of `table`, which rows inserted later in this transaction may
+        take; `reserved` reads them from its rows."""
+
+    def reserved(self, rows: Sequence[Row], count: int) -> list[int]:
+        """The ids reserve_ids' statement returned, ascending."""
+        return sorted(int(r["id"]) for r in rows)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         rows = await self.fetch(sql, *args)
@@ -191,10 +195,12 @@ class _SqliteRows(Connection):
 
     def reserve_ids(self, table: str, count: int) -> Statement:
         # AUTOINCREMENT's high-water mark; the one writer holds the database until it commits, and the rows
-        # inserted with these ids move the mark past them.
-        return (f"WITH RECURSIVE n(i) AS (SELECT 1 WHERE $1 > 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1)"
-                f" SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0) + i AS id FROM n"
-                " ORDER BY i", [count])
+        # inserted with the ids that follow it move the mark past them. So one row, the first id, says them all.
+        return f"SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0) + 1 AS id", []
+
+    def reserved(self, rows: Sequence[Row], count: int) -> list[int]:
+        first = int(rows[0]["id"])
+        return list(range(first, first + count))
 
 
 class _SqliteConnection(_SqliteRows):

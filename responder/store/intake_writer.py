@@ -214,7 +214,7 @@ async def record_batch(conn: Connection, batch: Sequence[Placed], max_attempts: 
                      if group.incident_id is None and group.firing and not g.startswith(LEGACY))
     for number, group_id in enumerate(opening, 1):
         groups[group_id].incident_id = -number
-    for (_, row), alert_id in zip(rows, sorted(int(r["id"]) for r in id_rows), strict=False):
+    for (_, row), alert_id in zip(rows, conn.reserved(id_rows, len(alerts)), strict=False):
         row.id = alert_id
 
     write = _write_at_once if conn.dialect == "postgres" else _write_in_steps
